@@ -4,4 +4,7 @@
 //! pushes each one to a remote HTTP server exactly once in effect. [`config`] is the
 //! user's one file; [`cli`] is the command line over them.
 
+pub mod cli;
 pub mod config;
+pub mod log;
+pub mod store;

@@ -1,0 +1,162 @@
+//! The command line (SPEC §7): argument definitions, and dispatch to one module per
+//! command. Commands return an [`Exit`]; only `main` turns it into a process exit.
+
+mod config_cmd;
+mod records;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config, ConfigError, ProcessEnv};
+use crate::store::StoreError;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Store-and-forward record daemon: keeps records in SQLite or JSON and delivers each one to an HTTP server exactly once in effect",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// The config file [default: $FERRY_CONFIG, else /etc/ferry/ferry.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write records read from stdin (one JSON object, or several one after another)
+    Put {
+        /// The collection
+        collection: String,
+        /// The record's key, when the record does not carry its key field
+        #[arg(long, value_name = "ID")]
+        id: Option<String>,
+    },
+    /// Print one record as JSON
+    Get {
+        collection: String,
+        /// The record's key
+        id: String,
+    },
+    /// Print a collection's records, one JSON object per line, in key order
+    List {
+        collection: String,
+        /// Print at most this many records
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Start after this key
+        #[arg(long, value_name = "ID")]
+        after: Option<String>,
+    },
+    /// Validate or print the configuration
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Check the config file and exit 0 if it is valid, 78 if not
+    Check,
+    /// Print the effective configuration (defaults and environment applied)
+    Show,
+}
+
+/// How a command ended; each maps to an exit code (SPEC §7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Done,
+    /// `sync --once` left records pending or failed.
+    Incomplete,
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Done => 0,
+            Exit::Incomplete => 75,
+        }
+    }
+}
+
+/// A command that could not do its job.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Arguments that parse but do not make sense together.
+    #[error("{0}")]
+    Usage(String),
+    /// Anything else that went wrong at run time.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl CliError {
+    pub fn code(&self) -> u8 {
+        match self {
+            CliError::Config(_) => 78,
+            CliError::Usage(_) => 2,
+            CliError::Store(_) | CliError::Runtime(_) => 1,
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> Result<Exit, CliError> {
+    let path = config::config_path(cli.config.as_deref(), &ProcessEnv);
+    let config = Config::load(&path, &ProcessEnv)?;
+    crate::log::init(config.log_level);
+    match cli.command {
+        Command::Put { collection, id } => records::put(&config, &collection, id.as_deref()),
+        Command::Get { collection, id } => records::get(&config, &collection, &id),
+        Command::List {
+            collection,
+            limit,
+            after,
+        } => records::list(&config, &collection, limit, after.as_deref()),
+        Command::Config {
+            action: ConfigAction::Check,
+        } => config_cmd::check(&config),
+        Command::Config {
+            action: ConfigAction::Show,
+        } => config_cmd::show(&config),
+    }
+}
+
+/// Writes to stdout; a closed pipe (`ferry list | head`) ends the command quietly.
+pub(crate) struct Stdout(std::io::BufWriter<std::io::StdoutLock<'static>>);
+
+impl Stdout {
+    pub fn new() -> Self {
+        Stdout(std::io::BufWriter::new(std::io::stdout().lock()))
+    }
+
+    /// `Ok(false)` when the reader has gone away.
+    pub fn line(&mut self, text: impl fmt::Display) -> Result<bool, CliError> {
+        use std::io::Write;
+        match writeln!(self.0, "{text}") {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+            Err(e) => Err(CliError::Runtime(format!("writing to stdout: {e}"))),
+        }
+    }
+
+    pub fn finish(mut self) -> Result<(), CliError> {
+        use std::io::Write;
+        match self.0.flush() {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                Err(CliError::Runtime(format!("writing to stdout: {e}")))
+            }
+            _ => Ok(()),
+        }
+    }
+}

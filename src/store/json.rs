@@ -1,0 +1,605 @@
+//! The JSON backend (SPEC §4): one file a collection, `<json_dir>/<name>.json`, an
+//! object keyed by the record key; `sync_tracking.json` for delivery tracking and
+//! `ferry_tombstones.json` for deletions.
+//!
+//! Every file has a lock file beside it (`<file>.lock`): writers take an exclusive
+//! `flock(2)` on it, readers a shared one, so ferry processes and other programs that
+//! follow the same rule never lose a write. Writes replace the file atomically. A file
+//! that does not parse is never written to; the error says where it breaks.
+//!
+//! This backend keeps a collection in memory while it works on it: it suits the
+//! thousands of records a hand-editable file holds, not millions (use SQLite for those).
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::record::{self, Key, Record};
+use super::{
+    atomic, find, key_for_write, Due, DueQuery, Millis, Status, Store, StoreError, Tombstone,
+    Tracking,
+};
+use crate::config::{Backend, Collection};
+
+pub const TRACKING_FILE: &str = "sync_tracking.json";
+pub const TOMBSTONES_FILE: &str = "ferry_tombstones.json";
+
+/// What identifies one version of a file on disk; a cached parse is good while it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileIdentity {
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileIdentity {
+    fn of(meta: &fs::Metadata) -> Self {
+        FileIdentity {
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+        }
+    }
+}
+
+struct Cached {
+    identity: Option<FileIdentity>,
+    object: Arc<Map<String, Value>>,
+}
+
+pub struct JsonStore {
+    dir: PathBuf,
+    collections: Vec<Collection>,
+    cache: HashMap<PathBuf, Cached>,
+}
+
+/// An flock held on a lock file, released on drop (closing the descriptor releases it).
+struct FileLock(#[allow(dead_code)] File);
+
+fn lock(path: &Path, exclusive: bool) -> Result<FileLock, StoreError> {
+    let lock_path = lock_path(path);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .or_else(|err| match err.kind() {
+            // A lock file made by another user: flock works on a read-only descriptor.
+            io::ErrorKind::PermissionDenied => File::open(&lock_path),
+            _ => Err(err),
+        })
+        .map_err(StoreError::io(&lock_path, "opening the lock file"))?;
+    let locked = if exclusive {
+        file.lock()
+    } else {
+        file.lock_shared()
+    };
+    locked.map_err(StoreError::io(&lock_path, "locking"))?;
+    Ok(FileLock(file))
+}
+
+pub fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    path.with_file_name(name)
+}
+
+impl JsonStore {
+    pub fn open(dir: &Path, collections: &[Collection]) -> Result<JsonStore, StoreError> {
+        fs::create_dir_all(dir).map_err(StoreError::io(dir, "creating the JSON folder"))?;
+        let mut store = JsonStore {
+            dir: dir.to_path_buf(),
+            collections: collections.to_vec(),
+            cache: HashMap::new(),
+        };
+        // Reading every file at start-up reports a damaged one now, not at first use.
+        for collection in collections {
+            store.records(collection)?;
+        }
+        let tracking = store.dir.join(TRACKING_FILE);
+        store.load(&tracking, false)?;
+        let tombstones = store.dir.join(TOMBSTONES_FILE);
+        store.load(&tombstones, false)?;
+        Ok(store)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file of a collection.
+    pub fn file_of(&self, collection: &Collection) -> PathBuf {
+        self.dir.join(collection.json_file_name())
+    }
+
+    /// The parsed object in `path` (empty if the file does not exist), from the cache
+    /// when the file has not changed. Takes a shared lock unless the caller holds one.
+    fn load(&mut self, path: &Path, locked: bool) -> Result<Arc<Map<String, Value>>, StoreError> {
+        let _guard = if locked {
+            None
+        } else {
+            Some(lock(path, false)?)
+        };
+        let identity = match fs::metadata(path) {
+            Ok(meta) => Some(FileIdentity::of(&meta)),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => None,
+            Err(err) => return Err(StoreError::io(path, "reading metadata")(err)),
+        };
+        if let Some(cached) = self.cache.get(path) {
+            if cached.identity == identity {
+                return Ok(Arc::clone(&cached.object));
+            }
+        }
+        let object = match identity {
+            None => Map::new(),
+            Some(_) => parse_object(
+                path,
+                &fs::read(path).map_err(StoreError::io(path, "reading"))?,
+            )?,
+        };
+        let object = Arc::new(object);
+        self.cache.insert(
+            path.to_path_buf(),
+            Cached {
+                identity,
+                object: Arc::clone(&object),
+            },
+        );
+        Ok(object)
+    }
+
+    /// Changes the object in `path` under an exclusive lock and replaces the file
+    /// atomically. `change` returns whether it changed anything; nothing is written
+    /// when it did not.
+    fn update<R>(
+        &mut self,
+        path: &Path,
+        change: impl FnOnce(&mut Map<String, Value>) -> Result<(R, bool), StoreError>,
+    ) -> Result<R, StoreError> {
+        let _guard = lock(path, true)?;
+        let current = self.load(path, true)?;
+        let mut object = Arc::unwrap_or_clone(current);
+        self.cache.remove(path);
+        let (result, changed) = change(&mut object)?;
+        if changed {
+            atomic::remove_stale_temps(path);
+            atomic::replace(path, |out| write_pretty(out, &object))
+                .map_err(StoreError::io(path, "writing"))?;
+            let meta = fs::metadata(path).map_err(StoreError::io(path, "reading metadata"))?;
+            self.cache.insert(
+                path.to_path_buf(),
+                Cached {
+                    identity: Some(FileIdentity::of(&meta)),
+                    object: Arc::new(object),
+                },
+            );
+        }
+        Ok(result)
+    }
+
+    /// The records of a collection, checked: every entry an object whose key field, if
+    /// present, matches its entry's key.
+    fn records(&mut self, collection: &Collection) -> Result<Arc<Map<String, Value>>, StoreError> {
+        let path = self.file_of(collection);
+        let object = self.load(&path, false)?;
+        check_records(&path, collection, &object)?;
+        Ok(object)
+    }
+
+    fn collection(&self, name: &str) -> Result<Collection, StoreError> {
+        find(&self.collections, name).cloned()
+    }
+
+    fn tracking_of(&mut self, collection: &str) -> Result<HashMap<Key, Tracking>, StoreError> {
+        let path = self.dir.join(TRACKING_FILE);
+        let object = self.load(&path, false)?;
+        let mut rows = HashMap::new();
+        if let Some(Value::Object(by_key)) = object.get(collection) {
+            for (key, row) in by_key {
+                let row = tracking_from_json(&path, collection, key, row)?;
+                rows.insert(row.key.clone(), row);
+            }
+        }
+        Ok(rows)
+    }
+}
+
+fn parse_object(path: &Path, bytes: &[u8]) -> Result<Map<String, Value>, StoreError> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(StoreError::BadJsonShape {
+            path: path.to_path_buf(),
+            message: format!(
+                "expected a JSON object keyed by record key, found {}",
+                record::type_name(&other)
+            ),
+        }),
+        Err(err) => Err(StoreError::CorruptJson {
+            path: path.to_path_buf(),
+            line: err.line(),
+            column: err.column(),
+            message: err.to_string(),
+        }),
+    }
+}
+
+fn check_records(
+    path: &Path,
+    collection: &Collection,
+    object: &Map<String, Value>,
+) -> Result<(), StoreError> {
+    for (key_text, value) in object {
+        let bad = |message: String| StoreError::BadJsonShape {
+            path: path.to_path_buf(),
+            message: format!("record {key_text:?}: {message}"),
+        };
+        let Value::Object(fields) = value else {
+            return Err(bad(format!(
+                "expected an object, found {}",
+                record::type_name(value)
+            )));
+        };
+        if let Some(field) = fields.get(collection.key.as_str()) {
+            match Key::from_value(field) {
+                Ok(key) if key == Key::parse(key_text) => {}
+                Ok(key) => {
+                    return Err(bad(format!(
+                        "its key field {:?} says {key}, but it is filed under {key_text:?}",
+                        collection.key.as_str()
+                    )))
+                }
+                Err(message) => return Err(bad(message)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A record as stored, with its key field filled in from the entry's key if the file
+/// left it out.
+fn record_from_entry(collection: &Collection, key_text: &str, value: &Value) -> Record {
+    let mut record = value.as_object().cloned().unwrap_or_default();
+    if !record.contains_key(collection.key.as_str()) {
+        record.insert(
+            collection.key.as_str().to_string(),
+            Key::parse(key_text).to_value(),
+        );
+    }
+    record
+}
+
+fn write_pretty(out: &mut dyn Write, object: &Map<String, Value>) -> io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, object).map_err(io::Error::from)?;
+    out.write_all(b"\n")
+}
+
+fn tracking_to_json(row: &Tracking) -> Value {
+    let mut map = Map::new();
+    map.insert("status".into(), row.status.as_str().into());
+    map.insert(
+        "remote_id".into(),
+        row.remote_id.as_ref().map_or(Value::Null, Key::to_value),
+    );
+    map.insert("sync_date".into(), row.sync_date.clone().into());
+    map.insert("error_message".into(), row.error_message.clone().into());
+    map.insert("attempts".into(), row.attempts.into());
+    map.insert("next_attempt_at".into(), row.next_attempt_at.into());
+    map.insert("version".into(), row.version.clone().into());
+    map.insert("last_http_status".into(), row.last_http_status.into());
+    map.insert("bytes_sent".into(), row.bytes_sent.into());
+    Value::Object(map)
+}
+
+fn tracking_from_json(
+    path: &Path,
+    collection: &str,
+    key: &str,
+    value: &Value,
+) -> Result<Tracking, StoreError> {
+    let bad = |what: &str| StoreError::BadJsonShape {
+        path: path.to_path_buf(),
+        message: format!("tracking of {collection} record {key:?}: {what}"),
+    };
+    let row = value.as_object().ok_or_else(|| bad("expected an object"))?;
+    let text = |name: &str| row.get(name).and_then(Value::as_str).map(str::to_string);
+    let number = |name: &str| row.get(name).and_then(Value::as_i64);
+    let status = text("status")
+        .as_deref()
+        .and_then(Status::parse)
+        .ok_or_else(|| bad("status must be \"pending\", \"success\" or \"failed\""))?;
+    Ok(Tracking {
+        collection: collection.to_string(),
+        key: Key::parse(key),
+        status,
+        remote_id: match row.get("remote_id") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(Key::from_value(v).map_err(|e| bad(&format!("remote_id: {e}")))?),
+        },
+        sync_date: text("sync_date").unwrap_or_default(),
+        error_message: text("error_message"),
+        attempts: number("attempts")
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0),
+        next_attempt_at: number("next_attempt_at"),
+        version: text("version"),
+        last_http_status: number("last_http_status").and_then(|n| u16::try_from(n).ok()),
+        bytes_sent: number("bytes_sent")
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0),
+    })
+}
+
+/// The tracking row's verdict for a record with `version`: is it due now?
+pub(crate) fn is_due(tracking: Option<&Tracking>, version: Option<&str>, query: &DueQuery) -> bool {
+    match tracking {
+        None => true,
+        Some(t) => match t.status {
+            Status::Pending | Status::Failed => t.next_attempt_at.is_none_or(|at| at <= query.now),
+            Status::Success => query.include_changed && t.version.as_deref() != version,
+        },
+    }
+}
+
+impl Store for JsonStore {
+    fn backend(&self) -> Backend {
+        Backend::Json
+    }
+
+    fn put(&mut self, collection: &str, record: Record) -> Result<Key, StoreError> {
+        let collection = self.collection(collection)?;
+        let key = key_for_write(&collection, &record)?;
+        self.put_many(collection.name.as_str(), vec![record])?;
+        Ok(key)
+    }
+
+    fn put_many(&mut self, collection: &str, records: Vec<Record>) -> Result<(), StoreError> {
+        let collection = self.collection(collection)?;
+        let mut keyed = Vec::with_capacity(records.len());
+        for record in records {
+            super::check_bytes(&collection, &record)?;
+            keyed.push((key_for_write(&collection, &record)?, record));
+        }
+        let path = self.file_of(&collection);
+        self.update(&path, |object| {
+            check_records(&path, &collection, object)?;
+            for (key, record) in &keyed {
+                object.insert(key.to_string(), Value::Object(record.clone()));
+            }
+            Ok(((), !keyed.is_empty()))
+        })?;
+        // A record written again is no longer deleted.
+        let tombstones_path = self.dir.join(TOMBSTONES_FILE);
+        let name = collection.name.as_str();
+        let has_tombstone = |object: &Map<String, Value>| {
+            object
+                .get(name)
+                .and_then(Value::as_object)
+                .is_some_and(|t| keyed.iter().any(|(k, _)| t.contains_key(&k.to_string())))
+        };
+        if has_tombstone(self.load(&tombstones_path, false)?.as_ref()) {
+            self.update(&tombstones_path, |object| {
+                let mut changed = false;
+                if let Some(Value::Object(t)) = object.get_mut(name) {
+                    for (key, _) in &keyed {
+                        changed |= t.shift_remove(&key.to_string()).is_some();
+                    }
+                }
+                Ok(((), changed))
+            })?;
+        }
+        Ok(())
+    }
+
+    fn get(&mut self, collection: &str, key: &Key) -> Result<Option<Record>, StoreError> {
+        let collection = self.collection(collection)?;
+        let object = self.records(&collection)?;
+        let text = key.to_string();
+        Ok(object
+            .get(&text)
+            .map(|v| record_from_entry(&collection, &text, v)))
+    }
+
+    fn list(
+        &mut self,
+        collection: &str,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let collection = self.collection(collection)?;
+        let object = self.records(&collection)?;
+        let mut keys: Vec<(Key, &String)> = object
+            .keys()
+            .map(|k| (Key::parse(k), k))
+            .filter(|(k, _)| after.is_none_or(|a| k > a))
+            .collect();
+        keys.sort();
+        Ok(keys
+            .into_iter()
+            .take(limit)
+            .map(|(_, text)| record_from_entry(&collection, text, &object[text]))
+            .collect())
+    }
+
+    fn delete(&mut self, collection: &str, key: &Key) -> Result<bool, StoreError> {
+        let collection = self.collection(collection)?;
+        let path = self.file_of(&collection);
+        let text = key.to_string();
+        if !self.records(&collection)?.contains_key(&text) {
+            return Ok(false);
+        }
+        // The tombstone first: a crash between the two writes leaves a record with a
+        // tombstone, which is read as present (a tombstone counts only for an absent
+        // record); the other order could lose the deletion.
+        let name = collection.name.as_str().to_string();
+        let now = super::now_ms();
+        self.update(&self.dir.join(TOMBSTONES_FILE), |object| {
+            let entry = object
+                .entry(name.clone())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(t) = entry {
+                t.insert(text.clone(), now.into());
+            }
+            Ok(((), true))
+        })?;
+        self.update(&path, |object| {
+            check_records(&path, &collection, object)?;
+            let removed = object.shift_remove(&text).is_some();
+            Ok((removed, removed))
+        })
+    }
+
+    fn tombstones(&mut self, collection: &str) -> Result<Vec<Tombstone>, StoreError> {
+        let collection = self.collection(collection)?;
+        let object = self.load(&self.dir.join(TOMBSTONES_FILE), false)?;
+        let records = self.records(&collection)?;
+        let mut out: Vec<Tombstone> = object
+            .get(collection.name.as_str())
+            .and_then(Value::as_object)
+            .map(|t| {
+                t.iter()
+                    .filter(|(k, _)| !records.contains_key(*k))
+                    .map(|(k, at)| Tombstone {
+                        key: Key::parse(k),
+                        deleted_at: at.as_i64().unwrap_or(0),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn due(&mut self, collection: &str, query: &DueQuery) -> Result<Vec<Due>, StoreError> {
+        let collection = self.collection(collection)?;
+        let records = self.records(&collection)?;
+        let mut tracking = self.tracking_of(collection.name.as_str())?;
+        let updated_at = collection.updated_at.as_ref().map(|f| f.as_str());
+        let order_by = collection.order_by().as_str();
+        let mut due = Vec::new();
+        for (key_text, value) in records.iter() {
+            let key = Key::parse(key_text);
+            let record = record_from_entry(&collection, key_text, value);
+            let version = record::version_of(&record, updated_at);
+            let row = tracking.remove(&key);
+            if is_due(row.as_ref(), version.as_deref(), query) {
+                due.push(Due {
+                    key,
+                    record: Some(record),
+                    version,
+                    tracking: row,
+                });
+            }
+        }
+        // Tracked records that were deleted before their delivery was settled.
+        for (key, row) in tracking {
+            if row.status != Status::Success && is_due(Some(&row), None, query) {
+                due.push(Due {
+                    key,
+                    record: None,
+                    version: None,
+                    tracking: Some(row),
+                });
+            }
+        }
+        sort_due(&mut due, order_by);
+        due.truncate(query.limit);
+        Ok(due)
+    }
+
+    fn tracking(&mut self, collection: &str, key: &Key) -> Result<Option<Tracking>, StoreError> {
+        let collection = self.collection(collection)?;
+        Ok(self.tracking_of(collection.name.as_str())?.remove(key))
+    }
+
+    fn tracking_page(
+        &mut self,
+        collection: &str,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> Result<Vec<Tracking>, StoreError> {
+        let collection = self.collection(collection)?;
+        let mut rows: Vec<Tracking> = self
+            .tracking_of(collection.name.as_str())?
+            .into_values()
+            .filter(|r| after.is_none_or(|a| &r.key > a))
+            .collect();
+        rows.sort_by(|a, b| a.key.cmp(&b.key));
+        rows.truncate(limit);
+        Ok(rows)
+    }
+
+    fn write_tracking(&mut self, rows: &[Tracking]) -> Result<(), StoreError> {
+        for row in rows {
+            self.collection(&row.collection)?;
+        }
+        let path = self.dir.join(TRACKING_FILE);
+        self.update(&path, |object| {
+            for row in rows {
+                let entry = object
+                    .entry(row.collection.clone())
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Value::Object(by_key) = entry {
+                    by_key.insert(row.key.to_string(), tracking_to_json(row));
+                } else {
+                    return Err(StoreError::BadJsonShape {
+                        path: path.clone(),
+                        message: format!(
+                            "entry {:?} must be an object of tracking rows",
+                            row.collection
+                        ),
+                    });
+                }
+            }
+            Ok(((), !rows.is_empty()))
+        })
+    }
+
+    fn last_written(&mut self, collection: &str) -> Result<Option<Millis>, StoreError> {
+        let collection = self.collection(collection)?;
+        let path = self.file_of(&collection);
+        match fs::metadata(&path) {
+            Ok(meta) => Ok(Some(
+                meta.modified()
+                    .map(super::time::system_time_ms)
+                    .map_err(StoreError::io(&path, "reading the modification time"))?,
+            )),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(StoreError::io(&path, "reading metadata")(err)),
+        }
+    }
+
+    fn backup(&mut self, dest: &Path) -> Result<(), StoreError> {
+        fs::create_dir_all(dest).map_err(StoreError::io(dest, "creating the backup folder"))?;
+        let mut files: Vec<PathBuf> = self.collections.iter().map(|c| self.file_of(c)).collect();
+        files.push(self.dir.join(TRACKING_FILE));
+        files.push(self.dir.join(TOMBSTONES_FILE));
+        for file in files {
+            let _guard = lock(&file, false)?;
+            let bytes = match fs::read(&file) {
+                Ok(bytes) => bytes,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(StoreError::io(&file, "reading for a backup")(err)),
+            };
+            let target = dest.join(file.file_name().unwrap_or_default());
+            atomic::replace(&target, |out| out.write_all(&bytes))
+                .map_err(StoreError::io(&target, "writing the backup"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Due records in `order_by` order, ties broken by key.
+pub(crate) fn sort_due(due: &mut [Due], order_by: &str) {
+    due.sort_by(|a, b| {
+        let value = |d: &Due| d.record.as_ref().and_then(|r| r.get(order_by)).cloned();
+        record::sql_order(value(a).as_ref(), value(b).as_ref()).then_with(|| a.key.cmp(&b.key))
+    });
+}

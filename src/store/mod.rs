@@ -1,0 +1,224 @@
+//! The store: ferry's one seam to its storage. [`Store`] is what the rest of ferry
+//! uses; [`sqlite::SqliteStore`] and [`json::JsonStore`] implement it, and one of them is
+//! chosen at start-up by [`open`]. Both are checked by the same conformance suite
+//! (`tests/store_conformance.rs`).
+//!
+//! The store owns records, delivery tracking (`sync_tracking`), deletion tombstones
+//! and the bookkeeping that makes finding work cheap. It never talks to the network.
+
+mod atomic;
+mod error;
+pub mod json;
+pub mod record;
+pub mod sqlite;
+mod time;
+
+use std::path::Path;
+
+pub use error::StoreError;
+pub use record::{Key, Record};
+pub use time::{now_ms, rfc3339, Millis};
+
+use crate::config::{Backend, Collection, Config};
+
+/// A delivery's state, as the seed `003_…` `sync_tracking.sync_status` spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// Not delivered yet; tried again at `next_attempt_at`.
+    Pending,
+    /// Delivered (`version` is the version the server has).
+    Success,
+    /// Refused by the server for good; tried again every `retry_failed_every`.
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Success => "success",
+            Status::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Status> {
+        match text {
+            "pending" => Some(Status::Pending),
+            "success" => Some(Status::Success),
+            "failed" => Some(Status::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// One row of `sync_tracking`: what ferry knows of one record's delivery.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tracking {
+    pub collection: String,
+    pub key: Key,
+    pub status: Status,
+    /// The server's id for the record (from the `remote_id` JSON pointer).
+    pub remote_id: Option<Key>,
+    /// When the status last changed (RFC 3339, UTC; the seed wrote local times).
+    pub sync_date: String,
+    pub error_message: Option<String>,
+    /// Requests made for the current version.
+    pub attempts: u32,
+    /// When the record may be tried next (Unix ms); `None` means now.
+    pub next_attempt_at: Option<Millis>,
+    /// The record version this row is about: delivered (success) or being delivered.
+    pub version: Option<String>,
+    pub last_http_status: Option<u16>,
+    /// Bytes of payload the server acknowledged for this record.
+    pub bytes_sent: u64,
+}
+
+impl Tracking {
+    /// A fresh row for a record about to be tried for the first time.
+    pub fn new(collection: &str, key: Key, now: Millis) -> Tracking {
+        Tracking {
+            collection: collection.to_string(),
+            key,
+            status: Status::Pending,
+            remote_id: None,
+            sync_date: rfc3339(now),
+            error_message: None,
+            attempts: 0,
+            next_attempt_at: None,
+            version: None,
+            last_http_status: None,
+            bytes_sent: 0,
+        }
+    }
+}
+
+/// A record deleted through ferry, remembered so a migration does not bring it back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tombstone {
+    pub key: Key,
+    pub deleted_at: Millis,
+}
+
+/// What [`Store::due`] is asked for.
+#[derive(Clone, Copy, Debug)]
+pub struct DueQuery {
+    pub now: Millis,
+    pub limit: usize,
+    /// Also return delivered records whose version has changed since (collections
+    /// with `updated_at` whose `updates` is not `ignore`).
+    pub include_changed: bool,
+    /// Look at every record instead of only those past the store's watermark: the
+    /// periodic safety net against changes a watermark cannot see.
+    pub full_scan: bool,
+}
+
+/// A record that needs delivery, with what tracking knows of it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Due {
+    pub key: Key,
+    /// `None` when a tracked record has been deleted since.
+    pub record: Option<Record>,
+    pub version: Option<String>,
+    pub tracking: Option<Tracking>,
+}
+
+/// ferry's storage. Methods take `&mut self` because both backends keep caches and
+/// prepared state; a store is used from one thread at a time.
+pub trait Store: Send {
+    fn backend(&self) -> Backend;
+
+    /// Inserts or replaces a record (the key comes from the record's key field).
+    fn put(&mut self, collection: &str, record: Record) -> Result<Key, StoreError>;
+    /// Inserts or replaces many records in one transaction / one file write.
+    fn put_many(&mut self, collection: &str, records: Vec<Record>) -> Result<(), StoreError>;
+    fn get(&mut self, collection: &str, key: &Key) -> Result<Option<Record>, StoreError>;
+    /// Records in key order, after `after`, at most `limit`.
+    fn list(
+        &mut self,
+        collection: &str,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError>;
+    /// Deletes a record and leaves a tombstone; `false` if there was none.
+    fn delete(&mut self, collection: &str, key: &Key) -> Result<bool, StoreError>;
+    fn tombstones(&mut self, collection: &str) -> Result<Vec<Tombstone>, StoreError>;
+
+    /// Records needing delivery: never tried, due for a retry, or (on request) changed
+    /// since delivered. Records never tried come in `order_by` order. Does not read
+    /// what is already delivered, except on a `full_scan`.
+    fn due(&mut self, collection: &str, query: &DueQuery) -> Result<Vec<Due>, StoreError>;
+    fn tracking(&mut self, collection: &str, key: &Key) -> Result<Option<Tracking>, StoreError>;
+    /// Tracking rows of a collection in key order, after `after`, at most `limit`.
+    fn tracking_page(
+        &mut self,
+        collection: &str,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> Result<Vec<Tracking>, StoreError>;
+    /// Writes tracking rows, all or none, in one transaction / one file write.
+    fn write_tracking(&mut self, rows: &[Tracking]) -> Result<(), StoreError>;
+
+    /// When the collection was last written, as far as the store can tell (Unix ms).
+    fn last_written(&mut self, collection: &str) -> Result<Option<Millis>, StoreError>;
+    /// A consistent copy of the whole store at `dest` (a file for SQLite, a folder
+    /// for JSON), taken while other processes may be writing.
+    fn backup(&mut self, dest: &Path) -> Result<(), StoreError>;
+}
+
+/// Opens the backend `backend` as configured.
+pub fn open_backend(config: &Config, backend: Backend) -> Result<Box<dyn Store>, StoreError> {
+    Ok(match backend {
+        Backend::Sqlite => Box::new(sqlite::SqliteStore::open(
+            &config.storage.sqlite_path,
+            &config.collections,
+        )?),
+        Backend::Json => Box::new(json::JsonStore::open(
+            &config.storage.json_dir,
+            &config.collections,
+        )?),
+    })
+}
+
+/// Opens the configured (active) backend.
+pub fn open(config: &Config) -> Result<Box<dyn Store>, StoreError> {
+    open_backend(config, config.storage.backend)
+}
+
+/// The collection named `name`, or an error that lists the known ones.
+fn find<'a>(collections: &'a [Collection], name: &str) -> Result<&'a Collection, StoreError> {
+    collections
+        .iter()
+        .find(|c| c.name.as_str() == name)
+        .ok_or_else(|| StoreError::UnknownCollection {
+            name: name.to_string(),
+            known: collections
+                .iter()
+                .map(|c| c.name.as_str().to_string())
+                .collect(),
+        })
+}
+
+/// The key of a record about to be written, or the error that names the collection.
+fn key_for_write(collection: &Collection, record: &Record) -> Result<Key, StoreError> {
+    record::key_of(record, collection.key.as_str()).map_err(|message| StoreError::InvalidRecord {
+        collection: collection.name.as_str().to_string(),
+        key: None,
+        message,
+    })
+}
+
+/// Every bytes value in a record must hold valid base64.
+fn check_bytes(collection: &Collection, record: &Record) -> Result<(), StoreError> {
+    for (field, value) in record {
+        if let Some(Err(message)) = record::decode_bytes(value) {
+            return Err(StoreError::InvalidRecord {
+                collection: collection.name.as_str().to_string(),
+                key: record::key_of(record, collection.key.as_str())
+                    .ok()
+                    .map(|k| k.to_string()),
+                message: format!("field {field:?}: {message}"),
+            });
+        }
+    }
+    Ok(())
+}

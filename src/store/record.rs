@@ -1,0 +1,261 @@
+//! Records, their keys and versions: the data model both backends share.
+//!
+//! A record is a JSON object. Bytes (SQLite BLOBs) are carried inside it as
+//! `{"$base64": "<standard base64>"}`, so they round-trip exactly through the JSON
+//! backend and `ferry put`/`get`; blob fields are sent to the server as plain base64.
+//!
+//! **Keys.** A key is a non-empty string or a 64-bit signed integer. An integer and its
+//! decimal string are the *same* key: `42` and `"42"` name one record, as they do in a
+//! JSON object (whose keys are strings) and in a SQLite INTEGER column (which stores
+//! `'42'` as 42). `"042"`, `"+42"` and `"4.2"` stay strings, distinct from 42.
+
+use std::cmp::Ordering;
+use std::fmt;
+
+use base64::Engine as _;
+use serde_json::{Map, Value};
+
+pub type Record = Map<String, Value>;
+
+/// The tag of a bytes value inside a record.
+pub const BYTES_TAG: &str = "$base64";
+
+/// A record's identity within its collection.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Key {
+    Int(i64),
+    Text(String),
+}
+
+impl Key {
+    /// The key a text names: an integer when the text is exactly an integer's decimal
+    /// spelling, a string otherwise.
+    pub fn parse(text: &str) -> Key {
+        match text.parse::<i64>() {
+            Ok(n) if n.to_string() == text => Key::Int(n),
+            _ => Key::Text(text.to_string()),
+        }
+    }
+
+    /// The key held by a record's key field.
+    pub fn from_value(value: &Value) -> Result<Key, String> {
+        match value {
+            Value::String(s) if s.is_empty() => Err("the key is an empty string".into()),
+            Value::String(s) => Ok(Key::parse(s)),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => Ok(Key::Int(i)),
+                None => Err(format!(
+                    "the key {n} is not an integer within the 64-bit signed range; use a string"
+                )),
+            },
+            other => Err(format!(
+                "the key must be a string or an integer (got {})",
+                type_name(other)
+            )),
+        }
+    }
+
+    pub fn to_value(&self) -> Value {
+        match self {
+            Key::Int(i) => Value::from(*i),
+            Key::Text(s) => Value::String(s.clone()),
+        }
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Key::Int(i) => write!(f, "{i}"),
+            Key::Text(s) => f.write_str(s),
+        }
+    }
+}
+
+/// The key of `record` in a collection whose key field is `field`.
+pub fn key_of(record: &Record, field: &str) -> Result<Key, String> {
+    match record.get(field) {
+        None | Some(Value::Null) => Err(format!("the record has no key field {field:?}")),
+        Some(value) => Key::from_value(value).map_err(|e| format!("field {field:?}: {e}")),
+    }
+}
+
+/// The version of a record: its `updated_at` value as text, or `None` for append-only
+/// collections (and records without the field). It is part of the idempotency key and
+/// what `sync_tracking.version` stores, and matches SQLite's `CAST(x AS TEXT)` for
+/// strings and integers.
+pub fn version_of(record: &Record, updated_at: Option<&str>) -> Option<String> {
+    match record.get(updated_at?)? {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(if *b { "1" } else { "0" }.to_string()),
+        other => Some(other.to_string()),
+    }
+}
+
+pub fn bytes_value(bytes: &[u8]) -> Value {
+    let mut tagged = Map::with_capacity(1);
+    tagged.insert(
+        BYTES_TAG.to_string(),
+        Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
+    );
+    Value::Object(tagged)
+}
+
+/// The base64 text of a bytes value, if `value` is one.
+pub fn bytes_base64(value: &Value) -> Option<&str> {
+    match value {
+        Value::Object(map) if map.len() == 1 => map.get(BYTES_TAG)?.as_str(),
+        _ => None,
+    }
+}
+
+/// The bytes of a bytes value: `None` if `value` is not one, `Some(Err)` if its base64
+/// is malformed.
+pub fn decode_bytes(value: &Value) -> Option<Result<Vec<u8>, String>> {
+    let text = bytes_base64(value)?;
+    Some(
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|e| format!("bad base64 in a {BYTES_TAG} value: {e}")),
+    )
+}
+
+pub fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) if bytes_base64(value).is_some() => "bytes",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Orders values as SQLite's `ORDER BY` does, so both backends push in the same order:
+/// null, then numbers (booleans as 0/1), then text, then bytes; arrays and objects sort
+/// as their JSON text.
+pub fn sql_order(a: Option<&Value>, b: Option<&Value>) -> Ordering {
+    fn class(v: Option<&Value>) -> u8 {
+        match v {
+            None | Some(Value::Null) => 0,
+            Some(Value::Bool(_) | Value::Number(_)) => 1,
+            Some(v) if bytes_base64(v).is_some() => 3,
+            Some(_) => 2,
+        }
+    }
+    fn number(v: &Value) -> f64 {
+        match v {
+            Value::Bool(b) => f64::from(u8::from(*b)),
+            Value::Number(n) => n.as_f64().unwrap_or(0.0),
+            _ => 0.0,
+        }
+    }
+    fn text(v: &Value) -> std::borrow::Cow<'_, str> {
+        match v {
+            Value::String(s) => s.as_str().into(),
+            other => other.to_string().into(),
+        }
+    }
+    match class(a).cmp(&class(b)) {
+        Ordering::Equal => {}
+        unequal => return unequal,
+    }
+    match (a, b) {
+        (Some(a), Some(b)) => match class(Some(a)) {
+            1 => match (a.as_i64(), b.as_i64()) {
+                (Some(x), Some(y)) => x.cmp(&y),
+                _ => number(a).total_cmp(&number(b)),
+            },
+            2 => text(a).cmp(&text(b)),
+            3 => {
+                let bytes = |v| decode_bytes(v).and_then(Result::ok).unwrap_or_default();
+                bytes(a).cmp(&bytes(b))
+            }
+            _ => Ordering::Equal,
+        },
+        _ => Ordering::Equal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_integer_and_its_decimal_string_are_one_key() {
+        assert_eq!(
+            Key::from_value(&json!(42)).unwrap(),
+            Key::from_value(&json!("42")).unwrap()
+        );
+        assert_eq!(Key::parse("42"), Key::Int(42));
+        assert_eq!(Key::parse("-7"), Key::Int(-7));
+        for text in ["042", "+42", "4.2", "abc", "9223372036854775808", "-0"] {
+            assert_eq!(Key::parse(text), Key::Text(text.into()), "{text}");
+        }
+        assert_eq!(Key::parse("042").to_string(), "042");
+    }
+
+    #[test]
+    fn keys_that_cannot_be_keys_are_refused() {
+        for bad in [
+            json!(""),
+            json!(1.5),
+            json!(true),
+            json!([1]),
+            json!(18446744073709551615u64),
+        ] {
+            assert!(Key::from_value(&bad).is_err(), "{bad}");
+        }
+        let record: Record = serde_json::from_value(json!({"name": "x"})).unwrap();
+        assert!(key_of(&record, "id")
+            .unwrap_err()
+            .contains("no key field \"id\""));
+    }
+
+    #[test]
+    fn bytes_round_trip() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let value = bytes_value(&bytes);
+        assert_eq!(decode_bytes(&value).unwrap().unwrap(), bytes);
+        assert_eq!(type_name(&value), "bytes");
+        assert!(decode_bytes(&json!({"$base64": "!!"})).unwrap().is_err());
+        assert!(decode_bytes(&json!({"a": 1})).is_none());
+    }
+
+    #[test]
+    fn versions_match_sqlite_text_casts() {
+        let record: Record =
+            serde_json::from_value(json!({"u": "2026-01-01 10:00:00", "n": 17, "b": true}))
+                .unwrap();
+        assert_eq!(
+            version_of(&record, Some("u")).as_deref(),
+            Some("2026-01-01 10:00:00")
+        );
+        assert_eq!(version_of(&record, Some("n")).as_deref(), Some("17"));
+        assert_eq!(version_of(&record, Some("b")).as_deref(), Some("1"));
+        assert_eq!(version_of(&record, Some("missing")), None);
+        assert_eq!(version_of(&record, None), None);
+    }
+
+    #[test]
+    fn order_follows_sqlite_classes() {
+        let values = [
+            json!(null),
+            json!(false),
+            json!(2),
+            json!(2.5),
+            json!(10),
+            json!("10"),
+            json!("9"),
+            bytes_value(b"a"),
+        ];
+        for (i, a) in values.iter().enumerate() {
+            for (j, b) in values.iter().enumerate() {
+                assert_eq!(sql_order(Some(a), Some(b)), i.cmp(&j), "{a} vs {b}");
+            }
+        }
+    }
+}

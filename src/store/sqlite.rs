@@ -1,0 +1,1408 @@
+//! The SQLite backend (SPEC §4): one table per collection, `sync_tracking` for delivery
+//! tracking, and ferry's own `ferry_*` tables.
+//!
+//! A table another program created is read as it is: columns become fields, BLOBs
+//! become bytes, text that is not UTF-8 becomes bytes rather than being mangled. ferry
+//! never changes its columns; it may add an index on the `updated_at` column so that
+//! finding changed records does not read the whole table. A missing table is created:
+//! the seed `000_…` `downloads` and `seeds` with exactly that seed's columns, any other
+//! as a document table (`key`, `record` holding the record as JSON), which round-trips
+//! every JSON value exactly.
+//!
+//! Finding work stays cheap as a table grows: every row at or below a rowid watermark
+//! has a tracking row, so new records are read from above it; retries come from an
+//! index on `sync_tracking`; changed records from an index on `updated_at`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::types::{Value as SqlValue, ValueRef};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
+use serde_json::{Map, Value};
+
+use super::record::{self, Key, Record};
+use super::time::parse_timestamp;
+use super::{
+    atomic, find, key_for_write, now_ms, Due, DueQuery, Millis, Status, Store, StoreError,
+    Tombstone, Tracking,
+};
+use crate::config::{Backend, Collection};
+
+/// ferry's schema migrations, applied in order and recorded in `ferry_schema`.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "0001_sync_tracking",
+    include_str!("../../migrations/0001_sync_tracking.sql"),
+)];
+
+/// The seed `000_…` tables, created with exactly that seed's columns.
+const SEED_000_TABLES: &[(&str, &str)] = &[
+    (
+        "downloads",
+        "CREATE TABLE downloads (
+    id TEXT PRIMARY KEY,
+    torrent_name TEXT,
+    torrent_path TEXT,
+    save_path TEXT,
+    username TEXT,
+    status TEXT,
+    progress REAL,
+    total_size INTEGER,
+    downloaded_size INTEGER,
+    upload_rate REAL,
+    download_rate REAL,
+    peers INTEGER,
+    created_at TIMESTAMP,
+    started_at TIMESTAMP,
+    finished_at TIMESTAMP,
+    updated_at TIMESTAMP
+)",
+    ),
+    (
+        "seeds",
+        "CREATE TABLE seeds (
+    id TEXT PRIMARY KEY,
+    torrent_name TEXT,
+    torrent_path TEXT,
+    data_path TEXT,
+    username TEXT,
+    status TEXT,
+    uploaded_size INTEGER,
+    upload_rate REAL,
+    peers INTEGER,
+    created_at TIMESTAMP,
+    stopped_at TIMESTAMP,
+    updated_at TIMESTAMP
+)",
+    ),
+];
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const TRACKING_COLUMNS: &str = "s.local_id, s.remote_id, s.sync_date, s.sync_status, \
+     s.error_message, s.attempts, s.next_attempt_at, s.version, s.last_http_status, s.bytes_sent";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// ferry's own table: `key`, `record` (JSON text).
+    Document,
+    /// Columns are fields (another program's table, or a seed schema).
+    Columns,
+}
+
+/// How to read and write one collection's table.
+#[derive(Debug)]
+struct Table {
+    collection: Collection,
+    /// The table's name, quoted.
+    name: String,
+    layout: Layout,
+    /// Column names (Columns layout), in table order.
+    columns: Vec<String>,
+    /// The key column's actual name (case as declared).
+    key_column: String,
+    key_expr: String,
+    order_expr: String,
+    updated_expr: Option<String>,
+    /// What `SELECT` lists to rebuild a record.
+    select_list: String,
+    has_rowid: bool,
+    /// Why ferry may not write to this table, if it may not.
+    read_only: Option<String>,
+}
+
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Connection,
+    collections: Vec<Collection>,
+    tables: HashMap<String, Table>,
+}
+
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A SQL string literal of a JSON path to a top-level field.
+fn json_path(field: &str) -> String {
+    format!("'$.\"{}\"'", field.replace('\'', "''"))
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path, collections: &[Collection]) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(StoreError::io(dir, "creating the database folder"))?;
+        }
+        let err = |op: &str| StoreError::sqlite(path, op.to_string());
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(err("opening"))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(err("setting the busy timeout"))?;
+        // WAL lets readers (ferry stats, other programs) work while ferry writes; FULL
+        // makes each commit durable, and commits are batched so that costs little.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(err("switching to WAL"))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(path = %path.display(), mode, "SQLite did not switch to WAL journaling");
+        }
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;")
+            .map_err(err("setting pragmas"))?;
+        let mut store = SqliteStore {
+            path: path.to_path_buf(),
+            conn,
+            collections: collections.to_vec(),
+            tables: HashMap::new(),
+        };
+        store.migrate()?;
+        for collection in collections {
+            let table = store.prepare_table(collection)?;
+            store
+                .tables
+                .insert(collection.name.as_str().to_string(), table);
+        }
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    fn err(&self, op: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> StoreError {
+        StoreError::sqlite(self.path.clone(), op.into())
+    }
+
+    /// Applies the migrations this database has not had yet, each in its own transaction.
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |op: String| StoreError::sqlite(&path, op);
+        self.conn
+            .execute_batch(
+                "CREATE TABLE IF NOT EXISTS ferry_schema (
+                    version INTEGER PRIMARY KEY,
+                    name TEXT NOT NULL,
+                    applied_at TEXT NOT NULL)",
+            )
+            .map_err(err("creating ferry_schema".into()))?;
+        let current: i64 = self
+            .conn
+            .query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM ferry_schema",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(err("reading the schema version".into()))?;
+        for &(version, name, sql) in MIGRATIONS.iter().filter(|(v, _, _)| *v > current) {
+            let op = || format!("applying migrations/{name}.sql");
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(err(op()))?;
+            tx.execute_batch(sql).map_err(err(op()))?;
+            tx.execute(
+                "INSERT INTO ferry_schema (version, name, applied_at) VALUES (?1, ?2, ?3)",
+                params![version, name, super::rfc3339(now_ms())],
+            )
+            .map_err(err(op()))?;
+            tx.commit().map_err(err(op()))?;
+            tracing::info!(path = %path.display(), migration = name, "applied schema migration");
+        }
+        Ok(())
+    }
+
+    /// Finds or creates the collection's table and works out how to read it.
+    fn prepare_table(&mut self, collection: &Collection) -> Result<Table, StoreError> {
+        let name = collection.name.as_str();
+        let schema_err = |message: String| StoreError::Schema {
+            path: self.path.clone(),
+            table: name.to_string(),
+            collection: name.to_string(),
+            message,
+        };
+        let existing: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err(format!("looking up table {name}")))?;
+        let table_name = match existing {
+            Some(actual) => actual,
+            None => {
+                let seed = SEED_000_TABLES
+                    .iter()
+                    .find(|(seed, _)| *seed == name && collection.key.as_str() == "id");
+                let (ddl, layout) = match seed {
+                    Some((_, ddl)) => (ddl.to_string(), "columns"),
+                    None => (
+                        format!(
+                            "CREATE TABLE {} (key PRIMARY KEY NOT NULL, record TEXT NOT NULL CHECK (json_valid(record)))",
+                            ident(name)
+                        ),
+                        "document",
+                    ),
+                };
+                let tx = self
+                    .conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(StoreError::sqlite(
+                        &self.path,
+                        format!("creating table {name}"),
+                    ))?;
+                tx.execute_batch(&ddl)
+                    .and_then(|()| {
+                        tx.execute(
+                            "INSERT OR REPLACE INTO ferry_collections (name, layout, created_by_ferry) VALUES (?1, ?2, 1)",
+                            params![name, layout],
+                        )
+                    })
+                    .and_then(|_| tx.commit())
+                    .map_err(StoreError::sqlite(&self.path, format!("creating table {name}")))?;
+                tracing::info!(table = name, layout, "created table for collection");
+                name.to_string()
+            }
+        };
+        let layout: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT layout FROM ferry_collections WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err("reading ferry_collections"))?;
+        if layout.is_none() {
+            self.conn
+                .execute(
+                    "INSERT INTO ferry_collections (name, layout, created_by_ferry) VALUES (?1, 'columns', 0)",
+                    [name],
+                )
+                .map_err(self.err("writing ferry_collections"))?;
+        }
+        let layout = match layout.as_deref() {
+            Some("document") => Layout::Document,
+            _ => Layout::Columns,
+        };
+
+        // Columns, primary key and unique single-column indexes.
+        let quoted = ident(&table_name);
+        let mut columns = Vec::new();
+        let mut pk_columns = Vec::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare(&format!("PRAGMA table_info({quoted})"))
+                .map_err(self.err(format!("reading the columns of {table_name}")))?;
+            let mut rows = stmt
+                .query([])
+                .map_err(self.err(format!("reading the columns of {table_name}")))?;
+            while let Some(row) = rows
+                .next()
+                .map_err(StoreError::sqlite(&self.path, "reading columns"))?
+            {
+                let column: String = row
+                    .get(1)
+                    .map_err(StoreError::sqlite(&self.path, "reading columns"))?;
+                let pk: i64 = row
+                    .get(5)
+                    .map_err(StoreError::sqlite(&self.path, "reading columns"))?;
+                if pk > 0 {
+                    pk_columns.push(column.clone());
+                }
+                columns.push(column);
+            }
+        }
+        let find_column = |field: &str, what: &str| -> Result<String, StoreError> {
+            columns
+                .iter()
+                .find(|c| c.eq_ignore_ascii_case(field))
+                .cloned()
+                .ok_or_else(|| {
+                    schema_err(format!(
+                        "has no column {field:?} for collections[{name}].{what}; its columns are: {}",
+                        columns.join(", ")
+                    ))
+                })
+        };
+        let field_expr = |field: &str, what: &str| -> Result<String, StoreError> {
+            Ok(match layout {
+                Layout::Document => format!("json_extract(t.record, {})", json_path(field)),
+                Layout::Columns => format!("t.{}", ident(&find_column(field, what)?)),
+            })
+        };
+        let (key_column, key_expr) = match layout {
+            Layout::Document => ("key".to_string(), "t.key".to_string()),
+            Layout::Columns => {
+                let column = find_column(collection.key.as_str(), "key")?;
+                let expr = format!("t.{}", ident(&column));
+                (column, expr)
+            }
+        };
+        let order_expr = if collection.order_by() == &collection.key {
+            key_expr.clone()
+        } else {
+            field_expr(collection.order_by().as_str(), "order_by")?
+        };
+        let updated_expr = match &collection.updated_at {
+            Some(field) => Some(field_expr(field.as_str(), "updated_at")?),
+            None => None,
+        };
+        if layout == Layout::Columns {
+            for field in &collection.blob_fields {
+                find_column(field.as_str(), "blob_fields")?;
+            }
+        }
+        let select_list = match layout {
+            Layout::Document => "t.key, t.record".to_string(),
+            Layout::Columns => columns
+                .iter()
+                .map(|c| format!("t.{}", ident(c)))
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        let has_rowid = self
+            .conn
+            .prepare(&format!("SELECT rowid FROM {quoted} LIMIT 0"))
+            .is_ok();
+        let key_unique = layout == Layout::Document
+            || (pk_columns.len() == 1 && pk_columns[0].eq_ignore_ascii_case(&key_column))
+            || self.has_unique_index(&table_name, &key_column)?;
+        let read_only = (!key_unique).then(|| {
+            format!(
+                "table {table_name} has no PRIMARY KEY or UNIQUE index on its key column {key_column:?}, \
+                 so ferry can read and deliver its rows but will not write to it"
+            )
+        });
+
+        if let Some(expr) = &updated_expr {
+            self.ensure_index(&table_name, collection, expr, layout)?;
+        }
+        Ok(Table {
+            collection: collection.clone(),
+            name: quoted,
+            layout,
+            columns,
+            key_column,
+            key_expr,
+            order_expr,
+            updated_expr,
+            select_list,
+            has_rowid,
+            read_only,
+        })
+    }
+
+    fn has_unique_index(&self, table: &str, column: &str) -> Result<bool, StoreError> {
+        let op = || format!("reading the indexes of {table}");
+        let mut stmt = self
+            .conn
+            .prepare("SELECT il.name FROM pragma_index_list(?1) AS il WHERE il.\"unique\" = 1")
+            .map_err(self.err(op()))?;
+        let names: Vec<String> = stmt
+            .query_map([table], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(self.err(op()))?;
+        for index in names {
+            let cols: Vec<String> = self
+                .conn
+                .prepare("SELECT name FROM pragma_index_info(?1)")
+                .and_then(|mut s| {
+                    s.query_map([&index], |r| r.get::<_, Option<String>>(0))?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(self.err(op()))?
+                .into_iter()
+                .map(Option::unwrap_or_default)
+                .collect();
+            if cols.len() == 1 && cols[0].eq_ignore_ascii_case(column) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// An index on the `updated_at` field, so changed records are found without reading
+    /// the table. It adds no column and changes no data.
+    fn ensure_index(
+        &self,
+        table: &str,
+        collection: &Collection,
+        expr: &str,
+        layout: Layout,
+    ) -> Result<(), StoreError> {
+        let index = format!("ferry_{}_updated_at", collection.name.as_str());
+        let target = match layout {
+            Layout::Document => expr.replacen("t.record", "record", 1),
+            Layout::Columns => expr.trim_start_matches("t.").to_string(),
+        };
+        self.conn
+            .execute_batch(&format!(
+                "CREATE INDEX IF NOT EXISTS {} ON {} ({target})",
+                ident(&index),
+                ident(table)
+            ))
+            .map_err(self.err(format!("creating index {index}")))
+    }
+
+    fn table(&self, collection: &str) -> Result<&Table, StoreError> {
+        find(&self.collections, collection)?;
+        self.tables
+            .get(collection)
+            .ok_or_else(|| StoreError::UnknownCollection {
+                name: collection.to_string(),
+                known: self.tables.keys().cloned().collect(),
+            })
+    }
+
+    /// The watermarks stored for a collection.
+    fn watermarks(&self, collection: &str) -> Result<(i64, Option<Key>, SqlValue), StoreError> {
+        self.conn
+            .query_row(
+                "SELECT new_watermark, new_watermark_key, changed_watermark FROM ferry_collections WHERE name = ?1",
+                [collection],
+                |r| Ok((r.get::<_, i64>(0)?, key_from_sql(r.get_ref(1)?), r.get::<_, SqlValue>(2)?)),
+            )
+            .optional()
+            .map_err(self.err("reading watermarks"))
+            .map(|w| w.unwrap_or((0, None, SqlValue::Null)))
+    }
+}
+
+fn key_to_sql(key: &Key) -> SqlValue {
+    match key {
+        Key::Int(i) => SqlValue::Integer(*i),
+        Key::Text(s) => SqlValue::Text(s.clone()),
+    }
+}
+
+fn key_from_sql(value: ValueRef<'_>) -> Option<Key> {
+    match value {
+        ValueRef::Null => None,
+        ValueRef::Integer(i) => Some(Key::Int(i)),
+        ValueRef::Real(f) => Some(Key::Text(f.to_string())),
+        ValueRef::Text(t) | ValueRef::Blob(t) => Some(Key::parse(&String::from_utf8_lossy(t))),
+    }
+}
+
+fn json_from_sql(value: ValueRef<'_>) -> Value {
+    match value {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::from(i),
+        ValueRef::Real(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
+        ValueRef::Text(t) => match std::str::from_utf8(t) {
+            Ok(s) => Value::String(s.to_string()),
+            // Not UTF-8: keep the exact bytes rather than mangle them.
+            Err(_) => record::bytes_value(t),
+        },
+        ValueRef::Blob(b) => record::bytes_value(b),
+    }
+}
+
+fn sql_from_json(value: &Value) -> Result<SqlValue, String> {
+    Ok(match value {
+        Value::Null => SqlValue::Null,
+        Value::Bool(b) => SqlValue::Integer(i64::from(*b)),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => SqlValue::Integer(i),
+            (None, _) if n.as_u64().is_some() => SqlValue::Text(n.to_string()),
+            (None, Some(f)) if !n.to_string().contains(['.', 'e', 'E']) => {
+                // An integer beyond 64 bits: keep its digits.
+                let _ = f;
+                SqlValue::Text(n.to_string())
+            }
+            (None, Some(f)) => SqlValue::Real(f),
+            (None, None) => SqlValue::Text(n.to_string()),
+        },
+        Value::String(s) => SqlValue::Text(s.clone()),
+        other => match record::decode_bytes(other) {
+            Some(bytes) => SqlValue::Blob(bytes?),
+            None => SqlValue::Text(other.to_string()),
+        },
+    })
+}
+
+impl Table {
+    /// Rebuilds a record from the columns `select_list` produced, starting at `offset`.
+    fn record_from_row(&self, row: &Row<'_>, offset: usize) -> rusqlite::Result<Record> {
+        match self.layout {
+            Layout::Document => {
+                let text: String = row.get(offset + 1)?;
+                serde_json::from_str::<Record>(&text).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        offset + 1,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })
+            }
+            Layout::Columns => {
+                let mut record = Map::with_capacity(self.columns.len());
+                for (i, column) in self.columns.iter().enumerate() {
+                    record.insert(column.clone(), json_from_sql(row.get_ref(offset + i)?));
+                }
+                Ok(record)
+            }
+        }
+    }
+
+    /// The due-record query: rowid, record columns, version, tracking columns, for the
+    /// rows matching `condition`, then `tail` (ORDER BY / LIMIT).
+    fn due_sql(&self, condition: &str, tail: &str) -> String {
+        let version = self
+            .updated_expr
+            .as_deref()
+            .map_or("NULL".to_string(), |e| format!("CAST({e} AS TEXT)"));
+        let rowid = if self.has_rowid { "t.rowid" } else { "0" };
+        format!(
+            "SELECT {rowid}, {}, {version}, {TRACKING_COLUMNS} FROM {} AS t \
+             LEFT JOIN sync_tracking AS s ON s.table_name = ?1 AND s.local_id = {} \
+             WHERE {condition} {tail}",
+            self.select_list, self.name, self.key_expr
+        )
+    }
+
+    /// Records never tried, above the rowid watermark (?2). The `+` keeps the planner
+    /// from walking an index in ORDER BY order, which would read every row: the rowid
+    /// range must drive this query.
+    fn new_records_sql(&self) -> String {
+        let rowid = if self.has_rowid { "t.rowid" } else { "0" };
+        self.due_sql(
+            &format!("{rowid} > ?2 AND s.local_id IS NULL"),
+            &format!("ORDER BY +{}, +{} LIMIT ?3", self.order_expr, self.key_expr),
+        )
+    }
+
+    /// Delivered records whose version moved, from `updated_at` ?2 up (read through the
+    /// `updated_at` index), or all of them when `from_start`.
+    fn changed_records_sql(&self, from_start: bool) -> String {
+        let updated = self.updated_expr.as_deref().unwrap_or("NULL");
+        let version = format!("CAST({updated} AS TEXT)");
+        let range = if from_start {
+            "?2 IS NULL".to_string()
+        } else {
+            format!("{updated} >= ?2")
+        };
+        self.due_sql(
+            &format!("{range} AND s.sync_status = 'success' AND s.version IS NOT {version}"),
+            &format!("ORDER BY +{}, +{} LIMIT ?3", self.order_expr, self.key_expr),
+        )
+    }
+
+    fn select_width(&self) -> usize {
+        match self.layout {
+            Layout::Document => 2,
+            Layout::Columns => self.columns.len(),
+        }
+    }
+
+    fn key_from_row(&self, row: &Row<'_>, offset: usize) -> rusqlite::Result<Option<Key>> {
+        let index = match self.layout {
+            Layout::Document => offset,
+            Layout::Columns => {
+                offset
+                    + self
+                        .columns
+                        .iter()
+                        .position(|c| c == &self.key_column)
+                        .unwrap_or(0)
+            }
+        };
+        Ok(key_from_sql(row.get_ref(index)?))
+    }
+
+    fn collection_name(&self) -> &str {
+        self.collection.name.as_str()
+    }
+}
+
+fn tracking_from_row(
+    collection: &str,
+    row: &Row<'_>,
+    offset: usize,
+) -> rusqlite::Result<Option<Tracking>> {
+    let Some(key) = key_from_sql(row.get_ref(offset)?) else {
+        return Ok(None);
+    };
+    let text = |i: usize| -> rusqlite::Result<Option<String>> {
+        Ok(match row.get_ref(offset + i)? {
+            ValueRef::Null => None,
+            ValueRef::Integer(n) => Some(n.to_string()),
+            ValueRef::Real(f) => Some(f.to_string()),
+            ValueRef::Text(t) | ValueRef::Blob(t) => Some(String::from_utf8_lossy(t).into_owned()),
+        })
+    };
+    let status = text(3)?;
+    Ok(Some(Tracking {
+        collection: collection.to_string(),
+        key,
+        remote_id: key_from_sql(row.get_ref(offset + 1)?),
+        sync_date: text(2)?.unwrap_or_default(),
+        // An unknown status (hand-edited) is tried again rather than ignored.
+        status: status
+            .as_deref()
+            .and_then(Status::parse)
+            .unwrap_or(Status::Pending),
+        error_message: text(4)?,
+        attempts: row
+            .get::<_, Option<i64>>(offset + 5)?
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0),
+        next_attempt_at: row.get::<_, Option<i64>>(offset + 6)?.filter(|&at| at != 0),
+        version: text(7)?,
+        last_http_status: row
+            .get::<_, Option<i64>>(offset + 8)?
+            .and_then(|n| u16::try_from(n).ok()),
+        bytes_sent: row
+            .get::<_, Option<i64>>(offset + 9)?
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0),
+    }))
+}
+
+impl Store for SqliteStore {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    fn put(&mut self, collection: &str, record: Record) -> Result<Key, StoreError> {
+        let table = self.table(collection)?;
+        let key = key_for_write(&table.collection, &record)?;
+        self.put_many(collection, vec![record])?;
+        Ok(key)
+    }
+
+    fn put_many(&mut self, collection: &str, records: Vec<Record>) -> Result<(), StoreError> {
+        let table = self.table(collection)?;
+        let name = table.collection_name().to_string();
+        if let Some(reason) = &table.read_only {
+            return Err(StoreError::InvalidRecord {
+                collection: name,
+                key: None,
+                message: reason.clone(),
+            });
+        }
+        // Build every row first: a bad record fails the call before anything is written.
+        let invalid = |key: Option<&Key>, message: String| StoreError::InvalidRecord {
+            collection: name.clone(),
+            key: key.map(Key::to_string),
+            message,
+        };
+        let mut rows: Vec<(Key, Vec<String>, Vec<SqlValue>)> = Vec::with_capacity(records.len());
+        for record in &records {
+            super::check_bytes(&table.collection, record)?;
+            let key = key_for_write(&table.collection, record)?;
+            match table.layout {
+                Layout::Document => {
+                    let json = serde_json::to_string(record)
+                        .map_err(|e| invalid(Some(&key), e.to_string()))?;
+                    rows.push((
+                        key.clone(),
+                        Vec::new(),
+                        vec![key_to_sql(&key), SqlValue::Text(json)],
+                    ));
+                }
+                Layout::Columns => {
+                    let mut columns = Vec::with_capacity(record.len());
+                    let mut values = Vec::with_capacity(record.len());
+                    for (field, value) in record {
+                        let Some(column) =
+                            table.columns.iter().find(|c| c.eq_ignore_ascii_case(field))
+                        else {
+                            return Err(invalid(Some(&key), format!(
+                                "field {field:?} has no column in table {} (ferry does not change another \
+                                 program's columns); its columns are: {}",
+                                table.name,
+                                table.columns.join(", ")
+                            )));
+                        };
+                        columns.push(column.clone());
+                        values.push(
+                            sql_from_json(value).map_err(|m| {
+                                invalid(Some(&key), format!("field {field:?}: {m}"))
+                            })?,
+                        );
+                    }
+                    rows.push((key, columns, values));
+                }
+            }
+        }
+        let statement = |columns: &[String]| -> String {
+            match table.layout {
+                Layout::Document => format!(
+                    "INSERT INTO {} (key, record) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET record = excluded.record",
+                    table.name
+                ),
+                Layout::Columns => {
+                    let list = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+                    let marks = (1..=columns.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+                    // Replace semantics: columns the record leaves out go back to their default.
+                    let updates: Vec<String> = table
+                        .columns
+                        .iter()
+                        .filter(|c| *c != &table.key_column)
+                        .map(|c| format!("{0} = excluded.{0}", ident(c)))
+                        .collect();
+                    let action = if updates.is_empty() {
+                        "NOTHING".to_string()
+                    } else {
+                        format!("UPDATE SET {}", updates.join(", "))
+                    };
+                    format!(
+                        "INSERT INTO {} ({list}) VALUES ({marks}) ON CONFLICT ({}) DO {action}",
+                        table.name,
+                        ident(&table.key_column)
+                    )
+                }
+            }
+        };
+        let statements: Vec<String> = rows
+            .iter()
+            .map(|(_, columns, _)| statement(columns))
+            .collect();
+        let path = self.path.clone();
+        let op = || format!("writing records of {name}");
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::sqlite(&path, op()))?;
+        for ((key, _, values), sql) in rows.iter().zip(&statements) {
+            tx.prepare_cached(sql)
+                .and_then(|mut s| s.execute(rusqlite::params_from_iter(values.iter())))
+                .map_err(StoreError::sqlite(
+                    &path,
+                    format!("writing record {key} of {name}"),
+                ))?;
+            tx.prepare_cached("DELETE FROM ferry_tombstones WHERE collection = ?1 AND key = ?2")
+                .and_then(|mut s| s.execute(params![name, key_to_sql(key)]))
+                .map_err(StoreError::sqlite(&path, op()))?;
+        }
+        tx.execute(
+            "UPDATE ferry_collections SET last_write_ms = ?2 WHERE name = ?1",
+            params![name, now_ms()],
+        )
+        .map_err(StoreError::sqlite(&path, op()))?;
+        tx.commit().map_err(StoreError::sqlite(&path, op()))
+    }
+
+    fn get(&mut self, collection: &str, key: &Key) -> Result<Option<Record>, StoreError> {
+        let table = self.table(collection)?;
+        let sql = format!(
+            "SELECT {} FROM {} AS t WHERE {} = ?1",
+            table.select_list, table.name, table.key_expr
+        );
+        self.conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| {
+                s.query_row([key_to_sql(key)], |row| table.record_from_row(row, 0))
+                    .optional()
+            })
+            .map_err(StoreError::sqlite(
+                &self.path,
+                format!("reading record {key} of {collection}"),
+            ))
+    }
+
+    fn list(
+        &mut self,
+        collection: &str,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let table = self.table(collection)?;
+        let sql = format!(
+            "SELECT {} FROM {} AS t WHERE ?1 IS NULL OR {} > ?1 ORDER BY {2} LIMIT ?2",
+            table.select_list, table.name, table.key_expr
+        );
+        let after = after.map_or(SqlValue::Null, key_to_sql);
+        self.conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| {
+                s.query_map(params![after, limit as i64], |row| {
+                    table.record_from_row(row, 0)
+                })?
+                .collect()
+            })
+            .map_err(StoreError::sqlite(
+                &self.path,
+                format!("listing records of {collection}"),
+            ))
+    }
+
+    fn delete(&mut self, collection: &str, key: &Key) -> Result<bool, StoreError> {
+        let table = self.table(collection)?;
+        if let Some(reason) = &table.read_only {
+            return Err(StoreError::InvalidRecord {
+                collection: collection.to_string(),
+                key: Some(key.to_string()),
+                message: reason.clone(),
+            });
+        }
+        let sql = format!(
+            "DELETE FROM {} AS t WHERE {} = ?1",
+            table.name,
+            table.key_expr.replacen("t.", "", 1)
+        );
+        let path = self.path.clone();
+        let op = || format!("deleting record {key} of {collection}");
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::sqlite(&path, op()))?;
+        let removed = tx
+            .execute(&sql, [key_to_sql(key)])
+            .map_err(StoreError::sqlite(&path, op()))?;
+        if removed > 0 {
+            let now = now_ms();
+            tx.execute(
+                "INSERT OR REPLACE INTO ferry_tombstones (collection, key, deleted_at) VALUES (?1, ?2, ?3)",
+                params![collection, key_to_sql(key), now],
+            )
+            .and_then(|_| tx.execute("UPDATE ferry_collections SET last_write_ms = ?2 WHERE name = ?1", params![collection, now]))
+            .map_err(StoreError::sqlite(&path, op()))?;
+        }
+        tx.commit().map_err(StoreError::sqlite(&path, op()))?;
+        Ok(removed > 0)
+    }
+
+    fn tombstones(&mut self, collection: &str) -> Result<Vec<Tombstone>, StoreError> {
+        let table = self.table(collection)?;
+        // A tombstone counts only while the record is absent.
+        let sql = format!(
+            "SELECT d.key, d.deleted_at FROM ferry_tombstones AS d
+              WHERE d.collection = ?1 AND NOT EXISTS (SELECT 1 FROM {} AS t WHERE {} = d.key)
+              ORDER BY d.key",
+            table.name, table.key_expr
+        );
+        self.conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| {
+                s.query_map([collection], |r| {
+                    Ok(key_from_sql(r.get_ref(0)?).map(|key| Tombstone {
+                        key,
+                        deleted_at: r.get(1).unwrap_or(0),
+                    }))
+                })?
+                .filter_map(Result::transpose)
+                .collect()
+            })
+            .map_err(StoreError::sqlite(
+                &self.path,
+                format!("reading tombstones of {collection}"),
+            ))
+    }
+
+    fn due(&mut self, collection: &str, query: &DueQuery) -> Result<Vec<Due>, StoreError> {
+        let table = self.table(collection)?;
+        let name = table.collection_name().to_string();
+        let path = self.path.clone();
+        let op = |what: &str| format!("finding {what} records of {name}");
+        let limit = query.limit as i64;
+        let mut due: Vec<Due> = Vec::new();
+        let width = table.select_width();
+        let row_to_due = |row: &Row<'_>| -> rusqlite::Result<Option<Due>> {
+            // Layout: rowid, record columns, version, tracking columns.
+            let Some(key) = table.key_from_row(row, 1)? else {
+                return Ok(None);
+            };
+            let record = table.record_from_row(row, 1)?;
+            let version = record::version_of(
+                &record,
+                table.collection.updated_at.as_ref().map(|f| f.as_str()),
+            );
+            let tracking = tracking_from_row(&name, row, 2 + width)?;
+            Ok(Some(Due {
+                key,
+                record: Some(record),
+                version,
+                tracking,
+            }))
+        };
+
+        // 1. Retries that are due, found through the tracking index.
+        let retry_keys: Vec<SqlValue> = self
+            .conn
+            .prepare_cached(
+                "SELECT local_id FROM sync_tracking WHERE table_name = ?1
+                   AND sync_status IN ('pending', 'failed') AND next_attempt_at <= ?2
+                 ORDER BY next_attempt_at LIMIT ?3",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![name, query.now, limit], |r| r.get(0))?
+                    .collect()
+            })
+            .map_err(StoreError::sqlite(&path, op("retry")))?;
+        if !retry_keys.is_empty() {
+            let sql = table.due_sql(&format!("{} = ?2", table.key_expr), "");
+            let mut stmt = self
+                .conn
+                .prepare_cached(&sql)
+                .map_err(StoreError::sqlite(&path, op("retry")))?;
+            let mut orphans = Vec::new();
+            for key in &retry_keys {
+                match stmt.query_row(params![name, key], row_to_due).optional() {
+                    Ok(Some(Some(d))) => due.push(d),
+                    Ok(_) => orphans.push(key.clone()),
+                    Err(e) => return Err(StoreError::sqlite(&path, op("retry"))(e)),
+                }
+            }
+            drop(stmt);
+            // Tracked records deleted since: handed back without a record.
+            for key in orphans {
+                let row = self
+                    .conn
+                    .prepare_cached(&format!(
+                        "SELECT {TRACKING_COLUMNS} FROM sync_tracking AS s WHERE s.table_name = ?1 AND s.local_id = ?2"
+                    ))
+                    .and_then(|mut s| s.query_row(params![name, key], |r| tracking_from_row(&name, r, 0)).optional())
+                    .map_err(StoreError::sqlite(&path, op("retry")))?
+                    .flatten();
+                if let Some(row) = row {
+                    due.push(Due {
+                        key: row.key.clone(),
+                        record: None,
+                        version: None,
+                        tracking: Some(row),
+                    });
+                }
+            }
+        }
+
+        // 2. Records never tried: only rows above the watermark are read.
+        let (mut watermark, watermark_key, changed_watermark) = self.watermarks(&name)?;
+        if query.full_scan || !table.has_rowid {
+            watermark = 0;
+        } else if watermark > 0 {
+            // The row at the watermark must still be the one it was; if it was deleted,
+            // a new row may have taken a rowid below the watermark, so read from 0.
+            let at: Option<Option<Key>> = self
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT {} FROM {} AS t WHERE t.rowid = ?1",
+                    table.key_expr, table.name
+                ))
+                .and_then(|mut s| {
+                    s.query_row([watermark], |r| Ok(key_from_sql(r.get_ref(0)?)))
+                        .optional()
+                })
+                .map_err(StoreError::sqlite(&path, op("new")))?;
+            if at.flatten() != watermark_key {
+                tracing::debug!(collection = %name, watermark, "watermark row changed; reading the whole table once");
+                watermark = 0;
+            }
+        }
+        let sql = table.new_records_sql();
+        let fresh: Vec<(i64, Due)> = self
+            .conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| {
+                s.query_map(params![name, watermark, limit], |row| {
+                    Ok((row.get::<_, i64>(0)?, row_to_due(row)?))
+                })?
+                .filter_map(|r| r.map(|(rowid, d)| d.map(|d| (rowid, d))).transpose())
+                .collect()
+            })
+            .map_err(StoreError::sqlite(&path, op("new")))?;
+        if table.has_rowid && (fresh.len() as i64) < limit {
+            // Everything untracked above the watermark is in `fresh`: move the watermark
+            // up to the last row below all of them.
+            let below = fresh
+                .iter()
+                .map(|(rowid, _)| *rowid)
+                .min()
+                .unwrap_or(i64::MAX);
+            let new: Option<(i64, Option<Key>)> = self
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT t.rowid, {} FROM {} AS t WHERE t.rowid < ?1 ORDER BY t.rowid DESC LIMIT 1",
+                    table.key_expr, table.name
+                ))
+                .and_then(|mut s| s.query_row([below], |r| Ok((r.get(0)?, key_from_sql(r.get_ref(1)?)))).optional())
+                .map_err(StoreError::sqlite(&path, op("new")))?;
+            let (new_mark, new_key) = new.unwrap_or((0, None));
+            if new_mark != watermark || new_key != watermark_key {
+                self.conn
+                    .execute(
+                        "UPDATE ferry_collections SET new_watermark = ?2, new_watermark_key = ?3 WHERE name = ?1",
+                        params![name, new_mark, new_key.as_ref().map_or(SqlValue::Null, key_to_sql)],
+                    )
+                    .map_err(StoreError::sqlite(&path, op("new")))?;
+            }
+        }
+        due.extend(fresh.into_iter().map(|(_, d)| d));
+
+        // 3. Delivered records whose version moved, found through the updated_at index.
+        if let (true, Some(updated)) = (query.include_changed, table.updated_expr.as_deref()) {
+            let from = if query.full_scan {
+                SqlValue::Null
+            } else {
+                changed_watermark
+            };
+            let sql = table.changed_records_sql(from == SqlValue::Null);
+            let changed: Vec<Due> = self
+                .conn
+                .prepare_cached(&sql)
+                .and_then(|mut s| {
+                    s.query_map(params![name, from, limit], row_to_due)?
+                        .filter_map(Result::transpose)
+                        .collect()
+                })
+                .map_err(StoreError::sqlite(&path, op("changed")))?;
+            if (changed.len() as i64) < limit {
+                // Seen every change from `from` up: next time, start at the oldest one
+                // still undelivered, or at the newest value in the table.
+                let oldest_pending = changed
+                    .iter()
+                    .filter_map(|d| {
+                        d.record
+                            .as_ref()?
+                            .get(table.collection.updated_at.as_ref()?.as_str())
+                    })
+                    .filter_map(|v| sql_from_json(v).ok())
+                    .min_by(compare_sql);
+                let next = match oldest_pending {
+                    Some(v) => v,
+                    None => self
+                        .conn
+                        .prepare_cached(&format!("SELECT MAX({updated}) FROM {} AS t", table.name))
+                        .and_then(|mut s| s.query_row([], |r| r.get::<_, SqlValue>(0)))
+                        .map_err(StoreError::sqlite(&path, op("changed")))?,
+                };
+                if next != from {
+                    self.conn
+                        .execute(
+                            "UPDATE ferry_collections SET changed_watermark = ?2 WHERE name = ?1",
+                            params![name, next],
+                        )
+                        .map_err(StoreError::sqlite(&path, op("changed")))?;
+                }
+            }
+            due.extend(changed);
+        }
+
+        // One entry per key, in order_by order, at most `limit`.
+        let mut seen = std::collections::HashSet::new();
+        due.retain(|d| seen.insert(d.key.clone()));
+        super::json::sort_due(&mut due, table.collection.order_by().as_str());
+        due.truncate(query.limit);
+        Ok(due)
+    }
+
+    fn tracking(&mut self, collection: &str, key: &Key) -> Result<Option<Tracking>, StoreError> {
+        self.table(collection)?;
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {TRACKING_COLUMNS} FROM sync_tracking AS s WHERE s.table_name = ?1 AND s.local_id = ?2"
+            ))
+            .and_then(|mut s| s.query_row(params![collection, key_to_sql(key)], |r| tracking_from_row(collection, r, 0)).optional())
+            .map(Option::flatten)
+            .map_err(StoreError::sqlite(&self.path, format!("reading tracking of {collection} record {key}")))
+    }
+
+    fn tracking_page(
+        &mut self,
+        collection: &str,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> Result<Vec<Tracking>, StoreError> {
+        self.table(collection)?;
+        let after = after.map_or(SqlValue::Null, key_to_sql);
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {TRACKING_COLUMNS} FROM sync_tracking AS s WHERE s.table_name = ?1
+                   AND (?2 IS NULL OR s.local_id > ?2) ORDER BY s.local_id LIMIT ?3"
+            ))
+            .and_then(|mut s| {
+                s.query_map(params![collection, after, limit as i64], |r| {
+                    tracking_from_row(collection, r, 0)
+                })?
+                .filter_map(Result::transpose)
+                .collect()
+            })
+            .map_err(StoreError::sqlite(
+                &self.path,
+                format!("reading tracking of {collection}"),
+            ))
+    }
+
+    fn write_tracking(&mut self, rows: &[Tracking]) -> Result<(), StoreError> {
+        for row in rows {
+            self.table(&row.collection)?;
+        }
+        let path = self.path.clone();
+        let op = || format!("writing {} tracking rows", rows.len());
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::sqlite(&path, op()))?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO sync_tracking (table_name, local_id, remote_id, sync_date, sync_status,
+                        error_message, attempts, next_attempt_at, version, last_http_status, bytes_sent)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                     ON CONFLICT (table_name, local_id) DO UPDATE SET
+                        remote_id = excluded.remote_id, sync_date = excluded.sync_date,
+                        sync_status = excluded.sync_status, error_message = excluded.error_message,
+                        attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at,
+                        version = excluded.version, last_http_status = excluded.last_http_status,
+                        bytes_sent = excluded.bytes_sent",
+                )
+                .map_err(StoreError::sqlite(&path, op()))?;
+            for row in rows {
+                // Rows still to be tried are due at 0 ("now") rather than NULL, so the
+                // retry index finds them.
+                let next = match (row.status, row.next_attempt_at) {
+                    (Status::Success, at) => at,
+                    (_, at) => Some(at.unwrap_or(0)),
+                };
+                stmt.execute(params![
+                    row.collection,
+                    key_to_sql(&row.key),
+                    row.remote_id.as_ref().map_or(SqlValue::Null, key_to_sql),
+                    row.sync_date,
+                    row.status.as_str(),
+                    row.error_message,
+                    row.attempts,
+                    next,
+                    row.version,
+                    row.last_http_status,
+                    i64::try_from(row.bytes_sent).unwrap_or(i64::MAX),
+                ])
+                .map_err(StoreError::sqlite(
+                    &path,
+                    format!("writing tracking of {} record {}", row.collection, row.key),
+                ))?;
+            }
+        }
+        tx.commit().map_err(StoreError::sqlite(&path, op()))
+    }
+
+    fn last_written(&mut self, collection: &str) -> Result<Option<Millis>, StoreError> {
+        let table = self.table(collection)?;
+        let ferry_mark: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT last_write_ms FROM ferry_collections WHERE name = ?1",
+                [collection],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(StoreError::sqlite(&self.path, "reading ferry_collections"))?
+            .flatten();
+        let newest = match &table.updated_expr {
+            Some(expr) => self
+                .conn
+                .prepare_cached(&format!("SELECT MAX({expr}) FROM {} AS t", table.name))
+                .and_then(|mut s| s.query_row([], |r| r.get::<_, SqlValue>(0)))
+                .map_err(StoreError::sqlite(
+                    &self.path,
+                    format!("reading MAX(updated_at) of {collection}"),
+                ))?,
+            None => SqlValue::Null,
+        };
+        let newest = match newest {
+            SqlValue::Integer(i) => parse_timestamp(&i.to_string()),
+            SqlValue::Real(f) => parse_timestamp(&(f as i64).to_string()),
+            SqlValue::Text(t) => parse_timestamp(&t),
+            _ => None,
+        };
+        Ok(ferry_mark.into_iter().chain(newest).max())
+    }
+
+    fn backup(&mut self, dest: &Path) -> Result<(), StoreError> {
+        // SQLite's online backup into a temp file, then an atomic rename: a reader of
+        // `dest` never sees half a backup.
+        let temp = dest.with_file_name(format!(
+            "{}{}",
+            atomic::temp_prefix(dest),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&temp);
+        let result = self
+            .conn
+            .backup(
+                rusqlite::MAIN_DB,
+                &temp,
+                None::<fn(rusqlite::backup::Progress)>,
+            )
+            .map_err(StoreError::sqlite(&temp, "taking an online backup"))
+            .and_then(|()| {
+                std::fs::File::open(&temp)
+                    .and_then(|f| f.sync_all())
+                    .and_then(|()| std::fs::rename(&temp, dest))
+                    .map_err(StoreError::io(dest, "finishing the backup"))
+            });
+        if result.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        result
+    }
+}
+
+/// SQLite's ordering of values (null < numbers < text < blob).
+fn compare_sql(a: &SqlValue, b: &SqlValue) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    fn class(v: &SqlValue) -> u8 {
+        match v {
+            SqlValue::Null => 0,
+            SqlValue::Integer(_) | SqlValue::Real(_) => 1,
+            SqlValue::Text(_) => 2,
+            SqlValue::Blob(_) => 3,
+        }
+    }
+    match (a, b) {
+        (SqlValue::Integer(x), SqlValue::Integer(y)) => x.cmp(y),
+        (SqlValue::Integer(_) | SqlValue::Real(_), SqlValue::Integer(_) | SqlValue::Real(_)) => {
+            let f = |v: &SqlValue| match v {
+                SqlValue::Integer(i) => *i as f64,
+                SqlValue::Real(r) => *r,
+                _ => 0.0,
+            };
+            f(a).partial_cmp(&f(b)).unwrap_or(Ordering::Equal)
+        }
+        (SqlValue::Text(x), SqlValue::Text(y)) => x.cmp(y),
+        (SqlValue::Blob(x), SqlValue::Blob(y)) => x.cmp(y),
+        _ => class(a).cmp(&class(b)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn store(dir: &tempfile::TempDir, collections: &str) -> SqliteStore {
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(&path, collections).unwrap();
+        let config = Config::load(&path, &[("STATE_DIRECTORY", "")]).unwrap();
+        SqliteStore::open(&dir.path().join("ferry.db"), &config.collections).unwrap()
+    }
+
+    fn plan(store: &SqliteStore, sql: &str) -> String {
+        let mut stmt = store
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap();
+        let values: [SqlValue; 3] = [
+            SqlValue::Text("c".into()),
+            SqlValue::Integer(0),
+            SqlValue::Integer(10),
+        ];
+        let count = stmt.parameter_count();
+        let rows: Vec<String> = stmt
+            .query_map(rusqlite::params_from_iter(&values[..count]), |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        rows.join("\n")
+    }
+
+    /// Finding work must never read the whole collection table: each query is driven
+    /// by the rowid watermark, the key, or the updated_at index.
+    #[test]
+    fn finding_work_never_scans_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store(
+            &dir,
+            "[[collections]]\nname = \"c\"\nendpoint = \"/c\"\norder_by = \"at\"\nupdated_at = \"at\"\n\
+             [[collections]]\nname = \"downloads\"\nendpoint = \"/d\"\nupdated_at = \"updated_at\"\n",
+        );
+        store
+            .conn
+            .execute_batch("CREATE TABLE other (id INTEGER PRIMARY KEY, at TEXT, v BLOB)")
+            .unwrap();
+        for name in ["c", "downloads"] {
+            let table = &store.tables[name];
+            for sql in [
+                table.new_records_sql(),
+                table.changed_records_sql(false),
+                table.due_sql(&format!("{} = ?2", table.key_expr), ""),
+            ] {
+                let plan = plan(&store, &sql);
+                assert!(!plan.contains("SCAN t"), "{name}: {sql}\n{plan}");
+            }
+        }
+        // And the same for a table another program created.
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(&path, "[[collections]]\nname = \"other\"\nendpoint = \"/o\"\norder_by = \"at\"\nupdated_at = \"at\"\n").unwrap();
+        let config = Config::load(&path, &[("STATE_DIRECTORY", "")]).unwrap();
+        store = SqliteStore::open(&dir.path().join("ferry.db"), &config.collections).unwrap();
+        let table = &store.tables["other"];
+        for sql in [table.new_records_sql(), table.changed_records_sql(false)] {
+            let plan = plan(&store, &sql);
+            assert!(!plan.contains("SCAN t"), "other: {sql}\n{plan}");
+        }
+    }
+
+    #[test]
+    fn a_seed_003_sync_tracking_is_adopted_with_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("ferry.db");
+        {
+            let conn = Connection::open(&db).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE evenement (id_evenement INTEGER PRIMARY KEY AUTOINCREMENT, date TEXT, capteur TEXT);
+                 CREATE TABLE sync_tracking (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT, table_name TEXT NOT NULL, local_id INTEGER NOT NULL,
+                    remote_id INTEGER, sync_date TEXT NOT NULL, sync_status TEXT NOT NULL, error_message TEXT,
+                    UNIQUE(table_name, local_id));
+                 INSERT INTO evenement (date, capteur) VALUES ('2025-12-18T17:30:00', 'PIR'), ('2025-12-18T17:35:00', 'PIR'),
+                    ('2025-12-18T17:40:00', 'PIR');
+                 INSERT INTO sync_tracking (table_name, local_id, remote_id, sync_date, sync_status, error_message) VALUES
+                    ('evenement', 1, 123, '2025-12-18 17:30:00.000000', 'success', NULL),
+                    ('evenement', 3, NULL, '2025-12-18 17:40:00.000000', 'failed', 'Serveur inaccessible');",
+            )
+            .unwrap();
+        }
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(
+            &path,
+            "[[collections]]\nname = \"evenement\"\nkey = \"id_evenement\"\norder_by = \"date\"\nendpoint = \"/api/evenements\"\n",
+        )
+        .unwrap();
+        let config = Config::load(&path, &[("STATE_DIRECTORY", "")]).unwrap();
+        let mut store = SqliteStore::open(&db, &config.collections).unwrap();
+        let row = store.tracking("evenement", &Key::Int(1)).unwrap().unwrap();
+        assert_eq!(row.status, Status::Success);
+        assert_eq!(row.remote_id, Some(Key::Int(123)));
+        assert_eq!(row.sync_date, "2025-12-18 17:30:00.000000");
+        let query = DueQuery {
+            now: 0,
+            limit: 10,
+            include_changed: true,
+            full_scan: false,
+        };
+        let due = store.due("evenement", &query).unwrap();
+        let keys: Vec<String> = due.iter().map(|d| d.key.to_string()).collect();
+        // 1 was delivered by the seed service; 3 failed there and is retried; 2 is new.
+        assert_eq!(keys, ["2", "3"]);
+        assert_eq!(
+            due[1].tracking.as_ref().map(|t| t.status),
+            Some(Status::Failed)
+        );
+        // The other program's table kept its columns.
+        let columns: Vec<String> = store
+            .conn
+            .prepare("SELECT name FROM pragma_table_info('evenement')")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(columns, ["id_evenement", "date", "capteur"]);
+    }
+}

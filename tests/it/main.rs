@@ -1,0 +1,6 @@
+//! ferry's integration tests: one binary (fast to link), one module per area.
+
+mod support;
+
+mod cli;
+mod store_conformance;
