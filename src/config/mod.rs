@@ -499,21 +499,28 @@ fn parse_toml(
             column,
         }
     };
-    let config: Config = toml::from_str(text).map_err(|err| {
-        let origin = match err.span() {
-            Some(span) => at(span.start),
-            None => Origin::WholeFile(path.to_path_buf()),
-        };
-        ConfigError::single(ConfigProblem {
-            origin,
-            key: None,
-            message: err.message().trim().to_string(),
-        })
-    })?;
-
     let document = toml::de::DeTable::parse(text)
         .ok()
         .map(|t| toml::de::DeValue::Table(t.into_inner()));
+    let config: Config = toml::from_str(text).map_err(|err| {
+        let (origin, key) = match err.span() {
+            Some(span) => (
+                at(span.start),
+                document.as_ref().and_then(|doc| key_at(doc, span.start)),
+            ),
+            None => (Origin::WholeFile(path.to_path_buf()), None),
+        };
+        ConfigError::single(ConfigProblem {
+            origin,
+            key,
+            message: err
+                .message()
+                .trim()
+                .replace("expected i64", "expected an integer")
+                .replace("wanted string or table", "expected a string"),
+        })
+    })?;
+
     let locate = |index: usize, field: &str| -> Origin {
         document
             .as_ref()
@@ -589,6 +596,37 @@ fn parse_toml(
         Ok(config)
     } else {
         Err(ConfigError { problems })
+    }
+}
+
+/// The dotted path of the innermost key whose name or value holds byte `offset`:
+/// `remote.timeout`, `collections[1].name`. A table's span need not cover its body
+/// (a `[remote]` header), so every branch is searched.
+fn key_at(value: &toml::de::DeValue<'_>, offset: usize) -> Option<String> {
+    use toml::de::DeValue;
+    match value {
+        DeValue::Table(table) => table.iter().find_map(|(k, v)| {
+            let name = k.get_ref();
+            match key_at(v.get_ref(), offset) {
+                Some(inner) if inner.starts_with('[') => Some(format!("{name}{inner}")),
+                Some(inner) => Some(format!("{name}.{inner}")),
+                None if k.span().contains(&offset) || v.span().contains(&offset) => {
+                    Some(name.to_string())
+                }
+                None => None,
+            }
+        }),
+        DeValue::Array(array) => {
+            array
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| match key_at(v.get_ref(), offset) {
+                    Some(inner) => Some(format!("[{i}].{inner}")),
+                    None if v.span().contains(&offset) => Some(format!("[{i}]")),
+                    None => None,
+                })
+        }
+        _ => None,
     }
 }
 

@@ -286,3 +286,25 @@ fn show_round_trips_through_the_loader() {
     let again = load_text("g.toml", &shown).unwrap_or_else(|e| panic!("{e}\n{shown}"));
     assert_eq!(again.to_toml(), shown);
 }
+
+#[test]
+fn errors_name_the_key_path() {
+    let cases = [
+        ("[remote]\nmax_concurrent = \"four\"\n", "f.toml:2:18: remote.max_concurrent: invalid type: string \"four\", expected an integer"),
+        ("[remote]\nurl = \"http://h\"\ntimeuot = \"5s\"\n", "f.toml:3:1: remote.timeuot: unknown field"),
+        (
+            "[[collections]]\nname = \"a\"\nendpoint = \"/a\"\nblob_fields = [1]\n",
+            "f.toml:4:16: collections[0].blob_fields[0]: invalid type",
+        ),
+        ("log_level = 3\n", "f.toml:1:13: log_level: expected a string"),
+    ];
+    for (text, expected) in cases {
+        let err = error_text("f.toml", text);
+        assert!(err.contains(expected), "{text:?}: {err}");
+    }
+    let err = error_text("f.ini", "[remote]\nurl = http://h\nmax_concurrent = many\n");
+    assert!(
+        err.contains("f.ini:3:18: remote.max_concurrent: invalid type"),
+        "{err}"
+    );
+}

@@ -52,13 +52,19 @@ impl FileIdentity {
 struct Cached {
     identity: Option<FileIdentity>,
     object: Arc<Map<String, Value>>,
+    /// The records were checked (objects, keys matching) since this parse.
+    checked: bool,
 }
 
 pub struct JsonStore {
     dir: PathBuf,
     collections: Vec<Collection>,
     cache: HashMap<PathBuf, Cached>,
+    /// `sync_tracking.json` as typed rows, for the parse it was made from.
+    tracking_rows: Option<(Arc<Map<String, Value>>, TrackingRows)>,
 }
+
+type TrackingRows = Arc<HashMap<String, HashMap<Key, Tracking>>>;
 
 /// An flock held on a lock file, released on drop (closing the descriptor releases it).
 struct FileLock(#[allow(dead_code)] File);
@@ -99,6 +105,7 @@ impl JsonStore {
             dir: dir.to_path_buf(),
             collections: collections.to_vec(),
             cache: HashMap::new(),
+            tracking_rows: None,
         };
         // Reading every file at start-up reports a damaged one now, not at first use.
         for collection in collections {
@@ -151,6 +158,7 @@ impl JsonStore {
             Cached {
                 identity,
                 object: Arc::clone(&object),
+                checked: false,
             },
         );
         Ok(object)
@@ -179,6 +187,8 @@ impl JsonStore {
                 Cached {
                     identity: Some(FileIdentity::of(&meta)),
                     object: Arc::new(object),
+                    // Every collection write runs `check_records` on what it writes.
+                    checked: true,
                 },
             );
         }
@@ -190,7 +200,15 @@ impl JsonStore {
     fn records(&mut self, collection: &Collection) -> Result<Arc<Map<String, Value>>, StoreError> {
         let path = self.file_of(collection);
         let object = self.load(&path, false)?;
-        check_records(&path, collection, &object)?;
+        // Checked once per parse, not on every read of a cached parse.
+        if let Some(cached) = self.cache.get_mut(&path) {
+            if !cached.checked && Arc::ptr_eq(&cached.object, &object) {
+                check_records(&path, collection, &object)?;
+                cached.checked = true;
+            }
+        } else {
+            check_records(&path, collection, &object)?;
+        }
         Ok(object)
     }
 
@@ -198,17 +216,33 @@ impl JsonStore {
         find(&self.collections, name).cloned()
     }
 
-    fn tracking_of(&mut self, collection: &str) -> Result<HashMap<Key, Tracking>, StoreError> {
+    /// Every tracking row, typed; parsed once per version of `sync_tracking.json`.
+    fn tracking_rows(&mut self) -> Result<TrackingRows, StoreError> {
         let path = self.dir.join(TRACKING_FILE);
         let object = self.load(&path, false)?;
-        let mut rows = HashMap::new();
-        if let Some(Value::Object(by_key)) = object.get(collection) {
+        if let Some((parsed_from, rows)) = &self.tracking_rows {
+            if Arc::ptr_eq(parsed_from, &object) {
+                return Ok(Arc::clone(rows));
+            }
+        }
+        let mut all = HashMap::new();
+        for (collection, by_key) in object.iter() {
+            let Value::Object(by_key) = by_key else {
+                return Err(StoreError::BadJsonShape {
+                    path,
+                    message: format!("entry {collection:?} must be an object of tracking rows"),
+                });
+            };
+            let mut rows = HashMap::with_capacity(by_key.len());
             for (key, row) in by_key {
                 let row = tracking_from_json(&path, collection, key, row)?;
                 rows.insert(row.key.clone(), row);
             }
+            all.insert(collection.clone(), rows);
         }
-        Ok(rows)
+        let all = Arc::new(all);
+        self.tracking_rows = Some((object, Arc::clone(&all)));
+        Ok(all)
     }
 }
 
@@ -480,32 +514,38 @@ impl Store for JsonStore {
     fn due(&mut self, collection: &str, query: &DueQuery) -> Result<Vec<Due>, StoreError> {
         let collection = self.collection(collection)?;
         let records = self.records(&collection)?;
-        let mut tracking = self.tracking_of(collection.name.as_str())?;
+        let all_rows = self.tracking_rows()?;
+        let no_rows = HashMap::new();
+        let tracking = all_rows.get(collection.name.as_str()).unwrap_or(&no_rows);
         let updated_at = collection.updated_at.as_ref().map(|f| f.as_str());
         let order_by = collection.order_by().as_str();
+        let no_fields = Map::new();
         let mut due = Vec::new();
         for (key_text, value) in records.iter() {
             let key = Key::parse(key_text);
-            let record = record_from_entry(&collection, key_text, value);
-            let version = record::version_of(&record, updated_at);
-            let row = tracking.remove(&key);
-            if is_due(row.as_ref(), version.as_deref(), query) {
+            let version = record::version_of(value.as_object().unwrap_or(&no_fields), updated_at);
+            let row = tracking.get(&key);
+            // Only records that are due are copied out of the parse.
+            if is_due(row, version.as_deref(), query) {
+                let record = Some(record_from_entry(&collection, key_text, value));
                 due.push(Due {
                     key,
-                    record: Some(record),
+                    record,
                     version,
-                    tracking: row,
+                    tracking: row.cloned(),
                 });
             }
         }
         // Tracked records that were deleted before their delivery was settled.
         for (key, row) in tracking {
-            if row.status != Status::Success && is_due(Some(&row), None, query) {
+            let deleted = !records.contains_key(&key.to_string());
+            if deleted && row.status != Status::Success && is_due(Some(row), None, query) {
+                let tracking = Some(row.clone());
                 due.push(Due {
-                    key,
+                    key: key.clone(),
                     record: None,
                     version: None,
-                    tracking: Some(row),
+                    tracking,
                 });
             }
         }
@@ -516,7 +556,11 @@ impl Store for JsonStore {
 
     fn tracking(&mut self, collection: &str, key: &Key) -> Result<Option<Tracking>, StoreError> {
         let collection = self.collection(collection)?;
-        Ok(self.tracking_of(collection.name.as_str())?.remove(key))
+        let rows = self.tracking_rows()?;
+        Ok(rows
+            .get(collection.name.as_str())
+            .and_then(|r| r.get(key))
+            .cloned())
     }
 
     fn tracking_page(
@@ -526,10 +570,13 @@ impl Store for JsonStore {
         limit: usize,
     ) -> Result<Vec<Tracking>, StoreError> {
         let collection = self.collection(collection)?;
-        let mut rows: Vec<Tracking> = self
-            .tracking_of(collection.name.as_str())?
-            .into_values()
+        let all = self.tracking_rows()?;
+        let mut rows: Vec<Tracking> = all
+            .get(collection.name.as_str())
+            .into_iter()
+            .flat_map(|rows| rows.values())
             .filter(|r| after.is_none_or(|a| &r.key > a))
+            .cloned()
             .collect();
         rows.sort_by(|a, b| a.key.cmp(&b.key));
         rows.truncate(limit);

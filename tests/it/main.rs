@@ -3,4 +3,5 @@
 mod support;
 
 mod cli;
+mod sqlite_tables;
 mod store_conformance;
