@@ -3,6 +3,7 @@
 
 mod config_cmd;
 mod records;
+mod sync_cmd;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -54,6 +55,21 @@ pub enum Command {
         #[arg(long, value_name = "ID")]
         after: Option<String>,
     },
+    /// One delivery pass, then exit: 0 when everything is delivered, 75 when records
+    /// remain pending or failed
+    Sync {
+        /// One pass, then exit (the only mode of this command; `ferry run` is the daemon)
+        #[arg(long)]
+        once: bool,
+        /// List what would be sent, send nothing, record nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Only this collection
+        #[arg(long, value_name = "C")]
+        collection: Option<String>,
+    },
+    /// The daemon: deliver records as `sync.mode` says until SIGTERM or SIGINT
+    Run,
     /// Validate or print the configuration
     Config {
         #[command(subcommand)]
@@ -91,6 +107,9 @@ impl Exit {
 pub enum CliError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A config problem found after loading (a token file others can read, no URL).
+    #[error("config error: {0}")]
+    ConfigValue(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Arguments that parse but do not make sense together.
@@ -104,7 +123,7 @@ pub enum CliError {
 impl CliError {
     pub fn code(&self) -> u8 {
         match self {
-            CliError::Config(_) => 78,
+            CliError::Config(_) | CliError::ConfigValue(_) => 78,
             CliError::Usage(_) => 2,
             CliError::Store(_) | CliError::Runtime(_) => 1,
         }
@@ -123,12 +142,29 @@ pub fn run(cli: Cli) -> Result<Exit, CliError> {
             limit,
             after,
         } => records::list(&config, &collection, limit, after.as_deref()),
+        Command::Sync {
+            once: _,
+            dry_run,
+            collection,
+        } => sync_cmd::sync(config, dry_run, collection.as_deref()),
+        Command::Run => sync_cmd::run(config),
         Command::Config {
             action: ConfigAction::Check,
         } => config_cmd::check(&config),
         Command::Config {
             action: ConfigAction::Show,
         } => config_cmd::show(&config),
+    }
+}
+
+impl From<crate::sync::SyncError> for CliError {
+    fn from(err: crate::sync::SyncError) -> Self {
+        use crate::sync::SyncError;
+        match err {
+            SyncError::Config(message) => CliError::ConfigValue(message),
+            SyncError::Store(err) => CliError::Store(err),
+            SyncError::Internal(message) => CliError::Runtime(message),
+        }
     }
 }
 

@@ -182,6 +182,9 @@ pub struct Sync {
     pub retry_failed_every: HumanDuration,
     #[serde(default = "default_batch_size", deserialize_with = "types::batch_size")]
     pub batch_size: u32,
+    /// The longest a record waits between two tries (exponential backoff stops here).
+    #[serde(default = "default_max_retry_delay")]
+    pub max_retry_delay: HumanDuration,
 }
 
 impl Default for Sync {
@@ -191,6 +194,7 @@ impl Default for Sync {
             interval: default_interval(),
             retry_failed_every: default_retry_failed_every(),
             batch_size: default_batch_size(),
+            max_retry_delay: default_max_retry_delay(),
         }
     }
 }
@@ -301,6 +305,9 @@ fn default_interval() -> HumanDuration {
 }
 fn default_retry_failed_every() -> HumanDuration {
     HumanDuration::from_secs(3600)
+}
+fn default_max_retry_delay() -> HumanDuration {
+    HumanDuration::from_secs(300)
 }
 fn default_batch_size() -> u32 {
     250

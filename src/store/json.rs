@@ -609,6 +609,35 @@ impl Store for JsonStore {
         })
     }
 
+    fn next_attempt_at(&mut self, collection: &str) -> Result<Option<Millis>, StoreError> {
+        let collection = self.collection(collection)?;
+        let rows = self.tracking_rows()?;
+        Ok(rows
+            .get(collection.name.as_str())
+            .into_iter()
+            .flat_map(|rows| rows.values())
+            .filter(|r| r.status != Status::Success)
+            .map(|r| r.next_attempt_at.unwrap_or(0))
+            .min())
+    }
+
+    fn change_token(&mut self) -> Result<u64, StoreError> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for collection in &self.collections {
+            let path = self.file_of(collection);
+            match fs::metadata(&path) {
+                Ok(meta) => {
+                    let id = FileIdentity::of(&meta);
+                    (id.ino, id.len, id.mtime_ns, id.ctime_ns).hash(&mut hasher);
+                }
+                Err(err) if err.kind() == io::ErrorKind::NotFound => 0u8.hash(&mut hasher),
+                Err(err) => return Err(StoreError::io(&path, "reading metadata")(err)),
+            }
+        }
+        Ok(hasher.finish())
+    }
+
     fn last_written(&mut self, collection: &str) -> Result<Option<Millis>, StoreError> {
         let collection = self.collection(collection)?;
         let path = self.file_of(&collection);

@@ -11,7 +11,7 @@ mod error;
 pub mod json;
 pub mod record;
 pub mod sqlite;
-mod time;
+pub mod time;
 
 use std::path::Path;
 
@@ -157,6 +157,14 @@ pub trait Store: Send {
     ) -> Result<Vec<Tracking>, StoreError>;
     /// Writes tracking rows, all or none, in one transaction / one file write.
     fn write_tracking(&mut self, rows: &[Tracking]) -> Result<(), StoreError>;
+
+    /// When the earliest pending or failed record of a collection may be tried again
+    /// (Unix ms; 0 means now), read from an index, not by scanning.
+    fn next_attempt_at(&mut self, collection: &str) -> Result<Option<Millis>, StoreError>;
+
+    /// A value that changes when another process writes to the store (SQLite's
+    /// `data_version`, the JSON files' identities). Cheap enough to poll twice a second.
+    fn change_token(&mut self) -> Result<u64, StoreError>;
 
     /// When the collection was last written, as far as the store can tell (Unix ms).
     fn last_written(&mut self, collection: &str) -> Result<Option<Millis>, StoreError>;

@@ -1189,6 +1189,31 @@ impl Store for SqliteStore {
         tx.commit().map_err(StoreError::sqlite(&path, op()))
     }
 
+    fn next_attempt_at(&mut self, collection: &str) -> Result<Option<Millis>, StoreError> {
+        self.table(collection)?;
+        // One index probe per status; MIN over the pair would read a range.
+        let mut earliest: Option<Millis> = None;
+        for status in ["pending", "failed"] {
+            let at: Option<i64> = self
+                .conn
+                .prepare_cached(
+                    "SELECT MIN(next_attempt_at) FROM sync_tracking WHERE table_name = ?1 AND sync_status = ?2",
+                )
+                .and_then(|mut s| s.query_row(params![collection, status], |r| r.get(0)))
+                .map_err(StoreError::sqlite(&self.path, format!("reading retry times of {collection}")))?;
+            earliest = earliest.into_iter().chain(at).min();
+        }
+        Ok(earliest)
+    }
+
+    fn change_token(&mut self) -> Result<u64, StoreError> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(StoreError::sqlite(&self.path, "reading data_version"))?;
+        Ok(version as u64)
+    }
+
     fn last_written(&mut self, collection: &str) -> Result<Option<Millis>, StoreError> {
         let table = self.table(collection)?;
         let ferry_mark: Option<i64> = self

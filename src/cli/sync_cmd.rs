@@ -1,0 +1,101 @@
+//! `ferry sync --once` and `ferry run`: delivery from the command line.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::{CliError, Exit, Stdout};
+use crate::config::Config;
+use crate::store;
+use crate::sync::{Engine, SharedStore};
+
+/// `--dry-run` lists at most this many records per collection.
+const DRY_RUN_LIMIT: usize = 10_000;
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    // One thread is plenty for a board with a few requests in flight; the store's
+    // calls run on tokio's blocking threads.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Runtime(format!("cannot start the async runtime: {e}")))
+}
+
+fn engine(config: Config) -> Result<Arc<Engine>, CliError> {
+    let store = SharedStore::new(store::open(&config)?);
+    Ok(Arc::new(Engine::new(config, store)?))
+}
+
+pub fn sync(config: Config, dry_run: bool, collection: Option<&str>) -> Result<Exit, CliError> {
+    let runtime = runtime()?;
+    let engine = engine(config)?;
+    runtime.block_on(async {
+        if dry_run {
+            let planned = engine.dry_run(collection, DRY_RUN_LIMIT).await?;
+            let mut out = Stdout::new();
+            for p in &planned {
+                if !out.line(format_args!(
+                    "{} {} {} (key {}, Idempotency-Key {})",
+                    p.collection, p.method, p.path, p.key, p.idempotency_key
+                ))? {
+                    return Ok(Exit::Done);
+                }
+            }
+            out.line(format_args!(
+                "{} record(s) would be sent; nothing was sent",
+                planned.len()
+            ))?;
+            out.finish()?;
+            return Ok(Exit::Done);
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let signals = tokio::spawn(stop_on_signal(stop_tx));
+        let tally = engine.once(collection, stop_rx).await?;
+        signals.abort();
+        let left = engine.undelivered(collection).await?;
+        let mut out = Stdout::new();
+        out.line(format_args!(
+            "{} delivered, {} to retry, {} failed{}",
+            tally.delivered,
+            tally.retrying,
+            tally.failed,
+            if tally.paused {
+                "; the server did not answer"
+            } else {
+                ""
+            }
+        ))?;
+        out.finish()?;
+        Ok(if left { Exit::Incomplete } else { Exit::Done })
+    })
+}
+
+pub fn run(config: Config) -> Result<Exit, CliError> {
+    let runtime = runtime()?;
+    let engine = engine(config)?;
+    runtime.block_on(async {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(stop_on_signal(stop_tx));
+        tracing::info!("ferry {} delivering", env!("CARGO_PKG_VERSION"));
+        engine.run(stop_rx).await?;
+        tracing::info!("stopped");
+        Ok(Exit::Done)
+    })
+}
+
+/// Turns SIGTERM or SIGINT into a stop request.
+async fn stop_on_signal(stop: watch::Sender<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for SIGTERM/SIGINT");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    }
+    let _ = stop.send(true);
+}

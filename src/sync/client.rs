@@ -1,0 +1,255 @@
+//! The HTTP side of delivery: one reused client (keep-alive connections, rustls with
+//! the system's roots plus `ca_file`), the bearer token, and turning a request's
+//! result into an [`Outcome`]. Only the start of an answer is read, whatever its size.
+
+use std::fmt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::Method;
+
+use super::plan::{self, Outcome};
+use super::SyncError;
+use crate::config::Remote;
+use crate::store::now_ms;
+
+/// How much of an answer is read: enough for an id or an error message.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// The bearer token; its `Debug` and `Display` never show it.
+#[derive(Clone)]
+pub struct Token(String);
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(***)")
+    }
+}
+
+impl Token {
+    /// Reads the token file, refusing one that others can read.
+    pub fn read(path: &Path) -> Result<Token, SyncError> {
+        let shown = path.display();
+        let meta = std::fs::metadata(path).map_err(|e| {
+            SyncError::Config(format!("remote.token_file: cannot read {shown}: {e}"))
+        })?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(SyncError::Config(format!(
+                "remote.token_file: {shown} can be read by other users (mode {mode:o}); \
+                 run `sudo chmod 600 {shown}` (and `sudo chown ferry: {shown}` for the service), then start ferry again"
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            SyncError::Config(format!("remote.token_file: cannot read {shown}: {e}"))
+        })?;
+        let token = text.trim();
+        if token.is_empty()
+            || token.contains(['\n', '\r'])
+            || HeaderValue::from_str(&format!("Bearer {token}")).is_err()
+        {
+            return Err(SyncError::Config(format!(
+                "remote.token_file: {shown} must hold the token alone, on one line of printable characters"
+            )));
+        }
+        Ok(Token(token.to_string()))
+    }
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<Token>,
+    idempotency_header: Option<HeaderName>,
+    timeout: Duration,
+}
+
+/// A request to make for one record.
+pub struct Request {
+    pub method: Method,
+    /// The path after the base URL (`/api/media`, `/api/downloads/17`).
+    pub path: String,
+    pub body: Vec<u8>,
+    pub idempotency_key: String,
+    pub remote_id_pointer: String,
+}
+
+impl Client {
+    pub fn new(remote: &Remote, max_concurrent: usize) -> Result<Client, SyncError> {
+        let Some(url) = &remote.url else {
+            return Err(SyncError::Config(
+                "remote.url is not set: set it to the server's base URL (like \"http://192.168.1.100:8000\") to deliver records".into(),
+            ));
+        };
+        // reqwest is built without a default crypto provider; ring is ferry's.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
+            .timeout(remote.timeout.get())
+            .connect_timeout(remote.timeout.get().min(Duration::from_secs(10)))
+            .pool_max_idle_per_host(max_concurrent)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::limited(5));
+        if let Some(path) = &remote.ca_file {
+            let shown = path.display();
+            let pem = std::fs::read(path).map_err(|e| {
+                SyncError::Config(format!("remote.ca_file: cannot read {shown}: {e}"))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                SyncError::Config(format!(
+                    "remote.ca_file: {shown} is not a PEM certificate: {e}"
+                ))
+            })?;
+            if certs.is_empty() {
+                return Err(SyncError::Config(format!(
+                    "remote.ca_file: {shown} holds no PEM certificate"
+                )));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|e| SyncError::Config(format!("cannot set up the HTTP client: {e}")))?;
+        let token = remote.token_file.as_deref().map(Token::read).transpose()?;
+        let idempotency_header = match remote.idempotency_header.as_str() {
+            "" => None,
+            name => Some(
+                HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|e| SyncError::Config(format!("remote.idempotency_header: {e}")))?,
+            ),
+        };
+        Ok(Client {
+            http,
+            base: url.as_str().trim_end_matches('/').to_string(),
+            token,
+            idempotency_header,
+            timeout: remote.timeout.get(),
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Makes one request and says what came of it.
+    pub async fn send(&self, request: Request) -> Outcome {
+        let bytes = request.body.len() as u64;
+        let mut builder = self
+            .http
+            .request(request.method, format!("{}{}", self.base, request.path))
+            .header(CONTENT_TYPE, "application/json")
+            .body(request.body);
+        if let Some(token) = &self.token {
+            builder = builder.bearer_auth(&token.0);
+        }
+        if let Some(name) = &self.idempotency_header {
+            if let Ok(value) = HeaderValue::from_str(&request.idempotency_key) {
+                builder = builder.header(name.clone(), value);
+            }
+        }
+        let mut response = match builder.send().await {
+            Ok(response) => response,
+            Err(err) => return self.transport_failure(&err),
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut answer = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    let room = MAX_ANSWER_BYTES - answer.len();
+                    answer.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    if answer.len() >= MAX_ANSWER_BYTES {
+                        break; // the rest is never read; the connection is dropped
+                    }
+                }
+                Ok(None) => break,
+                // The status line arrived: the server's verdict stands, whatever
+                // happened to the rest of the answer.
+                Err(_) => break,
+            }
+        }
+        plan::classify(
+            status,
+            &answer,
+            retry_after.as_deref(),
+            &request.remote_id_pointer,
+            now_ms(),
+            bytes,
+        )
+    }
+
+    /// No answer: say why in words `ferry diagnose` can group by.
+    fn transport_failure(&self, err: &reqwest::Error) -> Outcome {
+        if err.is_redirect() {
+            return Outcome::Failed {
+                status: None,
+                error: format!("too many redirects (a redirect loop?): {}", chain(err)),
+            };
+        }
+        if err.is_builder() {
+            return Outcome::Failed {
+                status: None,
+                error: format!("the request cannot be built: {}", chain(err)),
+            };
+        }
+        let text = chain(err);
+        let lower = text.to_ascii_lowercase();
+        let error = if err.is_timeout() {
+            format!("timeout: no answer within {:?}", self.timeout)
+        } else if io_kind(err) == Some(std::io::ErrorKind::ConnectionRefused)
+            || lower.contains("connection refused")
+        {
+            format!("connection refused: {text}")
+        } else if lower.contains("dns error") || lower.contains("failed to lookup address") {
+            format!("DNS: {text}")
+        } else if lower.contains("certificate")
+            || lower.contains("tls")
+            || lower.contains("handshake")
+        {
+            format!("TLS: {text}")
+        } else {
+            format!("connection error: {text}")
+        };
+        Outcome::Retry {
+            status: None,
+            error,
+            retry_after: None,
+            transport: true,
+        }
+    }
+}
+
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn io_kind(err: &dyn std::error::Error) -> Option<std::io::ErrorKind> {
+    let mut source = err.source();
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        source = cause.source();
+    }
+    None
+}

@@ -1,0 +1,643 @@
+//! Delivery (SPEC §5): loops that push every record to the server and record each
+//! delivery in `sync_tracking`.
+//!
+//! A collection's loop reads a batch of due records from the store, sends them with at
+//! most `max_concurrent` requests in flight, and writes all their outcomes in one
+//! transaction. Nothing is written before a request: the idempotency key is derived
+//! from the record and its version, so a request whose outcome was lost (a crash, a
+//! dropped answer) is sent again with the same key and a careful server answers it
+//! from memory. A server that stops answering pauses its collection, which then
+//! probes with one request at a time, backing off, until it answers again.
+
+pub mod client;
+pub mod plan;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::Method;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::config::{Collection, Config, SyncMode, Updates};
+use crate::store::{now_ms, Due, DueQuery, Millis, Store, StoreError, Tracking};
+use client::{Client, Request};
+use plan::{Action, Jitter, Outcome};
+
+/// How long in-flight requests may finish after a stop is asked for (SPEC §5).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often continuous mode asks the store whether another process wrote to it.
+pub const CHANGE_POLL: Duration = Duration::from_millis(500);
+/// Consecutive failed requests (no answer, 5xx, 429) after which a batch stops
+/// starting new ones: the server is treated as down.
+const TRIP_AFTER: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// Something the user must fix in the config (exit 78).
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The store, shared between the collection loops; calls run on blocking threads.
+#[derive(Clone)]
+pub struct SharedStore(Arc<Mutex<Box<dyn Store>>>);
+
+impl SharedStore {
+    pub fn new(store: Box<dyn Store>) -> Self {
+        SharedStore(Arc::new(Mutex::new(store)))
+    }
+
+    pub async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn Store) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, SyncError> {
+        let inner = Arc::clone(&self.0);
+        tokio::task::spawn_blocking(move || {
+            let mut store = inner.lock().map_err(|_| {
+                SyncError::Internal("the store lock was poisoned by a panic".into())
+            })?;
+            f(store.as_mut()).map_err(SyncError::from)
+        })
+        .await
+        .map_err(|e| SyncError::Internal(format!("store task failed: {e}")))?
+    }
+}
+
+/// What one collection's batches did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub delivered: usize,
+    pub retrying: usize,
+    pub failed: usize,
+    /// The server looked down; the collection is paused.
+    pub paused: bool,
+}
+
+impl Tally {
+    fn add(&mut self, other: &Tally) {
+        self.delivered += other.delivered;
+        self.retrying += other.retrying;
+        self.failed += other.failed;
+        self.paused |= other.paused;
+    }
+}
+
+/// A collection's health as its loop sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Health {
+    Up,
+    /// No answer lately: wait until `until`, then probe with one request.
+    Down {
+        failures: u32,
+        until: Millis,
+    },
+}
+
+struct Lane {
+    collection: Collection,
+    health: Health,
+    next_full_scan: Millis,
+}
+
+pub struct Engine {
+    config: Config,
+    store: SharedStore,
+    client: Arc<Client>,
+    in_flight: Arc<Semaphore>,
+    jitter: Mutex<Jitter>,
+}
+
+/// One line of `ferry sync --dry-run`.
+#[derive(Clone, Debug)]
+pub struct Planned {
+    pub collection: String,
+    pub method: &'static str,
+    pub path: String,
+    pub key: String,
+    pub idempotency_key: String,
+}
+
+impl Engine {
+    pub fn new(config: Config, store: SharedStore) -> Result<Engine, SyncError> {
+        let max = config.remote.max_concurrent as usize;
+        let client = Client::new(&config.remote, max)?;
+        Ok(Engine {
+            config,
+            store,
+            client: Arc::new(client),
+            in_flight: Arc::new(Semaphore::new(max)),
+            jitter: Mutex::new(Jitter::from_clock()),
+        })
+    }
+
+    fn random(&self) -> f64 {
+        self.jitter.lock().map_or(0.5, |mut j| j.next())
+    }
+
+    fn collections(&self, only: Option<&str>) -> Result<Vec<Collection>, SyncError> {
+        match only {
+            None => Ok(self.config.collections.clone()),
+            Some(name) => self
+                .config
+                .collection(name)
+                .cloned()
+                .map(|c| vec![c])
+                .ok_or_else(|| {
+                    SyncError::Config(format!(
+                        "collection {name:?} is not in the config (it has: {})",
+                        self.config
+                            .collections
+                            .iter()
+                            .map(|c| c.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                }),
+        }
+    }
+
+    /// One pass: every record due now is tried once. Collections run side by side.
+    pub async fn once(
+        self: &Arc<Self>,
+        only: Option<&str>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Tally, SyncError> {
+        let mut tasks = JoinSet::new();
+        for collection in self.collections(only)? {
+            let engine = Arc::clone(self);
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                let mut lane = Lane {
+                    collection,
+                    health: Health::Up,
+                    next_full_scan: 0,
+                };
+                engine
+                    .drain(&mut lane, &shutdown, true)
+                    .await
+                    .map(|(tally, _)| tally)
+            });
+        }
+        let mut total = Tally::default();
+        while let Some(done) = tasks.join_next().await {
+            let tally =
+                done.map_err(|e| SyncError::Internal(format!("collection task failed: {e}")))??;
+            total.add(&tally);
+        }
+        Ok(total)
+    }
+
+    /// Whether anything is left to deliver (pending, failed, or never tried), now or later.
+    pub async fn undelivered(&self, only: Option<&str>) -> Result<bool, SyncError> {
+        for collection in self.collections(only)? {
+            let query = DueQuery {
+                now: Millis::MAX,
+                limit: 1,
+                include_changed: collection.updates() != Updates::Ignore,
+                full_scan: false,
+            };
+            let name = collection.name.as_str().to_string();
+            if !self
+                .store
+                .call(move |s| s.due(&name, &query))
+                .await?
+                .is_empty()
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// What a pass would send, without sending or recording anything.
+    pub async fn dry_run(
+        &self,
+        only: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Planned>, SyncError> {
+        let mut planned = Vec::new();
+        let now = now_ms();
+        for collection in self.collections(only)? {
+            let query = DueQuery {
+                now,
+                limit,
+                include_changed: collection.updates() != Updates::Ignore,
+                full_scan: true,
+            };
+            let name = collection.name.as_str().to_string();
+            let due = self.store.call(move |s| s.due(&name, &query)).await?;
+            for d in due {
+                let (method, path) = match plan::action(&d, &collection, now) {
+                    Action::Post | Action::Defer(_) => {
+                        ("POST", collection.endpoint.as_str().to_string())
+                    }
+                    Action::Put(remote) => ("PUT", put_path(&collection, &remote)),
+                    Action::Abandon => continue,
+                };
+                planned.push(Planned {
+                    collection: collection.name.as_str().to_string(),
+                    method,
+                    path,
+                    key: d.key.to_string(),
+                    idempotency_key: plan::idempotency_key(
+                        self.config.device_id(),
+                        collection.name.as_str(),
+                        &d.key,
+                        d.version.as_deref(),
+                    ),
+                });
+            }
+        }
+        Ok(planned)
+    }
+
+    /// The daemon's delivery loops, until `shutdown` turns true. Continuous mode
+    /// watches the store for other processes' writes; periodic mode passes every
+    /// `sync.interval`; both wake for retries as they fall due.
+    pub async fn run(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> Result<(), SyncError> {
+        let mode = self.config.sync.mode;
+        if mode == SyncMode::Once {
+            self.once(None, shutdown).await?;
+            return Ok(());
+        }
+        let (changes_tx, changes_rx) = watch::channel(0u64);
+        let mut tasks = JoinSet::new();
+        if mode == SyncMode::Continuous {
+            let store = self.store.clone();
+            let mut stop = shutdown.clone();
+            tasks.spawn(async move {
+                let mut last = store.call(|s| s.change_token()).await?;
+                let mut tick = tokio::time::interval(CHANGE_POLL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => return Ok(()),
+                        _ = tick.tick() => {}
+                    }
+                    if *stop.borrow() {
+                        return Ok(());
+                    }
+                    match store.call(|s| s.change_token()).await {
+                        Ok(token) if token != last => {
+                            last = token;
+                            changes_tx.send_modify(|n| *n += 1);
+                        }
+                        Ok(_) => {}
+                        Err(err) => tracing::warn!("cannot tell whether the store changed: {err}"),
+                    }
+                }
+            });
+        }
+        for collection in self.config.collections.clone() {
+            let engine = Arc::clone(self);
+            let shutdown = shutdown.clone();
+            let changes = changes_rx.clone();
+            tasks.spawn(async move { engine.lane_loop(collection, shutdown, changes).await });
+        }
+        drop(changes_rx);
+        let mut result = Ok(());
+        while let Some(done) = tasks.join_next().await {
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    result = Err(err);
+                    break;
+                }
+                Err(err) => {
+                    result = Err(SyncError::Internal(format!(
+                        "a delivery task failed: {err}"
+                    )));
+                    break;
+                }
+            }
+        }
+        tasks.abort_all();
+        result
+    }
+
+    async fn lane_loop(
+        &self,
+        collection: Collection,
+        mut shutdown: watch::Receiver<bool>,
+        mut changes: watch::Receiver<u64>,
+    ) -> Result<(), SyncError> {
+        let name = collection.name.as_str().to_string();
+        let mut lane = Lane {
+            collection,
+            health: Health::Up,
+            next_full_scan: 0,
+        };
+        let periodic = self.config.sync.mode == SyncMode::Periodic;
+        let interval = self.config.sync.interval.get().as_millis() as Millis;
+        let mut next_pass = now_ms();
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            let (tally, deferred) = match self.drain(&mut lane, &shutdown, false).await {
+                Ok(result) => result,
+                // A full disk or a locked database: say so, keep running, try again.
+                Err(SyncError::Store(err)) => {
+                    tracing::error!(collection = %name, "store error, retrying in 5 s: {err}");
+                    (Tally::default(), Some(now_ms() + 5_000))
+                }
+                Err(err) => return Err(err),
+            };
+            if tally != Tally::default() {
+                tracing::info!(
+                    collection = %name,
+                    "{name}: {} delivered, {} to retry, {} failed{}",
+                    tally.delivered,
+                    tally.retrying,
+                    tally.failed,
+                    if tally.paused { " (server not answering: paused)" } else { "" }
+                );
+            }
+            let now = now_ms();
+            if periodic && next_pass <= now {
+                next_pass = now + interval;
+            }
+            let query_name = name.clone();
+            let retry_at = self
+                .store
+                .call(move |s| s.next_attempt_at(&query_name))
+                .await
+                .unwrap_or(None);
+            let mut wake = lane.next_full_scan;
+            for candidate in [retry_at, deferred, periodic.then_some(next_pass)]
+                .into_iter()
+                .flatten()
+            {
+                wake = wake.min(candidate);
+            }
+            if let Health::Down { until, .. } = lane.health {
+                wake = wake.max(until);
+            }
+            // Never spin: wait at least a little, whatever the arithmetic says.
+            let wait = Duration::from_millis(u64::try_from(wake - now).unwrap_or(0).max(50));
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                _ = tokio::time::sleep(wait) => {}
+                Ok(()) = changes.changed(), if !periodic => {}
+            }
+        }
+    }
+
+    /// Runs batches for one collection until nothing is due, the server looks down,
+    /// or a stop is asked for. Returns what happened and, if some records were held
+    /// back because they changed too recently, when to look at them again.
+    async fn drain(
+        &self,
+        lane: &mut Lane,
+        shutdown: &watch::Receiver<bool>,
+        single_pass: bool,
+    ) -> Result<(Tally, Option<Millis>), SyncError> {
+        let mut total = Tally::default();
+        let name = lane.collection.name.as_str().to_string();
+        loop {
+            let now = now_ms();
+            if *shutdown.borrow() {
+                return Ok((total, None));
+            }
+            let probing = match lane.health {
+                Health::Up => false,
+                Health::Down { until, .. } if now < until => {
+                    total.paused = true;
+                    return Ok((total, None));
+                }
+                Health::Down { .. } => true,
+            };
+            let full_scan = now >= lane.next_full_scan;
+            if full_scan {
+                lane.next_full_scan =
+                    now + self.config.sync.retry_failed_every.get().as_millis() as Millis;
+            }
+            let query = DueQuery {
+                now,
+                limit: if probing {
+                    1
+                } else {
+                    self.config.sync.batch_size as usize
+                },
+                include_changed: lane.collection.updates() != Updates::Ignore,
+                full_scan,
+            };
+            let query_name = name.clone();
+            let due = self.store.call(move |s| s.due(&query_name, &query)).await?;
+            if due.is_empty() {
+                return Ok((total, None));
+            }
+            let mut rows: Vec<Tracking> = Vec::new();
+            let mut sends: Vec<(Due, Action)> = Vec::new();
+            let mut deferred: Option<Millis> = None;
+            for d in due {
+                match plan::action(&d, &lane.collection, now) {
+                    Action::Abandon => rows.push(plan::abandoned(&d, &name, now)),
+                    Action::Defer(at) => {
+                        deferred = Some(deferred.map_or(at, |d: Millis| d.min(at)))
+                    }
+                    action => sends.push((d, action)),
+                }
+            }
+            let batch = self.send_batch(&lane.collection, sends, shutdown).await;
+            let mut tally = Tally::default();
+            let mut unhealthy = 0usize;
+            let mut retry_after: Option<Duration> = None;
+            let now = now_ms();
+            for (d, outcome) in &batch {
+                match outcome {
+                    Outcome::Delivered { .. } => tally.delivered += 1,
+                    Outcome::Retry {
+                        retry_after: after, ..
+                    } => {
+                        tally.retrying += 1;
+                        unhealthy += 1;
+                        retry_after = retry_after.max(*after);
+                    }
+                    Outcome::Failed { error, .. } => {
+                        tally.failed += 1;
+                        tracing::warn!(collection = %name, local_id = %d.key, "{name} {}: {error}", d.key);
+                    }
+                }
+                tracing::debug!(collection = %name, local_id = %d.key, "{name} {}: {outcome:?}", d.key);
+                let random = self.random();
+                let policy = plan::RetryPolicy {
+                    failed_every: self.config.sync.retry_failed_every.get(),
+                    max_delay: self.config.sync.max_retry_delay.get(),
+                };
+                rows.push(plan::after(d, &name, outcome, now, policy, random));
+            }
+            if !rows.is_empty() {
+                self.store.call(move |s| s.write_tracking(&rows)).await?;
+            }
+            // Health: any answer that is not a server problem means it is up.
+            let answered_well = batch.len() > unhealthy;
+            if answered_well {
+                if let Health::Down { .. } = lane.health {
+                    tracing::info!(collection = %name, "{name}: the server answers again");
+                }
+                lane.health = Health::Up;
+            } else if unhealthy > 0 {
+                let failures = match lane.health {
+                    Health::Down { failures, .. } => failures + 1,
+                    Health::Up => 1,
+                };
+                let mut pause = plan::probe_delay(failures, self.random());
+                if let Some(after) = retry_after {
+                    pause = pause.max(after);
+                }
+                if failures == 1 {
+                    tracing::warn!(collection = %name, "{name}: the server is not answering; pausing, then probing");
+                }
+                lane.health = Health::Down {
+                    failures,
+                    until: now + pause.as_millis() as Millis,
+                };
+                tally.paused = true;
+            }
+            total.add(&tally);
+            if single_pass && (tally.paused || batch.is_empty()) {
+                return Ok((total, deferred));
+            }
+            if batch.is_empty() {
+                // Everything due was held back (changed too recently) or abandoned.
+                return Ok((total, deferred));
+            }
+        }
+    }
+
+    /// Sends a batch, first attempts in order; stops starting new requests when the
+    /// server looks down or a stop is asked for. Returns the outcome of every request
+    /// that finished; records whose request never started or never finished are left
+    /// as they were, due again.
+    async fn send_batch(
+        &self,
+        collection: &Collection,
+        sends: Vec<(Due, Action)>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Vec<(Due, Outcome)> {
+        let mut results = Vec::with_capacity(sends.len());
+        let mut tasks: JoinSet<(Due, Outcome)> = JoinSet::new();
+        let mut queue = sends.into_iter();
+        let mut consecutive_unhealthy = 0usize;
+        let mut stop_starting = false;
+        let mut shutdown = shutdown.clone();
+        let device_id = self.config.device_id().to_string();
+        loop {
+            // Start as many as the global limit allows.
+            while !stop_starting && !*shutdown.borrow() {
+                let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+                    break;
+                };
+                let Some((due, action)) = queue.next() else {
+                    break;
+                };
+                let client = Arc::clone(&self.client);
+                let collection = collection.clone();
+                let device_id = device_id.clone();
+                tasks.spawn(async move {
+                    let outcome = match build_request(&due, &action, &collection, &device_id) {
+                        Ok(request) => client.send(request).await,
+                        Err(outcome) => outcome,
+                    };
+                    drop(permit);
+                    (due, outcome)
+                });
+            }
+            if tasks.is_empty() {
+                if stop_starting || *shutdown.borrow() || queue.len() == 0 {
+                    break;
+                }
+                // Other collections hold every permit: wait for one.
+                if let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await {
+                    drop(permit);
+                }
+                continue;
+            }
+            tokio::select! {
+                finished = tasks.join_next() => {
+                    let Some(Ok((due, outcome))) = finished else { continue };
+                    if outcome.is_unhealthy() {
+                        consecutive_unhealthy += 1;
+                        if consecutive_unhealthy >= TRIP_AFTER.min(results.len() + tasks.len() + queue.len() + 1) {
+                            stop_starting = true;
+                        }
+                    } else {
+                        consecutive_unhealthy = 0;
+                    }
+                    results.push((due, outcome));
+                }
+                _ = shutdown.changed() => {
+                    // Stop: let what is in flight finish, for a while.
+                    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+                    while let Ok(Some(finished)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {
+                        if let Ok(done) = finished {
+                            results.push(done);
+                        }
+                    }
+                    // Outcome unknown: left pending, sent again with the same key.
+                    tasks.abort_all();
+                    break;
+                }
+            }
+        }
+        results
+    }
+}
+
+fn put_path(collection: &Collection, remote_id: &crate::store::Key) -> String {
+    let id: String = remote_id
+        .to_string()
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect();
+    format!(
+        "{}/{id}",
+        collection.endpoint.as_str().trim_end_matches('/')
+    )
+}
+
+/// The request for a due record, or the outcome that makes sending it pointless.
+fn build_request(
+    due: &Due,
+    action: &Action,
+    collection: &Collection,
+    device_id: &str,
+) -> Result<Request, Outcome> {
+    let record = due.record.clone().ok_or_else(|| Outcome::Failed {
+        status: None,
+        error: "the record was deleted before it was delivered".into(),
+    })?;
+    let body = serde_json::to_vec(&plan::payload(record, collection, device_id)).map_err(|e| {
+        Outcome::Failed {
+            status: None,
+            error: format!("the payload cannot be built: {e}"),
+        }
+    })?;
+    let (method, path) = match action {
+        Action::Put(remote_id) => (Method::PUT, put_path(collection, remote_id)),
+        _ => (Method::POST, collection.endpoint.as_str().to_string()),
+    };
+    Ok(Request {
+        method,
+        path,
+        body,
+        idempotency_key: plan::idempotency_key(
+            device_id,
+            collection.name.as_str(),
+            &due.key,
+            due.version.as_deref(),
+        ),
+        remote_id_pointer: collection.remote_id.as_str().to_string(),
+    })
+}
