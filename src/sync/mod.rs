@@ -136,7 +136,7 @@ impl Engine {
     }
 
     fn random(&self) -> f64 {
-        self.jitter.lock().map_or(0.5, |mut j| j.next())
+        self.jitter.lock().map_or(0.5, |mut j| j.uniform())
     }
 
     fn collections(&self, only: Option<&str>) -> Result<Vec<Collection>, SyncError> {

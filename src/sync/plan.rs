@@ -339,7 +339,7 @@ impl Jitter {
     }
 
     /// Uniform in `[0, 1)`.
-    pub fn next(&mut self) -> f64 {
+    pub fn uniform(&mut self) -> f64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;

@@ -127,7 +127,7 @@ fn backoff_is_capped_exponential_with_full_jitter() {
     assert_eq!(probe_delay(3, 1.0), Duration::from_secs(4));
     assert_eq!(probe_delay(40, 1.0), Duration::from_secs(60));
     let mut jitter = Jitter::new(42);
-    let samples: Vec<f64> = (0..1000).map(|_| jitter.next()).collect();
+    let samples: Vec<f64> = (0..1000).map(|_| jitter.uniform()).collect();
     assert!(samples.iter().all(|x| (0.0..1.0).contains(x)));
     let mean = samples.iter().sum::<f64>() / 1000.0;
     assert!((0.4..0.6).contains(&mean), "{mean}");
