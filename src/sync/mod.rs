@@ -29,8 +29,10 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often continuous mode asks the store whether another process wrote to it.
 pub const CHANGE_POLL: Duration = Duration::from_millis(500);
 /// Consecutive failed requests (no answer, 5xx, 429) after which a batch stops
-/// starting new ones: the server is treated as down.
-const TRIP_AFTER: usize = 3;
+/// starting new ones and the server is treated as down: at least this many, and at
+/// least `max_concurrent` (a down server fails every request in flight; a flaky one
+/// rarely fails that many in a row).
+const TRIP_AFTER: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -564,7 +566,7 @@ impl Engine {
                     let Some(Ok((due, outcome))) = finished else { continue };
                     if outcome.is_unhealthy() {
                         consecutive_unhealthy += 1;
-                        if consecutive_unhealthy >= TRIP_AFTER.min(results.len() + tasks.len() + queue.len() + 1) {
+                        if consecutive_unhealthy >= TRIP_AFTER.max(self.config.remote.max_concurrent as usize) {
                             stop_starting = true;
                         }
                     } else {

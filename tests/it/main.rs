@@ -3,5 +3,7 @@
 mod support;
 
 mod cli;
+mod server;
 mod sqlite_tables;
 mod store_conformance;
+mod sync;

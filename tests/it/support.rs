@@ -35,11 +35,20 @@ impl Fixture {
     }
 
     pub fn with_collections(backend: Backend, collections: &str) -> Fixture {
+        Self::with_config(
+            backend,
+            "[remote]\nurl = \"http://127.0.0.1:9\"\n",
+            collections,
+        )
+    }
+
+    /// A fixture whose config has `tables` ([remote], [sync] …) before the collections.
+    pub fn with_config(backend: Backend, tables: &str, collections: &str) -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("ferry.toml");
         let text = format!(
             "device_id = \"test-device\"\n[storage]\nbackend = \"{}\"\nsqlite_path = \"state/ferry.db\"\n\
-             json_dir = \"state/json\"\nbackups_dir = \"state/backups\"\n[remote]\nurl = \"http://127.0.0.1:9\"\n{collections}",
+             json_dir = \"state/json\"\nbackups_dir = \"state/backups\"\n{tables}\n{collections}",
             backend.as_str()
         );
         std::fs::write(&config_path, text).expect("write config");

@@ -1,0 +1,471 @@
+//! An HTTP/1.1 server on loopback for the delivery tests: it stores what it receives
+//! and can be told to fail in every way a real server or network does — 5xx, 429 with
+//! Retry-After, 4xx, hanging past the client's timeout, closing the connection, and
+//! committing a record and then dropping the connection before answering (a lost
+//! acknowledgement). It honours Idempotency-Key as a careful server would, unless
+//! told not to. It runs on its own thread and stops when dropped.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    /// Answer with this status (and a short JSON error body), storing nothing.
+    Status(u16),
+    /// 429 with `Retry-After: <seconds>`.
+    RetryAfter(u64),
+    /// Read the request, then answer nothing for `Faults::hang_for`.
+    Hang,
+    /// Read the request, then close the connection.
+    Close,
+    /// Store the record, then close the connection without answering.
+    LostAck,
+}
+
+/// Every way of failing, for "a server failing in all the ways above".
+pub fn every_fault() -> Vec<Fault> {
+    vec![
+        Fault::Status(500),
+        Fault::Status(503),
+        Fault::Status(408),
+        Fault::RetryAfter(1),
+        Fault::Hang,
+        Fault::Close,
+        Fault::LostAck,
+    ]
+}
+
+pub struct Faults {
+    /// Share of requests answered with a fault drawn from `kinds`.
+    pub rate: f64,
+    pub kinds: Vec<Fault>,
+    pub honour_idempotency: bool,
+    /// Accept connections and close them at once: a server that is down.
+    pub down: bool,
+    /// The record fields that name a record (the first one present), for `per_key`
+    /// and for telling duplicates apart.
+    pub key_fields: Vec<String>,
+    /// A fixed answer for given records (by key as text).
+    pub per_key: HashMap<String, Fault>,
+    /// Bodies larger than this get 413.
+    pub max_body: Option<usize>,
+    pub hang_for: Duration,
+    /// Added to every answer.
+    pub delay: Duration,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            rate: 0.0,
+            kinds: Vec::new(),
+            honour_idempotency: true,
+            down: false,
+            key_fields: vec!["id".into()],
+            per_key: HashMap::new(),
+            max_body: None,
+            hang_for: Duration::from_secs(3),
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Stored {
+    pub method: String,
+    pub path: String,
+    pub key: String,
+    pub idempotency_key: Option<String>,
+    pub authorization: Option<String>,
+    pub body: Value,
+    pub at: std::time::Instant,
+}
+
+#[derive(Default)]
+struct State {
+    faults: Faults,
+    rng: u64,
+    next_id: u64,
+    requests: u64,
+    refused_while_down: u64,
+    stored: Vec<Stored>,
+    answers: HashMap<String, (u16, String)>,
+}
+
+pub struct TestServer {
+    pub url: String,
+    state: Arc<Mutex<State>>,
+    stop: watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub fn start(faults: Faults) -> TestServer {
+        let state = Arc::new(Mutex::new(State {
+            faults,
+            rng: 0x9E37_79B9_7F4A_7C15,
+            next_id: 1,
+            ..State::default()
+        }));
+        let (stop, stop_rx) = watch::channel(false);
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let thread_state = Arc::clone(&state);
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(serve(thread_state, stop_rx, addr_tx));
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("server listening");
+        TestServer {
+            url: format!("http://{addr}"),
+            state,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn set(&self, change: impl FnOnce(&mut Faults)) {
+        change(&mut self.state.lock().unwrap().faults);
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.state.lock().unwrap().requests
+    }
+
+    pub fn refused_while_down(&self) -> u64 {
+        self.state.lock().unwrap().refused_while_down
+    }
+
+    pub fn stored(&self) -> Vec<Stored> {
+        self.state.lock().unwrap().stored.clone()
+    }
+
+    /// Distinct records stored by POST at `path`, by key.
+    pub fn keys(&self, path: &str) -> HashSet<String> {
+        self.stored()
+            .into_iter()
+            .filter(|s| s.method == "POST" && s.path == path)
+            .map(|s| s.key)
+            .collect()
+    }
+
+    /// Records stored twice or more by POST (same path, same key).
+    pub fn duplicates(&self) -> usize {
+        let stored: Vec<_> = self
+            .stored()
+            .into_iter()
+            .filter(|s| s.method == "POST")
+            .collect();
+        let distinct: HashSet<_> = stored
+            .iter()
+            .map(|s| (s.path.clone(), s.key.clone()))
+            .collect();
+        stored.len() - distinct.len()
+    }
+
+    /// Waits (bounded) until `done` holds; false if it never did.
+    pub fn wait_for(&self, limit: Duration, mut done: impl FnMut(&TestServer) -> bool) -> bool {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if done(self) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        done(self)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn serve(
+    state: Arc<Mutex<State>>,
+    mut stop: watch::Receiver<bool>,
+    addr_tx: std::sync::mpsc::Sender<std::net::SocketAddr>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let _ = addr_tx.send(listener.local_addr().expect("address"));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            accepted = listener.accept() => {
+                let Ok((socket, _)) = accepted else { continue };
+                let state = Arc::clone(&state);
+                let stop = stop.clone();
+                tokio::spawn(connection(socket, state, stop));
+            }
+        }
+    }
+}
+
+struct Parsed {
+    method: String,
+    path: String,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+async fn read_request(socket: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Parsed> {
+    let head_end = loop {
+        if let Some(i) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        if buffer.len() > 64 * 1024 {
+            return None;
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        let n = socket.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next()?.split(' ');
+    let method = first.next()?.to_string();
+    let path = first.next()?.to_string();
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    buffer.drain(..head_end + 4);
+    let body = if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.contains("chunked"))
+    {
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(i) = buffer.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                let mut chunk = [0u8; 16 * 1024];
+                let n = socket.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buffer.extend_from_slice(&chunk[..n]);
+            };
+            let size =
+                usize::from_str_radix(String::from_utf8_lossy(&buffer[..line_end]).trim(), 16)
+                    .ok()?;
+            buffer.drain(..line_end + 2);
+            while buffer.len() < size + 2 {
+                let mut chunk = [0u8; 64 * 1024];
+                let n = socket.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buffer.extend_from_slice(&chunk[..n]);
+            }
+            body.extend_from_slice(&buffer[..size]);
+            buffer.drain(..size + 2);
+            if size == 0 {
+                break body;
+            }
+        }
+    } else {
+        let length: usize = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        while buffer.len() < length {
+            let mut chunk = [0u8; 64 * 1024];
+            let n = socket.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buffer.extend_from_slice(&chunk[..n]);
+        }
+        buffer.drain(..length).collect()
+    };
+    Some(Parsed {
+        method,
+        path,
+        headers,
+        body,
+    })
+}
+
+async fn respond(socket: &mut TcpStream, status: u16, body: &str, extra: &str) -> bool {
+    let reason = match status {
+        200 => "OK",
+        201 => "Created",
+        400 => "Bad Request",
+        413 => "Payload Too Large",
+        429 => "Too Many Requests",
+        503 => "Service Unavailable",
+        _ => "Status",
+    };
+    let text = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}\r\n{body}",
+        body.len()
+    );
+    socket.write_all(text.as_bytes()).await.is_ok()
+}
+
+enum Plan {
+    Answer(u16, String, String),
+    Hang(Duration),
+    Close,
+    LostAck,
+}
+
+async fn connection(
+    mut socket: TcpStream,
+    state: Arc<Mutex<State>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    if state.lock().unwrap().faults.down {
+        state.lock().unwrap().refused_while_down += 1;
+        return; // dropped: the client sees the connection closed at once
+    }
+    let mut buffer = Vec::new();
+    loop {
+        let request = tokio::select! {
+            _ = stop.changed() => return,
+            r = read_request(&mut socket, &mut buffer) => r,
+        };
+        let Some(request) = request else { return };
+        let (plan, delay) = decide(&state, &request);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        match plan {
+            Plan::Answer(status, body, extra) => {
+                if !respond(&mut socket, status, &body, &extra).await {
+                    return;
+                }
+            }
+            Plan::Hang(time) => {
+                tokio::select! {
+                    _ = stop.changed() => {}
+                    _ = tokio::time::sleep(time) => {}
+                }
+                return;
+            }
+            Plan::Close | Plan::LostAck => return,
+        }
+    }
+}
+
+/// What to do with a request; stores the record when the plan says the server took it.
+fn decide(state: &Mutex<State>, request: &Parsed) -> (Plan, Duration) {
+    let mut state = state.lock().unwrap();
+    state.requests += 1;
+    let delay = state.faults.delay;
+    let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+    let key = match state.faults.key_fields.iter().find_map(|f| body.get(f)) {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => request.path.rsplit('/').next().unwrap_or("").to_string(),
+    };
+    if let Some(max) = state.faults.max_body {
+        if request.body.len() > max {
+            let answer = format!(
+                "{{\"error\": \"body of {} bytes is over the {max} byte limit\"}}",
+                request.body.len()
+            );
+            return (Plan::Answer(413, answer, String::new()), delay);
+        }
+    }
+    let fault = match state.faults.per_key.get(&key) {
+        Some(fault) => Some(fault.clone()),
+        None if state.faults.rate > 0.0 && !state.faults.kinds.is_empty() => {
+            let roll = next_random(&mut state.rng);
+            if roll < state.faults.rate {
+                let index =
+                    (next_random(&mut state.rng) * state.faults.kinds.len() as f64) as usize;
+                Some(state.faults.kinds[index.min(state.faults.kinds.len() - 1)].clone())
+            } else {
+                None
+            }
+        }
+        None => None,
+    };
+    let plan_for = |fault: &Fault, hang_for: Duration| match fault {
+        Fault::Status(status) => Some(Plan::Answer(
+            *status,
+            format!("{{\"error\": \"injected {status} for record {key}\"}}"),
+            String::new(),
+        )),
+        Fault::RetryAfter(secs) => Some(Plan::Answer(
+            429,
+            "{\"error\": \"slow down\"}".into(),
+            format!("retry-after: {secs}\r\n"),
+        )),
+        Fault::Hang => Some(Plan::Hang(hang_for)),
+        Fault::Close => Some(Plan::Close),
+        Fault::LostAck => None,
+    };
+    if let Some(fault) = &fault {
+        if let Some(plan) = plan_for(fault, state.faults.hang_for) {
+            return (plan, delay);
+        }
+    }
+    // The server takes the record (then loses the answer, for LostAck).
+    let idempotency_key = request.headers.get("idempotency-key").cloned();
+    if state.faults.honour_idempotency {
+        if let Some(known) = idempotency_key.as_ref().and_then(|k| state.answers.get(k)) {
+            let (status, answer) = known.clone();
+            return (
+                Plan::Answer(status, answer, "idempotent-replayed: true\r\n".into()),
+                delay,
+            );
+        }
+    }
+    let (status, id) = if request.method == "PUT" {
+        (
+            200,
+            request.path.rsplit('/').next().unwrap_or("").to_string(),
+        )
+    } else {
+        let id = state.next_id;
+        state.next_id += 1;
+        (201, id.to_string())
+    };
+    let answer = json!({"id": id.parse::<u64>().map_or(Value::String(id.clone()), Value::from), "message": "stored"}).to_string();
+    state.stored.push(Stored {
+        method: request.method.clone(),
+        path: request.path.clone(),
+        key,
+        idempotency_key: idempotency_key.clone(),
+        authorization: request.headers.get("authorization").cloned(),
+        body,
+        at: std::time::Instant::now(),
+    });
+    if let Some(k) = idempotency_key {
+        state.answers.insert(k, (status, answer.clone()));
+    }
+    if fault == Some(Fault::LostAck) {
+        return (Plan::LostAck, delay);
+    }
+    (Plan::Answer(status, answer, String::new()), delay)
+}
+
+fn next_random(state: &mut u64) -> f64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+}
