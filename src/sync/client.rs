@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::Method;
 
 use super::plan::{self, Outcome};
@@ -71,7 +71,7 @@ pub struct Request {
     pub method: Method,
     /// The path after the base URL (`/api/media`, `/api/downloads/17`).
     pub path: String,
-    pub body: Vec<u8>,
+    pub body: super::body::JsonBody,
     pub idempotency_key: String,
     pub remote_id_pointer: String,
 }
@@ -143,7 +143,8 @@ impl Client {
             .http
             .request(request.method, format!("{}{}", self.base, request.path))
             .header(CONTENT_TYPE, "application/json")
-            .body(request.body);
+            .header(CONTENT_LENGTH, bytes)
+            .body(request.body.into_body());
         if let Some(token) = &self.token {
             builder = builder.bearer_auth(&token.0);
         }

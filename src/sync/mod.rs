@@ -9,6 +9,7 @@
 //! from memory. A server that stops answering pauses its collection, which then
 //! probes with one request at a time, backing off, until it answers again.
 
+mod body;
 pub mod client;
 pub mod plan;
 
@@ -135,6 +136,18 @@ impl Engine {
             in_flight: Arc::new(Semaphore::new(max)),
             jitter: Mutex::new(Jitter::from_clock()),
         })
+    }
+
+    /// Records read per step. A collection with blobs reads only what it can have in
+    /// flight (and as many again, ready): a batch of 250 camera clips would not fit
+    /// in a small board's memory.
+    fn batch_limit(&self, collection: &Collection) -> usize {
+        let batch = self.config.sync.batch_size as usize;
+        if collection.blob_fields.is_empty() {
+            batch
+        } else {
+            batch.min(2 * self.config.remote.max_concurrent as usize)
+        }
     }
 
     fn random(&self) -> f64 {
@@ -424,7 +437,7 @@ impl Engine {
                 limit: if probing {
                     1
                 } else {
-                    self.config.sync.batch_size as usize
+                    self.batch_limit(&lane.collection)
                 },
                 include_changed: lane.collection.updates() != Updates::Ignore,
                 full_scan,
@@ -543,10 +556,14 @@ impl Engine {
                 let collection = collection.clone();
                 let device_id = device_id.clone();
                 tasks.spawn(async move {
-                    let outcome = match build_request(&due, &action, &collection, &device_id) {
-                        Ok(request) => client.send(request).await,
-                        Err(outcome) => outcome,
-                    };
+                    let mut due = due;
+                    // The record moves into the request; tracking needs only the rest.
+                    let record = due.record.take();
+                    let outcome =
+                        match build_request(record, &due, &action, &collection, &device_id) {
+                            Ok(request) => client.send(request).await,
+                            Err(outcome) => outcome,
+                        };
                     drop(permit);
                     (due, outcome)
                 });
@@ -611,16 +628,17 @@ fn put_path(collection: &Collection, remote_id: &crate::store::Key) -> String {
 
 /// The request for a due record, or the outcome that makes sending it pointless.
 fn build_request(
+    record: Option<crate::store::Record>,
     due: &Due,
     action: &Action,
     collection: &Collection,
     device_id: &str,
 ) -> Result<Request, Outcome> {
-    let record = due.record.clone().ok_or_else(|| Outcome::Failed {
+    let record = record.ok_or_else(|| Outcome::Failed {
         status: None,
         error: "the record was deleted before it was delivered".into(),
     })?;
-    let body = serde_json::to_vec(&plan::payload(record, collection, device_id)).map_err(|e| {
+    let body = body::JsonBody::new(plan::payload(record, collection, device_id)).map_err(|e| {
         Outcome::Failed {
             status: None,
             error: format!("the payload cannot be built: {e}"),

@@ -223,9 +223,14 @@ pub fn payload(record: Record, collection: &Collection, device_id: &str) -> Reco
     let mut body: Map<String, Value> = record;
     for field in &collection.blob_fields {
         if let Some(value) = body.get_mut(field.as_str()) {
-            if let Some(text) = record::bytes_base64(value) {
-                let text = text.to_string();
-                *value = Value::String(text);
+            if record::bytes_base64(value).is_some() {
+                // Moved out of its {"$base64": …} wrapper, not copied: a blob is
+                // held once.
+                if let Value::Object(tagged) = std::mem::take(value) {
+                    if let Some(text) = tagged.into_iter().next().map(|(_, text)| text) {
+                        *value = text;
+                    }
+                }
             }
         }
     }
