@@ -41,21 +41,30 @@ lint:
 fmt:
 	$(CARGO) fmt
 
-# The bundled example: config/ferry.example.toml with its state under $(EXAMPLE)
-# (STATE_DIRECTORY, as systemd would set it), a few seed-shaped records put into it,
-# then read back.
+# The bundled example, end to end: config/ferry.example.toml with its state under
+# $(EXAMPLE) (STATE_DIRECTORY, as systemd sets it), the records of
+# config/example-records/ put into it, then delivered by `ferry sync --once` to a
+# receiver on loopback (examples/receiver.rs) standing in for the server.
+FERRY_EXAMPLE = STATE_DIRECTORY=$(CURDIR)/$(EXAMPLE) $(BIN) --config config/ferry.example.toml
+
 run-example: release
 	@rm -rf $(EXAMPLE) && mkdir -p $(EXAMPLE)
+	$(CARGO) build --release --locked --example receiver
 	@echo "== ferry config check"
-	STATE_DIRECTORY=$(CURDIR)/$(EXAMPLE) $(BIN) --config config/ferry.example.toml config check
-	@echo "== ferry put: records from config/example-records/"
-	STATE_DIRECTORY=$(CURDIR)/$(EXAMPLE) $(BIN) --config config/ferry.example.toml put evenement < config/example-records/evenement.ndjson
-	STATE_DIRECTORY=$(CURDIR)/$(EXAMPLE) $(BIN) --config config/ferry.example.toml put downloads < config/example-records/downloads.ndjson
-	@echo "== ferry list evenement"
-	STATE_DIRECTORY=$(CURDIR)/$(EXAMPLE) $(BIN) --config config/ferry.example.toml list evenement
-	@echo "== ferry get downloads dl-1"
-	STATE_DIRECTORY=$(CURDIR)/$(EXAMPLE) $(BIN) --config config/ferry.example.toml get downloads dl-1
-	@echo "== the store: $(EXAMPLE)/ferry.db"
+	$(FERRY_EXAMPLE) config check
+	@echo "== ferry put: the records of config/example-records/"
+	$(FERRY_EXAMPLE) put evenement < config/example-records/evenement.ndjson
+	$(FERRY_EXAMPLE) put downloads < config/example-records/downloads.ndjson
+	@echo "== ferry sync --dry-run"
+	BACKEND_URL=http://127.0.0.1:9 $(FERRY_EXAMPLE) sync --once --dry-run
+	@echo "== ferry sync --once, to a receiver on loopback"
+	@target/release/examples/receiver --addr-file $(EXAMPLE)/receiver.url --idle-exit 20 & receiver=$$!; \
+	  for i in 1 2 3 4 5 6 7 8 9 10; do [ -s $(EXAMPLE)/receiver.url ] && break; sleep 0.2; done; \
+	  BACKEND_URL=$$(cat $(EXAMPLE)/receiver.url) $(FERRY_EXAMPLE) sync --once; status=$$?; \
+	  kill $$receiver 2>/dev/null; exit $$status
+	@echo "== a second pass sends nothing: every record is tracked as delivered"
+	BACKEND_URL=http://127.0.0.1:9 $(FERRY_EXAMPLE) sync --once
+	@echo "== the store: $(EXAMPLE)/ferry.db (sqlite3 $(EXAMPLE)/ferry.db 'SELECT * FROM sync_tracking')"
 
 install: release
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/ferry

@@ -624,8 +624,9 @@ impl Store for JsonStore {
     fn change_token(&mut self) -> Result<u64, StoreError> {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        for collection in &self.collections {
-            let path = self.file_of(collection);
+        let files = self.collections.iter().map(|c| self.file_of(c));
+        // Tracking too: `ferry retry` from another process must wake the daemon.
+        for path in files.chain([self.dir.join(TRACKING_FILE)]) {
             match fs::metadata(&path) {
                 Ok(meta) => {
                     let id = FileIdentity::of(&meta);

@@ -665,3 +665,58 @@ fn dry_run_lists_and_sends_nothing() {
     assert_eq!(server.requests(), 0);
     assert_eq!(statuses(&fx, "events"), (0, 0, 0));
 }
+
+#[test]
+fn periodic_mode_passes_every_interval() {
+    let server = TestServer::start(Faults::default());
+    let fx = fixture(
+        Backend::Sqlite,
+        &server,
+        "",
+        "mode = \"periodic\"\ninterval = \"1s\"",
+        EVENTS,
+    );
+    put_events(&fx, 0..3);
+    let mut child = spawn_run(&fx);
+    assert!(
+        server.wait_for(Duration::from_secs(10), |s| s.keys("/api/events").len()
+            == 3),
+        "first pass"
+    );
+    let out = fx.ferry(&["put", "events"], Some(br#"{"id": 100}"#));
+    assert!(out.status.success());
+    let put_at = Instant::now();
+    let arrived = server.wait_for(Duration::from_secs(10), |s| {
+        s.keys("/api/events").contains("100")
+    });
+    let waited = put_at.elapsed();
+    terminate(&mut child);
+    assert!(arrived);
+    assert!(
+        waited < Duration::from_secs(3),
+        "next pass within the interval: {waited:?}"
+    );
+}
+
+#[test]
+fn delivery_settings_that_cannot_work_exit_78() {
+    let server = TestServer::start(Faults::default());
+    let fx = fixture(Backend::Sqlite, &server, "ca_file = \"ca.pem\"", "", EVENTS);
+    std::fs::write(fx.path("ca.pem"), "not a certificate\n").unwrap();
+    let out = fx.ferry(&["sync", "--once"], None);
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("remote.ca_file:") && err.contains("ca.pem"),
+        "{err}"
+    );
+
+    let fx = Fixture::with_config(Backend::Sqlite, "", EVENTS);
+    let out = fx.ferry(&["run"], None);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("remote.url is not set"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
