@@ -21,8 +21,8 @@ use serde_json::{Map, Value};
 
 use super::record::{self, Key, Record};
 use super::{
-    atomic, find, key_for_write, Due, DueQuery, Millis, Status, Store, StoreError, Tombstone,
-    Tracking,
+    atomic, find, key_for_write, Due, DueQuery, Merge, Millis, Status, Store, StoreError,
+    Tombstone, Tracking,
 };
 use crate::config::{Backend, Collection};
 
@@ -549,7 +549,7 @@ impl Store for JsonStore {
                 });
             }
         }
-        sort_due(&mut due, order_by);
+        super::sort_due(&mut due, order_by);
         due.truncate(query.limit);
         Ok(due)
     }
@@ -606,6 +606,52 @@ impl Store for JsonStore {
                 }
             }
             Ok(((), !rows.is_empty()))
+        })
+    }
+
+    fn apply_merge(&mut self, collection: &str, merge: &Merge) -> Result<(), StoreError> {
+        let collection = self.collection(collection)?;
+        let name = collection.name.as_str().to_string();
+        let mut upserts = Vec::with_capacity(merge.upserts.len());
+        for record in &merge.upserts {
+            super::check_bytes(&collection, record)?;
+            upserts.push((key_for_write(&collection, record)?.to_string(), record));
+        }
+        if !merge.tracking.is_empty() {
+            self.write_tracking(&merge.tracking)?;
+        }
+        let now = super::now_ms();
+        let upserted: Vec<&String> = upserts.iter().map(|(k, _)| k).collect();
+        let deleted: Vec<String> = merge.deletes.iter().map(Key::to_string).collect();
+        if !upserted.is_empty() || !deleted.is_empty() {
+            self.update(&self.dir.join(TOMBSTONES_FILE), |object| {
+                let entry = object
+                    .entry(name.clone())
+                    .or_insert_with(|| Value::Object(Map::new()));
+                let mut changed = false;
+                if let Value::Object(t) = entry {
+                    for key in &upserted {
+                        changed |= t.shift_remove(key.as_str()).is_some();
+                    }
+                    for key in &deleted {
+                        t.insert(key.clone(), now.into());
+                        changed = true;
+                    }
+                }
+                Ok(((), changed))
+            })?;
+        }
+        // Written even when nothing changed: the file's time is this side's mark.
+        let path = self.file_of(&collection);
+        self.update(&path, |object| {
+            check_records(&path, &collection, object)?;
+            for (key, record) in &upserts {
+                object.insert(key.clone(), Value::Object((*record).clone()));
+            }
+            for key in &deleted {
+                object.shift_remove(key);
+            }
+            Ok(((), true))
         })
     }
 
@@ -671,12 +717,4 @@ impl Store for JsonStore {
         }
         Ok(())
     }
-}
-
-/// Due records in `order_by` order, ties broken by key.
-pub(crate) fn sort_due(due: &mut [Due], order_by: &str) {
-    due.sort_by(|a, b| {
-        let value = |d: &Due| d.record.as_ref().and_then(|r| r.get(order_by)).cloned();
-        record::sql_order(value(a).as_ref(), value(b).as_ref()).then_with(|| a.key.cmp(&b.key))
-    });
 }

@@ -99,6 +99,17 @@ pub struct Tombstone {
     pub deleted_at: Millis,
 }
 
+/// What a migration writes into one collection of the store it brings up to date.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Merge {
+    /// Records to insert or replace.
+    pub upserts: Vec<Record>,
+    /// Records to delete (leaving tombstones).
+    pub deletes: Vec<Key>,
+    /// Tracking rows to write.
+    pub tracking: Vec<Tracking>,
+}
+
 /// What [`Store::due`] is asked for.
 #[derive(Clone, Copy, Debug)]
 pub struct DueQuery {
@@ -157,6 +168,12 @@ pub trait Store: Send {
     ) -> Result<Vec<Tracking>, StoreError>;
     /// Writes tracking rows, all or none, in one transaction / one file write.
     fn write_tracking(&mut self, rows: &[Tracking]) -> Result<(), StoreError>;
+
+    /// Applies a migration step to one collection and marks it as written now.
+    /// SQLite: one transaction. JSON: tracking, tombstones, then the collection file,
+    /// each replaced atomically; the collection file last, so that a crash in between
+    /// leaves this side looking older and the next migration completes the job.
+    fn apply_merge(&mut self, collection: &str, merge: &Merge) -> Result<(), StoreError>;
 
     /// When the earliest pending or failed record of a collection may be tried again
     /// (Unix ms; 0 means now), read from an index, not by scanning.
@@ -229,4 +246,12 @@ fn check_bytes(collection: &Collection, record: &Record) -> Result<(), StoreErro
         }
     }
     Ok(())
+}
+
+/// Due records in `order_by` order, ties broken by key.
+pub(crate) fn sort_due(due: &mut [Due], order_by: &str) {
+    due.sort_by(|a, b| {
+        let value = |d: &Due| d.record.as_ref().and_then(|r| r.get(order_by)).cloned();
+        record::sql_order(value(a).as_ref(), value(b).as_ref()).then_with(|| a.key.cmp(&b.key))
+    });
 }

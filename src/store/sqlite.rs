@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use super::record::{self, Key, Record};
 use super::time::parse_timestamp;
 use super::{
-    atomic, find, key_for_write, now_ms, Due, DueQuery, Millis, Status, Store, StoreError,
+    atomic, find, key_for_write, now_ms, Due, DueQuery, Merge, Millis, Status, Store, StoreError,
     Tombstone, Tracking,
 };
 use crate::config::{Backend, Collection};
@@ -456,6 +456,122 @@ impl SqliteStore {
             .map_err(self.err(format!("creating index {index}")))
     }
 
+    /// Runs `f` in one IMMEDIATE transaction: all of it is written, or none.
+    fn transaction<R>(
+        &mut self,
+        op: &str,
+        f: impl FnOnce(&Connection, &Path) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::sqlite(&path, op))?;
+        let result = f(&tx, &path)?;
+        tx.commit().map_err(StoreError::sqlite(&path, op))?;
+        Ok(result)
+    }
+
+    /// The statements that write `records` (replace semantics), all checked before
+    /// anything is written: a bad record fails the call with nothing written.
+    fn record_writes(
+        &self,
+        collection: &str,
+        records: &[Record],
+    ) -> Result<Vec<RecordWrite>, StoreError> {
+        let table = self.table(collection)?;
+        let name = table.collection_name().to_string();
+        if let Some(reason) = &table.read_only {
+            return Err(StoreError::InvalidRecord {
+                collection: name,
+                key: None,
+                message: reason.clone(),
+            });
+        }
+        // Build every row first: a bad record fails the call before anything is written.
+        let invalid = |key: Option<&Key>, message: String| StoreError::InvalidRecord {
+            collection: name.clone(),
+            key: key.map(Key::to_string),
+            message,
+        };
+        let mut rows: Vec<(Key, Vec<String>, Vec<SqlValue>)> = Vec::with_capacity(records.len());
+        for record in records {
+            super::check_bytes(&table.collection, record)?;
+            let key = key_for_write(&table.collection, record)?;
+            match table.layout {
+                Layout::Document => {
+                    let json = serde_json::to_string(record)
+                        .map_err(|e| invalid(Some(&key), e.to_string()))?;
+                    rows.push((
+                        key.clone(),
+                        Vec::new(),
+                        vec![key_to_sql(&key), SqlValue::Text(json)],
+                    ));
+                }
+                Layout::Columns => {
+                    let mut columns = Vec::with_capacity(record.len());
+                    let mut values = Vec::with_capacity(record.len());
+                    for (field, value) in record {
+                        let Some(column) =
+                            table.columns.iter().find(|c| c.eq_ignore_ascii_case(field))
+                        else {
+                            return Err(invalid(Some(&key), format!(
+                                "field {field:?} has no column in table {} (ferry does not change another \
+                                 program's columns); its columns are: {}",
+                                table.name,
+                                table.columns.join(", ")
+                            )));
+                        };
+                        columns.push(column.clone());
+                        values.push(
+                            sql_from_json(value).map_err(|m| {
+                                invalid(Some(&key), format!("field {field:?}: {m}"))
+                            })?,
+                        );
+                    }
+                    rows.push((key, columns, values));
+                }
+            }
+        }
+        let statement = |columns: &[String]| -> String {
+            match table.layout {
+                Layout::Document => format!(
+                    "INSERT INTO {} (key, record) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET record = excluded.record",
+                    table.name
+                ),
+                Layout::Columns => {
+                    let list = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+                    let marks = (1..=columns.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+                    // Replace semantics: columns the record leaves out go back to their default.
+                    let updates: Vec<String> = table
+                        .columns
+                        .iter()
+                        .filter(|c| *c != &table.key_column)
+                        .map(|c| format!("{0} = excluded.{0}", ident(c)))
+                        .collect();
+                    let action = if updates.is_empty() {
+                        "NOTHING".to_string()
+                    } else {
+                        format!("UPDATE SET {}", updates.join(", "))
+                    };
+                    format!(
+                        "INSERT INTO {} ({list}) VALUES ({marks}) ON CONFLICT ({}) DO {action}",
+                        table.name,
+                        ident(&table.key_column)
+                    )
+                }
+            }
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(key, columns, values)| RecordWrite {
+                sql: statement(&columns),
+                key,
+                values,
+            })
+            .collect())
+    }
+
     fn table(&self, collection: &str) -> Result<&Table, StoreError> {
         find(&self.collections, collection)?;
         self.tables
@@ -478,6 +594,117 @@ impl SqliteStore {
             .map_err(self.err("reading watermarks"))
             .map(|w| w.unwrap_or((0, None, SqlValue::Null)))
     }
+}
+
+/// One record's write: its key, and the statement with its values.
+struct RecordWrite {
+    key: Key,
+    sql: String,
+    values: Vec<SqlValue>,
+}
+
+fn exec_record_writes(
+    conn: &Connection,
+    path: &Path,
+    collection: &str,
+    writes: &[RecordWrite],
+) -> Result<(), StoreError> {
+    for write in writes {
+        conn.prepare_cached(&write.sql)
+            .and_then(|mut s| s.execute(rusqlite::params_from_iter(write.values.iter())))
+            .map_err(StoreError::sqlite(
+                path,
+                format!("writing record {} of {collection}", write.key),
+            ))?;
+        // A record written again is no longer deleted.
+        conn.prepare_cached("DELETE FROM ferry_tombstones WHERE collection = ?1 AND key = ?2")
+            .and_then(|mut s| s.execute(params![collection, key_to_sql(&write.key)]))
+            .map_err(StoreError::sqlite(
+                path,
+                format!("writing record {} of {collection}", write.key),
+            ))?;
+    }
+    Ok(())
+}
+
+/// Deletes a record and leaves its tombstone; `false` if there was no such record.
+fn exec_delete(
+    conn: &Connection,
+    path: &Path,
+    delete_sql: &str,
+    collection: &str,
+    key: &Key,
+) -> Result<bool, StoreError> {
+    let op = || format!("deleting record {key} of {collection}");
+    let removed = conn
+        .prepare_cached(delete_sql)
+        .and_then(|mut s| s.execute([key_to_sql(key)]))
+        .map_err(StoreError::sqlite(path, op()))?;
+    if removed > 0 {
+        conn.execute(
+            "INSERT OR REPLACE INTO ferry_tombstones (collection, key, deleted_at) VALUES (?1, ?2, ?3)",
+            params![collection, key_to_sql(key), now_ms()],
+        )
+        .map_err(StoreError::sqlite(path, op()))?;
+    }
+    Ok(removed > 0)
+}
+
+/// ferry's own mark of its last write to a collection (for the start-up migration).
+fn exec_mark(conn: &Connection, path: &Path, collection: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE ferry_collections SET last_write_ms = ?2 WHERE name = ?1",
+        params![collection, now_ms()],
+    )
+    .map(|_| ())
+    .map_err(StoreError::sqlite(
+        path,
+        format!("marking {collection} as written"),
+    ))
+}
+
+fn exec_tracking(conn: &Connection, path: &Path, rows: &[Tracking]) -> Result<(), StoreError> {
+    let op = || format!("writing {} tracking rows", rows.len());
+    let mut stmt = conn
+                .prepare_cached(
+                    "INSERT INTO sync_tracking (table_name, local_id, remote_id, sync_date, sync_status,
+                        error_message, attempts, next_attempt_at, version, last_http_status, bytes_sent)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                     ON CONFLICT (table_name, local_id) DO UPDATE SET
+                        remote_id = excluded.remote_id, sync_date = excluded.sync_date,
+                        sync_status = excluded.sync_status, error_message = excluded.error_message,
+                        attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at,
+                        version = excluded.version, last_http_status = excluded.last_http_status,
+                        bytes_sent = excluded.bytes_sent",
+                )
+                .map_err(StoreError::sqlite(path, op()))?;
+    for row in rows {
+        // Rows still to be tried are due at 0 ("now") rather than NULL, so the
+        // retry index finds them.
+        let next = match (row.status, row.next_attempt_at) {
+            (Status::Success, at) => at,
+            (_, at) => Some(at.unwrap_or(0)),
+        };
+        stmt.execute(params![
+            row.collection,
+            key_to_sql(&row.key),
+            row.remote_id.as_ref().map_or(SqlValue::Null, key_to_sql),
+            row.sync_date,
+            row.status.as_str(),
+            row.error_message,
+            row.attempts,
+            next,
+            row.version,
+            row.last_http_status,
+            i64::try_from(row.bytes_sent).unwrap_or(i64::MAX),
+        ])
+        .map_err(StoreError::sqlite(
+            path,
+            format!("writing tracking of {} record {}", row.collection, row.key),
+        ))?;
+    }
+
+    Ok(())
 }
 
 fn key_to_sql(key: &Key) -> SqlValue {
@@ -600,6 +827,14 @@ impl Table {
         )
     }
 
+    fn delete_sql(&self) -> String {
+        format!(
+            "DELETE FROM {} WHERE {} = ?1",
+            self.name,
+            self.key_expr.replacen("t.", "", 1)
+        )
+    }
+
     fn select_width(&self) -> usize {
         match self.layout {
             Layout::Document => 2,
@@ -684,116 +919,11 @@ impl Store for SqliteStore {
     }
 
     fn put_many(&mut self, collection: &str, records: Vec<Record>) -> Result<(), StoreError> {
-        let table = self.table(collection)?;
-        let name = table.collection_name().to_string();
-        if let Some(reason) = &table.read_only {
-            return Err(StoreError::InvalidRecord {
-                collection: name,
-                key: None,
-                message: reason.clone(),
-            });
-        }
-        // Build every row first: a bad record fails the call before anything is written.
-        let invalid = |key: Option<&Key>, message: String| StoreError::InvalidRecord {
-            collection: name.clone(),
-            key: key.map(Key::to_string),
-            message,
-        };
-        let mut rows: Vec<(Key, Vec<String>, Vec<SqlValue>)> = Vec::with_capacity(records.len());
-        for record in &records {
-            super::check_bytes(&table.collection, record)?;
-            let key = key_for_write(&table.collection, record)?;
-            match table.layout {
-                Layout::Document => {
-                    let json = serde_json::to_string(record)
-                        .map_err(|e| invalid(Some(&key), e.to_string()))?;
-                    rows.push((
-                        key.clone(),
-                        Vec::new(),
-                        vec![key_to_sql(&key), SqlValue::Text(json)],
-                    ));
-                }
-                Layout::Columns => {
-                    let mut columns = Vec::with_capacity(record.len());
-                    let mut values = Vec::with_capacity(record.len());
-                    for (field, value) in record {
-                        let Some(column) =
-                            table.columns.iter().find(|c| c.eq_ignore_ascii_case(field))
-                        else {
-                            return Err(invalid(Some(&key), format!(
-                                "field {field:?} has no column in table {} (ferry does not change another \
-                                 program's columns); its columns are: {}",
-                                table.name,
-                                table.columns.join(", ")
-                            )));
-                        };
-                        columns.push(column.clone());
-                        values.push(
-                            sql_from_json(value).map_err(|m| {
-                                invalid(Some(&key), format!("field {field:?}: {m}"))
-                            })?,
-                        );
-                    }
-                    rows.push((key, columns, values));
-                }
-            }
-        }
-        let statement = |columns: &[String]| -> String {
-            match table.layout {
-                Layout::Document => format!(
-                    "INSERT INTO {} (key, record) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET record = excluded.record",
-                    table.name
-                ),
-                Layout::Columns => {
-                    let list = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
-                    let marks = (1..=columns.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
-                    // Replace semantics: columns the record leaves out go back to their default.
-                    let updates: Vec<String> = table
-                        .columns
-                        .iter()
-                        .filter(|c| *c != &table.key_column)
-                        .map(|c| format!("{0} = excluded.{0}", ident(c)))
-                        .collect();
-                    let action = if updates.is_empty() {
-                        "NOTHING".to_string()
-                    } else {
-                        format!("UPDATE SET {}", updates.join(", "))
-                    };
-                    format!(
-                        "INSERT INTO {} ({list}) VALUES ({marks}) ON CONFLICT ({}) DO {action}",
-                        table.name,
-                        ident(&table.key_column)
-                    )
-                }
-            }
-        };
-        let statements: Vec<String> = rows
-            .iter()
-            .map(|(_, columns, _)| statement(columns))
-            .collect();
-        let path = self.path.clone();
-        let op = || format!("writing records of {name}");
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::sqlite(&path, op()))?;
-        for ((key, _, values), sql) in rows.iter().zip(&statements) {
-            tx.prepare_cached(sql)
-                .and_then(|mut s| s.execute(rusqlite::params_from_iter(values.iter())))
-                .map_err(StoreError::sqlite(
-                    &path,
-                    format!("writing record {key} of {name}"),
-                ))?;
-            tx.prepare_cached("DELETE FROM ferry_tombstones WHERE collection = ?1 AND key = ?2")
-                .and_then(|mut s| s.execute(params![name, key_to_sql(key)]))
-                .map_err(StoreError::sqlite(&path, op()))?;
-        }
-        tx.execute(
-            "UPDATE ferry_collections SET last_write_ms = ?2 WHERE name = ?1",
-            params![name, now_ms()],
-        )
-        .map_err(StoreError::sqlite(&path, op()))?;
-        tx.commit().map_err(StoreError::sqlite(&path, op()))
+        let writes = self.record_writes(collection, &records)?;
+        self.transaction(&format!("writing records of {collection}"), |conn, path| {
+            exec_record_writes(conn, path, collection, &writes)?;
+            exec_mark(conn, path, collection)
+        })
     }
 
     fn get(&mut self, collection: &str, key: &Key) -> Result<Option<Record>, StoreError> {
@@ -849,31 +979,17 @@ impl Store for SqliteStore {
                 message: reason.clone(),
             });
         }
-        let sql = format!(
-            "DELETE FROM {} AS t WHERE {} = ?1",
-            table.name,
-            table.key_expr.replacen("t.", "", 1)
-        );
-        let path = self.path.clone();
-        let op = || format!("deleting record {key} of {collection}");
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::sqlite(&path, op()))?;
-        let removed = tx
-            .execute(&sql, [key_to_sql(key)])
-            .map_err(StoreError::sqlite(&path, op()))?;
-        if removed > 0 {
-            let now = now_ms();
-            tx.execute(
-                "INSERT OR REPLACE INTO ferry_tombstones (collection, key, deleted_at) VALUES (?1, ?2, ?3)",
-                params![collection, key_to_sql(key), now],
-            )
-            .and_then(|_| tx.execute("UPDATE ferry_collections SET last_write_ms = ?2 WHERE name = ?1", params![collection, now]))
-            .map_err(StoreError::sqlite(&path, op()))?;
-        }
-        tx.commit().map_err(StoreError::sqlite(&path, op()))?;
-        Ok(removed > 0)
+        let delete_sql = table.delete_sql();
+        self.transaction(
+            &format!("deleting record {key} of {collection}"),
+            |conn, path| {
+                let removed = exec_delete(conn, path, &delete_sql, collection, key)?;
+                if removed {
+                    exec_mark(conn, path, collection)?;
+                }
+                Ok(removed)
+            },
+        )
     }
 
     fn tombstones(&mut self, collection: &str) -> Result<Vec<Tombstone>, StoreError> {
@@ -1094,7 +1210,7 @@ impl Store for SqliteStore {
         // One entry per key, in order_by order, at most `limit`.
         let mut seen = std::collections::HashSet::new();
         due.retain(|d| seen.insert(d.key.clone()));
-        super::json::sort_due(&mut due, table.collection.order_by().as_str());
+        super::sort_due(&mut due, table.collection.order_by().as_str());
         due.truncate(query.limit);
         Ok(due)
     }
@@ -1140,53 +1256,23 @@ impl Store for SqliteStore {
         for row in rows {
             self.table(&row.collection)?;
         }
-        let path = self.path.clone();
-        let op = || format!("writing {} tracking rows", rows.len());
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::sqlite(&path, op()))?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT INTO sync_tracking (table_name, local_id, remote_id, sync_date, sync_status,
-                        error_message, attempts, next_attempt_at, version, last_http_status, bytes_sent)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-                     ON CONFLICT (table_name, local_id) DO UPDATE SET
-                        remote_id = excluded.remote_id, sync_date = excluded.sync_date,
-                        sync_status = excluded.sync_status, error_message = excluded.error_message,
-                        attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at,
-                        version = excluded.version, last_http_status = excluded.last_http_status,
-                        bytes_sent = excluded.bytes_sent",
-                )
-                .map_err(StoreError::sqlite(&path, op()))?;
-            for row in rows {
-                // Rows still to be tried are due at 0 ("now") rather than NULL, so the
-                // retry index finds them.
-                let next = match (row.status, row.next_attempt_at) {
-                    (Status::Success, at) => at,
-                    (_, at) => Some(at.unwrap_or(0)),
-                };
-                stmt.execute(params![
-                    row.collection,
-                    key_to_sql(&row.key),
-                    row.remote_id.as_ref().map_or(SqlValue::Null, key_to_sql),
-                    row.sync_date,
-                    row.status.as_str(),
-                    row.error_message,
-                    row.attempts,
-                    next,
-                    row.version,
-                    row.last_http_status,
-                    i64::try_from(row.bytes_sent).unwrap_or(i64::MAX),
-                ])
-                .map_err(StoreError::sqlite(
-                    &path,
-                    format!("writing tracking of {} record {}", row.collection, row.key),
-                ))?;
+        self.transaction(
+            &format!("writing {} tracking rows", rows.len()),
+            |conn, path| exec_tracking(conn, path, rows),
+        )
+    }
+
+    fn apply_merge(&mut self, collection: &str, merge: &Merge) -> Result<(), StoreError> {
+        let writes = self.record_writes(collection, &merge.upserts)?;
+        let delete_sql = self.table(collection)?.delete_sql();
+        self.transaction(&format!("migrating {collection}"), |conn, path| {
+            exec_tracking(conn, path, &merge.tracking)?;
+            exec_record_writes(conn, path, collection, &writes)?;
+            for key in &merge.deletes {
+                exec_delete(conn, path, &delete_sql, collection, key)?;
             }
-        }
-        tx.commit().map_err(StoreError::sqlite(&path, op()))
+            exec_mark(conn, path, collection)
+        })
     }
 
     fn next_attempt_at(&mut self, collection: &str) -> Result<Option<Millis>, StoreError> {
