@@ -2,6 +2,7 @@
 //! command. Commands return an [`Exit`]; only `main` turns it into a process exit.
 
 mod config_cmd;
+mod migrate_cmd;
 mod records;
 mod sync_cmd;
 
@@ -70,11 +71,35 @@ pub enum Command {
     },
     /// The daemon: deliver records as `sync.mode` says until SIGTERM or SIGINT
     Run,
+    /// Bring a backend up to date from the other one (what start-up does)
+    Migrate {
+        /// The backend to bring up to date [default: storage.backend]
+        #[arg(long, value_enum, value_name = "BACKEND")]
+        to: Option<BackendArg>,
+        /// Say what would be done, do nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Validate or print the configuration
     Config {
         #[command(subcommand)]
         action: ConfigAction,
     },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum BackendArg {
+    Sqlite,
+    Json,
+}
+
+impl From<BackendArg> for crate::config::Backend {
+    fn from(arg: BackendArg) -> Self {
+        match arg {
+            BackendArg::Sqlite => crate::config::Backend::Sqlite,
+            BackendArg::Json => crate::config::Backend::Json,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,6 +173,9 @@ pub fn run(cli: Cli) -> Result<Exit, CliError> {
             collection,
         } => sync_cmd::sync(config, dry_run, collection.as_deref()),
         Command::Run => sync_cmd::run(config),
+        Command::Migrate { to, dry_run } => {
+            migrate_cmd::migrate(&config, to.map(Into::into), dry_run)
+        }
         Command::Config {
             action: ConfigAction::Check,
         } => config_cmd::check(&config),

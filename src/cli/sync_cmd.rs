@@ -21,14 +21,18 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| CliError::Runtime(format!("cannot start the async runtime: {e}")))
 }
 
-fn engine(config: Config) -> Result<Arc<Engine>, CliError> {
+/// The delivery engine on the active store, brought up to date first (unless `dry`).
+fn engine(config: Config, dry: bool) -> Result<Arc<Engine>, CliError> {
+    if config.storage.migrate_on_start && !dry {
+        store::migrate::migrate(&config, config.storage.backend, false)?;
+    }
     let store = SharedStore::new(store::open(&config)?);
     Ok(Arc::new(Engine::new(config, store)?))
 }
 
 pub fn sync(config: Config, dry_run: bool, collection: Option<&str>) -> Result<Exit, CliError> {
     let runtime = runtime()?;
-    let engine = engine(config)?;
+    let engine = engine(config, dry_run)?;
     runtime.block_on(async {
         if dry_run {
             let planned = engine.dry_run(collection, DRY_RUN_LIMIT).await?;
@@ -72,7 +76,7 @@ pub fn sync(config: Config, dry_run: bool, collection: Option<&str>) -> Result<E
 
 pub fn run(config: Config) -> Result<Exit, CliError> {
     let runtime = runtime()?;
-    let engine = engine(config)?;
+    let engine = engine(config, false)?;
     runtime.block_on(async {
         let (stop_tx, stop_rx) = watch::channel(false);
         tokio::spawn(stop_on_signal(stop_tx));

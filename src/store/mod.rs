@@ -9,6 +9,7 @@
 mod atomic;
 mod error;
 pub mod json;
+pub mod migrate;
 pub mod record;
 pub mod sqlite;
 pub mod time;

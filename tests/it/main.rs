@@ -3,6 +3,7 @@
 mod support;
 
 mod cli;
+mod migrate;
 mod server;
 mod sqlite_tables;
 mod store_conformance;

@@ -1,0 +1,470 @@
+//! The start-up migration between the JSON and SQLite backends: nothing lost, nothing
+//! sent again.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ferry::config::{Backend, Config};
+use ferry::store::migrate::migrate;
+use ferry::store::record::bytes_value;
+use ferry::store::{self, Key, Status, Store, Tracking};
+use serde_json::json;
+
+use crate::server::{Faults, TestServer};
+use crate::support::{ferry_bin, record, Fixture};
+
+/// A collection ferry creates itself in SQLite (a document table). (A collection
+/// named `downloads` would get the seed Plex service's exact columns.)
+const JOBS: &str = "[[collections]]\nname = \"jobs\"\nkey = \"id\"\nupdated_at = \"updated_at\"\n\
+    endpoint = \"/api/jobs\"\nblob_fields = [\"torrent\"]\n";
+
+fn with_backend(config: &Config, backend: Backend) -> Config {
+    let mut config = config.clone();
+    config.storage.backend = backend;
+    config
+}
+
+/// Every record (as its JSON text) and every tracking row of a collection.
+fn snapshot(
+    store: &mut dyn Store,
+    collection: &str,
+) -> (BTreeMap<Key, String>, BTreeMap<Key, Tracking>) {
+    let records = store
+        .list(collection, None, usize::MAX >> 1)
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            (
+                Key::from_value(&r["id"]).unwrap(),
+                serde_json::to_string(&r).unwrap(),
+            )
+        })
+        .collect();
+    let tracking = store
+        .tracking_page(collection, None, usize::MAX >> 1)
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.key.clone(), t))
+        .collect();
+    (records, tracking)
+}
+
+fn fill(store: &mut dyn Store, count: usize) {
+    let records: Vec<_> = (0..count)
+        .map(|i| {
+            record(json!({
+                "id": format!("dl-{i:05}"),
+                "name": format!("tëst {i} 🚀"),
+                "progress": i as f64 / 7.0,
+                "size": 9_007_199_254_740_993_i64 - i as i64,
+                "torrent": bytes_value(&[i as u8, 0, 255, (i >> 8) as u8]),
+                "tags": ["a", i, null],
+                "updated_at": format!("2026-01-01T00:00:{:02}.{:03}Z", i % 60, i % 1000)
+            }))
+        })
+        .collect();
+    store.put_many("jobs", records).unwrap();
+    let tracking: Vec<_> = (0..count)
+        .step_by(2)
+        .map(|i| {
+            let mut row = Tracking::new(
+                "jobs",
+                Key::parse(&format!("dl-{i:05}")),
+                1_700_000_000_000 + i as i64,
+            );
+            match i % 3 {
+                0 => {
+                    row.status = Status::Success;
+                    row.remote_id = Some(Key::Int(i as i64 + 1000));
+                    row.last_http_status = Some(201);
+                    row.bytes_sent = 300 + i as u64;
+                }
+                1 => {
+                    row.next_attempt_at = Some(1_800_000_000_000);
+                    row.error_message = Some("HTTP 503: busy".into());
+                    row.last_http_status = Some(503);
+                }
+                _ => {
+                    row.status = Status::Failed;
+                    row.error_message = Some("HTTP 422: ça ne va pas".into());
+                    row.next_attempt_at = Some(1_800_000_000_000);
+                }
+            }
+            row.attempts = (i % 5) as u32;
+            row.version = Some(format!("2026-01-01T00:00:{:02}.{:03}Z", i % 60, i % 1000));
+            row
+        })
+        .collect();
+    store.write_tracking(&tracking).unwrap();
+}
+
+#[test]
+fn ten_thousand_records_go_json_to_sqlite_to_json_byte_for_byte() {
+    let fx = Fixture::with_collections(Backend::Json, JOBS);
+    let mut json_store = fx.open();
+    fill(json_store.as_mut(), 10_000);
+    let original = snapshot(json_store.as_mut(), "jobs");
+    drop(json_store);
+
+    let sqlite = with_backend(&fx.config, Backend::Sqlite);
+    let reports = migrate(&sqlite, Backend::Sqlite, false).unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].migrated, 10_000);
+    assert_eq!(reports[0].tracking, 5_000);
+    assert_eq!(
+        snapshot(store::open(&sqlite).unwrap().as_mut(), "jobs"),
+        original
+    );
+
+    // The JSON side goes away entirely and is rebuilt from SQLite.
+    std::fs::remove_dir_all(&fx.config.storage.json_dir).unwrap();
+    std::fs::create_dir_all(&fx.config.storage.json_dir).unwrap();
+    let reports = migrate(&fx.config, Backend::Json, false).unwrap();
+    assert_eq!(reports[0].to_string(), "migration sqlite→json: 10000 jobs migrated (0 updated, 0 kept newer), 5000 tracking rows moved");
+    assert_eq!(snapshot(fx.open().as_mut(), "jobs"), original);
+    // A second start migrates nothing.
+    assert!(migrate(&fx.config, Backend::Json, false)
+        .unwrap()
+        .is_empty());
+    assert!(migrate(&sqlite, Backend::Sqlite, false).unwrap().is_empty());
+}
+
+fn download(id: &str, updated_at: &str) -> ferry::store::Record {
+    record(json!({"id": id, "updated_at": updated_at, "v": updated_at}))
+}
+
+#[test]
+fn both_sides_edited_the_newer_record_wins_and_nothing_is_lost() {
+    let fx = Fixture::with_collections(Backend::Json, JOBS);
+    let mut json_store = fx.open();
+    for id in ["a", "b", "c"] {
+        json_store
+            .put("jobs", download(id, "2026-01-01T10:00:00Z"))
+            .unwrap();
+    }
+    let sqlite = with_backend(&fx.config, Backend::Sqlite);
+    migrate(&sqlite, Backend::Sqlite, false).unwrap();
+    let mut sqlite_store = store::open(&sqlite).unwrap();
+    // Edited on the SQLite side...
+    sqlite_store
+        .put("jobs", download("a", "2026-01-01T12:00:00Z"))
+        .unwrap();
+    sqlite_store
+        .put("jobs", download("e", "2026-01-01T12:00:00Z"))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    // ...and later on the JSON side, which ends up written last.
+    json_store
+        .put("jobs", download("b", "2026-01-01T11:00:00Z"))
+        .unwrap();
+    json_store
+        .put("jobs", download("d", "2026-01-01T11:00:00Z"))
+        .unwrap();
+    drop((json_store, sqlite_store));
+
+    let reports = migrate(&sqlite, Backend::Sqlite, false).unwrap();
+    assert_eq!(
+        reports[0].to_string(),
+        "migration json→sqlite: 2 jobs migrated (1 updated, 1 kept newer)"
+    );
+    let mut sqlite_store = store::open(&sqlite).unwrap();
+    let version = |s: &mut dyn Store, id: &str| {
+        s.get("jobs", &Key::parse(id))
+            .unwrap()
+            .map(|r| r["v"].clone())
+    };
+    assert_eq!(
+        version(sqlite_store.as_mut(), "a"),
+        Some(json!("2026-01-01T12:00:00Z")),
+        "newer on SQLite: kept"
+    );
+    assert_eq!(
+        version(sqlite_store.as_mut(), "b"),
+        Some(json!("2026-01-01T11:00:00Z")),
+        "newer on JSON: taken"
+    );
+    assert_eq!(
+        version(sqlite_store.as_mut(), "c"),
+        Some(json!("2026-01-01T10:00:00Z"))
+    );
+    assert!(
+        version(sqlite_store.as_mut(), "d").is_some(),
+        "only on JSON: kept"
+    );
+    assert!(
+        version(sqlite_store.as_mut(), "e").is_some(),
+        "only on SQLite: kept"
+    );
+}
+
+#[test]
+fn a_deletion_on_the_active_side_survives_a_migration_from_the_older_side() {
+    let fx = Fixture::with_collections(Backend::Json, JOBS);
+    let mut json_store = fx.open();
+    for id in ["a", "b"] {
+        json_store
+            .put("jobs", download(id, "2026-01-01T10:00:00Z"))
+            .unwrap();
+    }
+    let sqlite = with_backend(&fx.config, Backend::Sqlite);
+    migrate(&sqlite, Backend::Sqlite, false).unwrap();
+    store::open(&sqlite)
+        .unwrap()
+        .delete("jobs", &Key::parse("a"))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    // The JSON side is touched afterwards, so it is the newer side, and still has "a".
+    json_store
+        .put("jobs", download("c", "2026-01-01T10:00:00Z"))
+        .unwrap();
+    drop(json_store);
+    let reports = migrate(&sqlite, Backend::Sqlite, false).unwrap();
+    assert_eq!(reports[0].migrated, 1, "{reports:?}");
+    let mut sqlite_store = store::open(&sqlite).unwrap();
+    assert_eq!(
+        sqlite_store.get("jobs", &Key::parse("a")).unwrap(),
+        None,
+        "not revived"
+    );
+    assert!(sqlite_store
+        .get("jobs", &Key::parse("c"))
+        .unwrap()
+        .is_some());
+}
+
+#[test]
+fn switching_back_and_forth_with_edits_converges_to_the_newest_state() {
+    let fx = Fixture::with_collections(Backend::Json, JOBS);
+    let sqlite = with_backend(&fx.config, Backend::Sqlite);
+    let mut expected: BTreeMap<String, String> = BTreeMap::new();
+    for round in 0..6 {
+        let (config, backend) = if round % 2 == 0 {
+            (&fx.config, Backend::Json)
+        } else {
+            (&sqlite, Backend::Sqlite)
+        };
+        migrate(config, backend, false).unwrap();
+        let mut active = store::open(config).unwrap();
+        for i in 0..5 {
+            let id = format!("k{}", (round + i) % 7);
+            let stamp = format!("2026-01-01T00:{round:02}:{i:02}Z");
+            active.put("jobs", download(&id, &stamp)).unwrap();
+            expected.insert(id, stamp);
+        }
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    for (config, backend) in [(&fx.config, Backend::Json), (&sqlite, Backend::Sqlite)] {
+        migrate(config, backend, false).unwrap();
+        let mut active = store::open(config).unwrap();
+        let got: BTreeMap<String, String> = active
+            .list("jobs", None, 100)
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                (
+                    r["id"].as_str().unwrap().to_string(),
+                    r["v"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(got, expected, "{backend:?}");
+    }
+}
+
+#[test]
+fn kill_9_during_migrate_20_times_ends_like_an_uninterrupted_migration() {
+    let fx = Fixture::with_collections(Backend::Json, JOBS);
+    fill(fx.open().as_mut(), 20_000);
+    // The reference: the same JSON migrated without interruption, elsewhere.
+    let reference_dir = tempfile::tempdir().unwrap();
+    let mut reference = with_backend(&fx.config, Backend::Sqlite);
+    reference.storage.sqlite_path = reference_dir.path().join("reference.db");
+    reference.storage.backups_dir = reference_dir.path().join("backups");
+    migrate(&reference, Backend::Sqlite, false).unwrap();
+    let expected = snapshot(store::open(&reference).unwrap().as_mut(), "jobs");
+
+    let mut seed: u64 = 0xDEC0DE;
+    let mut killed = 0;
+    for _ in 0..20 {
+        let mut child = Command::new(ferry_bin())
+            .arg("--config")
+            .arg(&fx.config_path)
+            .args(["migrate", "--to", "sqlite"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        std::thread::sleep(Duration::from_millis(20 + (seed >> 33) % 400));
+        if child.try_wait().unwrap().is_none() {
+            killed += 1;
+        }
+        child.kill().ok();
+        child.wait().unwrap();
+    }
+    eprintln!("{killed} of 20 runs were killed before they finished");
+    assert!(killed >= 5, "the kills came during migrations");
+    let out = Command::new(ferry_bin())
+        .arg("--config")
+        .arg(&fx.config_path)
+        .args(["migrate", "--to", "sqlite"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sqlite = with_backend(&fx.config, Backend::Sqlite);
+    assert_eq!(
+        snapshot(store::open(&sqlite).unwrap().as_mut(), "jobs"),
+        expected
+    );
+    // Backups were kept to backups_keep.
+    let backups = std::fs::read_dir(&fx.config.storage.backups_dir)
+        .unwrap()
+        .count();
+    assert!(
+        backups <= fx.config.storage.backups_keep as usize,
+        "{backups} backups"
+    );
+}
+
+#[test]
+fn deliveries_made_on_one_backend_are_not_repeated_on_the_other() {
+    let server = TestServer::start(Faults::default());
+    let tables = format!("[remote]\nurl = \"{}\"\n", server.url);
+    let fx = Fixture::with_config(Backend::Json, &tables, JOBS);
+    let mut json_store = fx.open();
+    for i in 0..20 {
+        json_store
+            .put("jobs", download(&format!("j{i}"), "2026-01-01T10:00:00Z"))
+            .unwrap();
+    }
+    drop(json_store);
+    let sync = |config: &std::path::Path| {
+        let out = crate::support::ferry_command(config, &["sync", "--once"], None);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sync(&fx.config_path);
+    assert_eq!(server.requests(), 20);
+
+    // Switch to SQLite: the start-up migration brings records and tracking over.
+    let text = std::fs::read_to_string(&fx.config_path)
+        .unwrap()
+        .replace("backend = \"json\"", "backend = \"sqlite\"");
+    std::fs::write(&fx.config_path, &text).unwrap();
+    sync(&fx.config_path);
+    assert_eq!(
+        server.requests(),
+        20,
+        "nothing sent again after switching to SQLite"
+    );
+    let sqlite = with_backend(&fx.config, Backend::Sqlite);
+    store::open(&sqlite)
+        .unwrap()
+        .put("jobs", download("s1", "2026-01-02T10:00:00Z"))
+        .unwrap();
+    sync(&fx.config_path);
+    assert_eq!(server.requests(), 21);
+
+    // And back to JSON.
+    std::fs::write(
+        &fx.config_path,
+        text.replace("backend = \"sqlite\"", "backend = \"json\""),
+    )
+    .unwrap();
+    sync(&fx.config_path);
+    assert_eq!(
+        server.requests(),
+        21,
+        "nothing sent again after switching back to JSON"
+    );
+    assert_eq!(server.duplicates(), 0);
+}
+
+#[test]
+fn the_seed_000_service_switching_to_sqlite_keeps_its_json_downloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_dir = dir.path().join("tmp");
+    std::fs::create_dir_all(&json_dir).unwrap();
+    // The seed service's JSON file of active downloads.
+    std::fs::write(
+        json_dir.join("active_downloads.json"),
+        r#"{"a1": {"id": "a1", "torrent_name": "film.mkv", "status": "downloading", "progress": 42.5,
+                    "created_at": "2026-02-10 09:00:00", "updated_at": "2026-02-10 09:05:00"},
+            "a2": {"id": "a2", "torrent_name": "série.mkv", "status": "completed", "progress": 100.0,
+                    "created_at": "2026-02-10 08:00:00", "updated_at": "2026-02-10 08:30:00"},
+            "a3": {"torrent_name": "sans id", "status": "stopped", "progress": 3.0,
+                    "created_at": "2026-02-10 07:00:00", "updated_at": "2026-02-10 07:10:00"}}"#,
+    )
+    .unwrap();
+    let ini = dir.path().join("config.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "[BDD]\nsql = true  # true pour SQLite, false pour JSON\ndb_path = {}/plex_service.db\n[storage]\njson_dir = {}\nbackups_dir = {}/backups\n",
+            dir.path().display(),
+            json_dir.display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(ferry_bin())
+        .arg("--config")
+        .arg(&ini)
+        .args(["migrate"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("migration json→sqlite: 3 downloads migrated (0 updated, 0 kept newer)"),
+        "{text}"
+    );
+    let out = Command::new(ferry_bin())
+        .arg("--config")
+        .arg(&ini)
+        .args(["get", "downloads", "a3"])
+        .output()
+        .unwrap();
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["torrent_name"], json!("sans id"));
+    assert_eq!(
+        got["id"],
+        json!("a3"),
+        "the key filled in from the JSON entry"
+    );
+    // The seed's downloads table, with exactly the seed's columns.
+    let conn = rusqlite::Connection::open(dir.path().join("plex_service.db")).unwrap();
+    let columns: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('downloads')")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(columns.len(), 16);
+    let out = Command::new(ferry_bin())
+        .arg("--config")
+        .arg(&ini)
+        .args(["migrate"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("nothing to migrate"),
+        "a second start migrates nothing"
+    );
+}
