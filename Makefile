@@ -11,7 +11,7 @@ EXAMPLE    := target/example
 UNITDIR    ?= /lib/systemd/system
 SYSUSERSDIR ?= /usr/lib/sysusers.d
 
-.PHONY: help build release test lint fmt run-example install clean
+.PHONY: help build release test lint fmt run-example bench install clean
 
 help:
 	@echo "make build        debug build"
@@ -19,6 +19,7 @@ help:
 	@echo "make test         every test (cargo nextest when installed, else cargo test)"
 	@echo "make lint         cargo fmt --check and clippy -D warnings"
 	@echo "make run-example  run ferry on the bundled example config (SQLite, state in $(EXAMPLE))"
+	@echo "make bench        benchmarks that print their figures against the targets"
 	@echo "make install      install into DESTDIR (default /): binary, config, unit, sysusers"
 
 build:
@@ -65,6 +66,10 @@ run-example: release
 	@echo "== a second pass sends nothing: every record is tracked as delivered"
 	BACKEND_URL=http://127.0.0.1:9 $(FERRY_EXAMPLE) sync --once
 	@echo "== the store: $(EXAMPLE)/ferry.db (sqlite3 $(EXAMPLE)/ferry.db 'SELECT * FROM sync_tracking')"
+
+# Benchmarks print figures; they are not pass/fail tests.
+bench:
+	$(CARGO) run --release --locked --example bench_migrate -- 100000
 
 install: release
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/ferry

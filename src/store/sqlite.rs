@@ -609,20 +609,35 @@ fn exec_record_writes(
     collection: &str,
     writes: &[RecordWrite],
 ) -> Result<(), StoreError> {
+    // A record written again is no longer deleted; most collections have no
+    // tombstone at all, and then there is nothing to clear.
+    let has_tombstones: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM ferry_tombstones WHERE collection = ?1)")
+        .and_then(|mut s| s.query_row([collection], |r| r.get(0)))
+        .map_err(StoreError::sqlite(
+            path,
+            format!("reading tombstones of {collection}"),
+        ))?;
     for write in writes {
         conn.prepare_cached(&write.sql)
             .and_then(|mut s| s.execute(rusqlite::params_from_iter(write.values.iter())))
-            .map_err(StoreError::sqlite(
-                path,
-                format!("writing record {} of {collection}", write.key),
-            ))?;
-        // A record written again is no longer deleted.
+            .map_err(|e| {
+                StoreError::sqlite(
+                    path,
+                    format!("writing record {} of {collection}", write.key),
+                )(e)
+            })?;
+        if !has_tombstones {
+            continue;
+        }
         conn.prepare_cached("DELETE FROM ferry_tombstones WHERE collection = ?1 AND key = ?2")
             .and_then(|mut s| s.execute(params![collection, key_to_sql(&write.key)]))
-            .map_err(StoreError::sqlite(
-                path,
-                format!("writing record {} of {collection}", write.key),
-            ))?;
+            .map_err(|e| {
+                StoreError::sqlite(
+                    path,
+                    format!("writing record {} of {collection}", write.key),
+                )(e)
+            })?;
     }
     Ok(())
 }
@@ -698,10 +713,12 @@ fn exec_tracking(conn: &Connection, path: &Path, rows: &[Tracking]) -> Result<()
             row.last_http_status,
             i64::try_from(row.bytes_sent).unwrap_or(i64::MAX),
         ])
-        .map_err(StoreError::sqlite(
-            path,
-            format!("writing tracking of {} record {}", row.collection, row.key),
-        ))?;
+        .map_err(|e| {
+            StoreError::sqlite(
+                path,
+                format!("writing tracking of {} record {}", row.collection, row.key),
+            )(e)
+        })?;
     }
 
     Ok(())
