@@ -180,14 +180,14 @@ fn all_tracking(
 }
 
 /// Which of two versions (updated_at values) is newer: as timestamps when both read
-/// as one, as text otherwise.
+/// as one (two spellings of one instant are equal), as text otherwise.
 fn compare_versions(a: Option<&str>, b: Option<&str>) -> Ordering {
     match (a, b) {
         (None, None) => Ordering::Equal,
         (Some(_), None) => Ordering::Greater,
         (None, Some(_)) => Ordering::Less,
         (Some(a), Some(b)) => match (parse_timestamp(a), parse_timestamp(b)) {
-            (Some(x), Some(y)) if x != y => x.cmp(&y),
+            (Some(x), Some(y)) => x.cmp(&y),
             _ => a.cmp(b),
         },
     }
