@@ -158,7 +158,7 @@ impl CliError {
 pub fn run(cli: Cli) -> Result<Exit, CliError> {
     let path = config::config_path(cli.config.as_deref(), &ProcessEnv);
     let config = Config::load(&path, &ProcessEnv)?;
-    crate::log::init(config.log_level);
+    crate::log::init(config.log_level, config.log_target);
     match cli.command {
         Command::Put { collection, id } => records::put(&config, &collection, id.as_deref()),
         Command::Get { collection, id } => records::get(&config, &collection, &id),

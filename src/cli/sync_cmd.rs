@@ -76,15 +76,37 @@ pub fn sync(config: Config, dry_run: bool, collection: Option<&str>) -> Result<E
 
 pub fn run(config: Config) -> Result<Exit, CliError> {
     let runtime = runtime()?;
-    let engine = engine(config, false)?;
     runtime.block_on(async {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        tokio::spawn(stop_on_signal(stop_tx));
-        tracing::info!("ferry {} delivering", env!("CARGO_PKG_VERSION"));
-        engine.run(stop_rx).await?;
-        tracing::info!("stopped");
+        let (signals_tx, signals_rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(forward_signals(signals_tx));
+        let path = config.source.clone();
+        crate::daemon::run(&path, config, &crate::config::ProcessEnv, signals_rx).await?;
         Ok(Exit::Done)
     })
+}
+
+/// SIGTERM and SIGINT ask the daemon to stop; SIGHUP to reload its config.
+async fn forward_signals(to: tokio::sync::mpsc::Sender<crate::daemon::Signal>) {
+    use crate::daemon::Signal;
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot listen for SIGTERM/SIGINT/SIGHUP");
+        return;
+    };
+    loop {
+        let signal = tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); Signal::Stop }
+            _ = int.recv() => { tracing::info!("SIGINT: stopping"); Signal::Stop }
+            _ = hup.recv() => { tracing::info!("SIGHUP: reloading the config"); Signal::Reload }
+        };
+        if to.send(signal).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Turns SIGTERM or SIGINT into a stop request.

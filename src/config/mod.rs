@@ -30,6 +30,10 @@ pub struct Config {
     pub device_id: Option<String>,
     #[serde(default)]
     pub log_level: LogLevel,
+    /// Where logs go: `auto` (journald when run by systemd, else stderr), `journald`,
+    /// or `stderr`.
+    #[serde(default)]
+    pub log_target: LogTarget,
     #[serde(default)]
     pub storage: Storage,
     #[serde(default)]
@@ -64,6 +68,15 @@ impl LogLevel {
             LogLevel::Trace => "trace",
         }
     }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogTarget {
+    #[default]
+    Auto,
+    Journald,
+    Stderr,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 
 use super::record::{self, Key, Record};
 use super::{
-    atomic, find, key_for_write, Due, DueQuery, Merge, Millis, Status, Store, StoreError,
+    atomic, find, key_for_write, Counts, Due, DueQuery, Merge, Millis, Status, Store, StoreError,
     Tombstone, Tracking,
 };
 use crate::config::{Backend, Collection};
@@ -653,6 +653,34 @@ impl Store for JsonStore {
             }
             Ok(((), true))
         })
+    }
+
+    fn counts(&mut self, collection: &str) -> Result<Counts, StoreError> {
+        let collection = self.collection(collection)?;
+        let records = self.records(&collection)?;
+        let rows = self.tracking_rows()?;
+        let mut counts = Counts {
+            records: records.len() as u64,
+            ..Counts::default()
+        };
+        for row in rows
+            .get(collection.name.as_str())
+            .into_iter()
+            .flat_map(|r| r.values())
+        {
+            if !records.contains_key(&row.key.to_string()) {
+                continue;
+            }
+            match row.status {
+                Status::Success => counts.success += 1,
+                Status::Failed => counts.failed += 1,
+                Status::Pending => {}
+            }
+        }
+        counts.pending = counts
+            .records
+            .saturating_sub(counts.success + counts.failed);
+        Ok(counts)
     }
 
     fn next_attempt_at(&mut self, collection: &str) -> Result<Option<Millis>, StoreError> {

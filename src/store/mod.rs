@@ -100,6 +100,18 @@ pub struct Tombstone {
     pub deleted_at: Millis,
 }
 
+/// How many records a collection holds, by delivery state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub records: u64,
+    /// Delivered (tracking says success).
+    pub success: u64,
+    /// Refused by the server (tracking says failed).
+    pub failed: u64,
+    /// Neither: never tried yet, or waiting for a retry.
+    pub pending: u64,
+}
+
 /// What a migration writes into one collection of the store it brings up to date.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Merge {
@@ -169,6 +181,9 @@ pub trait Store: Send {
     ) -> Result<Vec<Tracking>, StoreError>;
     /// Writes tracking rows, all or none, in one transaction / one file write.
     fn write_tracking(&mut self, rows: &[Tracking]) -> Result<(), StoreError>;
+
+    /// Records by delivery state, counted from indexes (for `STATUS=` and `stats`).
+    fn counts(&mut self, collection: &str) -> Result<Counts, StoreError>;
 
     /// Applies a migration step to one collection and marks it as written now.
     /// SQLite: one transaction. JSON: tracking, tombstones, then the collection file,

@@ -24,8 +24,8 @@ use serde_json::{Map, Value};
 use super::record::{self, Key, Record};
 use super::time::parse_timestamp;
 use super::{
-    atomic, find, key_for_write, now_ms, Due, DueQuery, Merge, Millis, Status, Store, StoreError,
-    Tombstone, Tracking,
+    atomic, find, key_for_write, now_ms, Counts, Due, DueQuery, Merge, Millis, Status, Store,
+    StoreError, Tombstone, Tracking,
 };
 use crate::config::{Backend, Collection};
 
@@ -1290,6 +1290,38 @@ impl Store for SqliteStore {
             }
             exec_mark(conn, path, collection)
         })
+    }
+
+    fn counts(&mut self, collection: &str) -> Result<Counts, StoreError> {
+        let table = self.table(collection)?;
+        let op = || format!("counting records of {collection}");
+        let records: i64 = self
+            .conn
+            .prepare_cached(&format!("SELECT COUNT(*) FROM {}", table.name))
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(StoreError::sqlite(&self.path, op()))?;
+        let mut counts = Counts {
+            records: records.max(0) as u64,
+            ..Counts::default()
+        };
+        let by_status: Vec<(String, i64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT sync_status, COUNT(*) FROM sync_tracking WHERE table_name = ?1 GROUP BY sync_status",
+            )
+            .and_then(|mut s| s.query_map([collection], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .map_err(StoreError::sqlite(&self.path, op()))?;
+        for (status, n) in by_status {
+            match Status::parse(&status) {
+                Some(Status::Success) => counts.success = n.max(0) as u64,
+                Some(Status::Failed) => counts.failed = n.max(0) as u64,
+                _ => {}
+            }
+        }
+        counts.pending = counts
+            .records
+            .saturating_sub(counts.success + counts.failed);
+        Ok(counts)
     }
 
     fn next_attempt_at(&mut self, collection: &str) -> Result<Option<Millis>, StoreError> {

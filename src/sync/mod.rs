@@ -13,6 +13,7 @@ mod body;
 pub mod client;
 pub mod plan;
 
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -105,6 +106,51 @@ struct Lane {
     collection: Collection,
     health: Health,
     next_full_scan: Millis,
+    beat: Arc<Beat>,
+}
+
+/// One delivery loop's sign of life, read by the watchdog supervisor.
+#[derive(Debug)]
+pub struct Beat {
+    pub collection: String,
+    /// When the loop last made progress (a store call returned, a request finished).
+    last_step: AtomicI64,
+    /// The loop is waiting for work: healthy however long it waits.
+    waiting: AtomicBool,
+}
+
+impl Beat {
+    fn new(collection: &str) -> Beat {
+        Beat {
+            collection: collection.to_string(),
+            last_step: AtomicI64::new(now_ms()),
+            waiting: AtomicBool::new(false),
+        }
+    }
+
+    fn step(&self) {
+        self.last_step.store(now_ms(), Ordering::Relaxed);
+        self.waiting.store(false, Ordering::Relaxed);
+    }
+
+    fn wait(&self) {
+        self.last_step.store(now_ms(), Ordering::Relaxed);
+        self.waiting.store(true, Ordering::Relaxed);
+    }
+
+    /// Busy without progress for longer than `limit` ms: wedged.
+    pub fn stalled(&self, now: Millis, limit: Millis) -> bool {
+        !self.waiting.load(Ordering::Relaxed)
+            && now - self.last_step.load(Ordering::Relaxed) > limit
+    }
+}
+
+/// What the daemon shows in `STATUS=`: totals since start and the last delivery.
+#[derive(Debug, Default)]
+pub struct Activity {
+    /// Bumped whenever a batch did something, so the status is refreshed only then.
+    pub generation: AtomicU64,
+    pub last_push: AtomicI64,
 }
 
 pub struct Engine {
@@ -113,6 +159,8 @@ pub struct Engine {
     client: Arc<Client>,
     in_flight: Arc<Semaphore>,
     jitter: Mutex<Jitter>,
+    beats: Vec<Arc<Beat>>,
+    activity: Arc<Activity>,
 }
 
 /// One line of `ferry sync --dry-run`.
@@ -130,12 +178,67 @@ impl Engine {
         let max = config.remote.max_concurrent as usize;
         let client = Client::new(&config.remote, max)?;
         Ok(Engine {
-            config,
             store,
             client: Arc::new(client),
             in_flight: Arc::new(Semaphore::new(max)),
             jitter: Mutex::new(Jitter::from_clock()),
+            beats: config
+                .collections
+                .iter()
+                .map(|c| Arc::new(Beat::new(c.name.as_str())))
+                .collect(),
+            activity: Arc::new(Activity::default()),
+            config,
         })
+    }
+
+    /// The delivery loops' signs of life.
+    pub fn beats(&self) -> Vec<Arc<Beat>> {
+        self.beats.clone()
+    }
+
+    /// How long a loop may be busy without progress before it counts as wedged: a
+    /// request ends within `remote.timeout`, a store call within its busy timeout.
+    pub fn stall_limit(&self) -> Duration {
+        self.config.remote.timeout.get() + Duration::from_secs(5)
+    }
+
+    pub fn activity(&self) -> Arc<Activity> {
+        Arc::clone(&self.activity)
+    }
+
+    /// `412 synced · 3 pending · 1 failed · last push 10:42:01 UTC`.
+    pub async fn status_line(&self) -> Result<String, SyncError> {
+        let names: Vec<String> = self
+            .config
+            .collections
+            .iter()
+            .map(|c| c.name.as_str().to_string())
+            .collect();
+        let totals = self
+            .store
+            .call(move |s| {
+                let mut total = crate::store::Counts::default();
+                for name in &names {
+                    let c = s.counts(name)?;
+                    total.records += c.records;
+                    total.success += c.success;
+                    total.pending += c.pending;
+                    total.failed += c.failed;
+                }
+                Ok(total)
+            })
+            .await?;
+        let last = self.activity.last_push.load(Ordering::Relaxed);
+        let last = if last == 0 {
+            "no push yet".to_string()
+        } else {
+            format!("last push {} UTC", &crate::store::rfc3339(last)[11..19])
+        };
+        Ok(format!(
+            "{} synced · {} pending · {} failed · {last}",
+            totals.success, totals.pending, totals.failed
+        ))
     }
 
     /// Records read per step. A collection with blobs reads only what it can have in
@@ -187,10 +290,12 @@ impl Engine {
             let engine = Arc::clone(self);
             let shutdown = shutdown.clone();
             tasks.spawn(async move {
+                let beat = Arc::new(Beat::new(collection.name.as_str()));
                 let mut lane = Lane {
                     collection,
                     health: Health::Up,
                     next_full_scan: 0,
+                    beat,
                 };
                 engine
                     .drain(&mut lane, &shutdown, true)
@@ -342,11 +447,25 @@ impl Engine {
         mut changes: watch::Receiver<u64>,
     ) -> Result<(), SyncError> {
         let name = collection.name.as_str().to_string();
+        let beat = self
+            .beats
+            .iter()
+            .find(|b| b.collection == name)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Beat::new(&name)));
         let mut lane = Lane {
             collection,
             health: Health::Up,
             next_full_scan: 0,
+            beat,
         };
+        // Debug builds only: lets the tests wedge a loop to show that a wedged loop
+        // stops the watchdog pings. Release builds do not carry this.
+        #[cfg(debug_assertions)]
+        if std::env::var("FERRY_DEBUG_WEDGE").is_ok_and(|c| c == name) {
+            lane.beat.step();
+            std::future::pending::<()>().await;
+        }
         let periodic = self.config.sync.mode == SyncMode::Periodic;
         let interval = self.config.sync.interval.get().as_millis() as Millis;
         let mut next_pass = now_ms();
@@ -395,11 +514,13 @@ impl Engine {
             }
             // Never spin: wait at least a little, whatever the arithmetic says.
             let wait = Duration::from_millis(u64::try_from(wake - now).unwrap_or(0).max(50));
+            lane.beat.wait();
             tokio::select! {
                 _ = shutdown.changed() => {}
                 _ = tokio::time::sleep(wait) => {}
                 Ok(()) = changes.changed(), if !periodic => {}
             }
+            lane.beat.step();
         }
     }
 
@@ -444,6 +565,7 @@ impl Engine {
             };
             let query_name = name.clone();
             let due = self.store.call(move |s| s.due(&query_name, &query)).await?;
+            lane.beat.step();
             if due.is_empty() {
                 return Ok((total, None));
             }
@@ -459,7 +581,9 @@ impl Engine {
                     action => sends.push((d, action)),
                 }
             }
-            let batch = self.send_batch(&lane.collection, sends, shutdown).await;
+            let batch = self
+                .send_batch(&lane.collection, sends, shutdown, &lane.beat)
+                .await;
             let mut tally = Tally::default();
             let mut unhealthy = 0usize;
             let mut retry_after: Option<Duration> = None;
@@ -474,12 +598,32 @@ impl Engine {
                         unhealthy += 1;
                         retry_after = retry_after.max(*after);
                     }
-                    Outcome::Failed { error, .. } => {
+                    Outcome::Failed { error, status } => {
                         tally.failed += 1;
-                        tracing::warn!(collection = %name, local_id = %d.key, "{name} {}: {error}", d.key);
+                        tracing::warn!(
+                            collection = %name,
+                            local_id = %d.key,
+                            http_status = status.map(u32::from),
+                            "{name} {}: {error}",
+                            d.key
+                        );
                     }
                 }
-                tracing::debug!(collection = %name, local_id = %d.key, "{name} {}: {outcome:?}", d.key);
+                if let Outcome::Delivered {
+                    status, remote_id, ..
+                } = outcome
+                {
+                    tracing::debug!(
+                        collection = %name,
+                        local_id = %d.key,
+                        remote_id = remote_id.as_ref().map(ToString::to_string),
+                        http_status = u32::from(*status),
+                        "{name} {}: delivered",
+                        d.key
+                    );
+                } else {
+                    tracing::debug!(collection = %name, local_id = %d.key, "{name} {}: {outcome:?}", d.key);
+                }
                 let random = self.random();
                 let policy = plan::RetryPolicy {
                     failed_every: self.config.sync.retry_failed_every.get(),
@@ -489,6 +633,13 @@ impl Engine {
             }
             if !rows.is_empty() {
                 self.store.call(move |s| s.write_tracking(&rows)).await?;
+                lane.beat.step();
+            }
+            if tally.delivered > 0 {
+                self.activity.last_push.store(now, Ordering::Relaxed);
+            }
+            if !batch.is_empty() {
+                self.activity.generation.fetch_add(1, Ordering::Relaxed);
             }
             // Health: any answer that is not a server problem means it is up.
             let answered_well = batch.len() > unhealthy;
@@ -535,6 +686,7 @@ impl Engine {
         collection: &Collection,
         sends: Vec<(Due, Action)>,
         shutdown: &watch::Receiver<bool>,
+        beat: &Beat,
     ) -> Vec<(Due, Outcome)> {
         let mut results = Vec::with_capacity(sends.len());
         let mut tasks: JoinSet<(Due, Outcome)> = JoinSet::new();
@@ -581,6 +733,7 @@ impl Engine {
             tokio::select! {
                 finished = tasks.join_next() => {
                     let Some(Ok((due, outcome))) = finished else { continue };
+                    beat.step();
                     if outcome.is_unhealthy() {
                         consecutive_unhealthy += 1;
                         if consecutive_unhealthy >= TRIP_AFTER.max(self.config.remote.max_concurrent as usize) {

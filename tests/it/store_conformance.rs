@@ -561,6 +561,38 @@ fn finding_work_scales(backend: Backend) {
     }
 }
 
+fn counts_follow_tracking(backend: Backend) {
+    let fx = Fixture::new(backend);
+    let mut store = fx.open();
+    store
+        .put_many(
+            "events",
+            (1..=6).map(|i| record(json!({"id": i}))).collect(),
+        )
+        .unwrap();
+    let mut failed = Tracking::new("events", Key::Int(3), 0);
+    failed.status = Status::Failed;
+    let retrying = Tracking::new("events", Key::Int(4), 0);
+    store
+        .write_tracking(&[
+            success("events", Key::Int(1), None),
+            success("events", Key::Int(2), None),
+            failed,
+            retrying,
+        ])
+        .unwrap();
+    let counts = store.counts("events").unwrap();
+    assert_eq!(
+        (
+            counts.records,
+            counts.success,
+            counts.failed,
+            counts.pending
+        ),
+        (6, 2, 1, 3)
+    );
+}
+
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -588,4 +620,5 @@ conformance!(
     concurrent_writers_lose_nothing,
     a_killed_writer_leaves_a_readable_store,
     finding_work_scales,
+    counts_follow_tracking,
 );

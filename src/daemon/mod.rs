@@ -1,0 +1,173 @@
+//! `ferry run` (SPEC §6): start-up in order (config, migration, store, engine), then
+//! READY=1; a supervisor that pings the watchdog only while the delivery loops make
+//! progress and refreshes `STATUS=`; SIGHUP reloads the config (an invalid one is
+//! logged and the old one kept); SIGTERM/SIGINT stop gracefully. The process's
+//! signals arrive as [`Signal`]s, so tests can drive this in-process.
+
+mod notify;
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{Config, Env};
+use crate::store::{self, now_ms};
+use crate::sync::{Engine, SharedStore, SyncError, SHUTDOWN_GRACE};
+
+/// What the process was asked to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Stop,
+    Reload,
+}
+
+/// How often `STATUS=` is refreshed, at most (it counts records).
+const STATUS_EVERY: Duration = Duration::from_secs(2);
+
+/// The store brought up to date and opened, and the delivery engine on it.
+fn start(config: &Config) -> Result<Arc<Engine>, SyncError> {
+    if config.storage.migrate_on_start {
+        store::migrate::migrate(config, config.storage.backend, false)?;
+    }
+    let store = SharedStore::new(store::open(config)?);
+    Ok(Arc::new(Engine::new(config.clone(), store)?))
+}
+
+/// Runs the daemon until a [`Signal::Stop`]. `config` is the config already loaded
+/// from `config_path`; a reload reads `config_path` again.
+pub async fn run(
+    config_path: &Path,
+    mut config: Config,
+    env: &dyn Env,
+    mut signals: mpsc::Receiver<Signal>,
+) -> Result<(), SyncError> {
+    let mut reloaded = false;
+    // The config that ran before a reload, to go back to if the new one cannot start.
+    let mut previous: Option<Config> = None;
+    loop {
+        let engine = match start(&config) {
+            Ok(engine) => engine,
+            Err(err) => match previous.take() {
+                Some(old) => {
+                    tracing::error!("reload failed, going back to the previous config: {err}");
+                    config = old;
+                    continue;
+                }
+                None => return Err(err),
+            },
+        };
+        let status = engine.status_line().await.unwrap_or_default();
+        notify::ready(&status);
+        tracing::info!(
+            "ferry {} {}: {} backend, {} collection(s), {:?} mode; {status}",
+            env!("CARGO_PKG_VERSION"),
+            if reloaded { "reloaded" } else { "ready" },
+            config.storage.backend.as_str(),
+            config.collections.len(),
+            config.sync.mode
+        );
+        let (stop, stop_rx) = watch::channel(false);
+        let mut running = tokio::spawn({
+            let engine = Arc::clone(&engine);
+            async move { engine.run(stop_rx).await }
+        });
+        let watchdog_every = notify::watchdog_interval();
+        let mut watchdog =
+            tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut status_tick = tokio::time::interval(STATUS_EVERY);
+        status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let activity = engine.activity();
+        let mut shown_generation = activity.generation.load(Ordering::Relaxed);
+        let mut wedged_reported = false;
+
+        let next = loop {
+            tokio::select! {
+                signal = signals.recv() => match signal {
+                    None | Some(Signal::Stop) => break None,
+                    Some(Signal::Reload) => match Config::load(config_path, env) {
+                        Ok(new) => break Some(new),
+                        Err(err) => tracing::error!("reload refused, keeping the running config: {err}"),
+                    },
+                },
+                _ = watchdog.tick(), if watchdog_every.is_some() => {
+                    let now = now_ms();
+                    let limit = engine.stall_limit().as_millis() as i64;
+                    match engine.beats().iter().find(|b| b.stalled(now, limit)) {
+                        None => {
+                            notify::watchdog();
+                            wedged_reported = false;
+                        }
+                        Some(beat) if !wedged_reported => {
+                            tracing::error!(
+                                collection = %beat.collection,
+                                "the delivery loop of {} has made no progress for over {:?}; not pinging the watchdog",
+                                beat.collection,
+                                engine.stall_limit()
+                            );
+                            wedged_reported = true;
+                        }
+                        Some(_) => {}
+                    }
+                }
+                _ = status_tick.tick() => {
+                    let generation = activity.generation.load(Ordering::Relaxed);
+                    if generation != shown_generation {
+                        shown_generation = generation;
+                        if let Ok(line) = engine.status_line().await {
+                            notify::status(&line);
+                        }
+                    }
+                }
+                finished = &mut running => {
+                    return match finished {
+                        Ok(result) => result,
+                        Err(err) => Err(SyncError::Internal(format!("the delivery engine failed: {err}"))),
+                    };
+                }
+            }
+        };
+
+        match next {
+            None => notify::stopping(),
+            Some(_) => notify::reloading(),
+        }
+        let _ = stop.send(true);
+        // The engine gives requests in flight SHUTDOWN_GRACE; a little more for the
+        // tracking write that follows.
+        match tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(3), &mut running).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(err)) => {
+                return Err(SyncError::Internal(format!(
+                    "the delivery engine failed: {err}"
+                )))
+            }
+            Err(_) => {
+                running.abort();
+                tracing::warn!(
+                    "the delivery engine did not stop in time; unfinished requests stay pending"
+                );
+            }
+        }
+        match next {
+            None => {
+                tracing::info!("stopped");
+                return Ok(());
+            }
+            Some(new) => {
+                if new.storage.backend != config.storage.backend {
+                    tracing::info!(
+                        "reload: storage backend {} → {}",
+                        config.storage.backend.as_str(),
+                        new.storage.backend.as_str()
+                    );
+                }
+                previous = Some(std::mem::replace(&mut config, new));
+                reloaded = true;
+            }
+        }
+    }
+}
