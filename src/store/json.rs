@@ -377,7 +377,10 @@ pub(crate) fn is_due(tracking: Option<&Tracking>, version: Option<&str>, query: 
         None => true,
         Some(t) => match t.status {
             Status::Pending | Status::Failed => t.next_attempt_at.is_none_or(|at| at <= query.now),
-            Status::Success => query.include_changed && t.version.as_deref() != version,
+            // A success without a version (the seed service's) stands for any version.
+            Status::Success => {
+                query.include_changed && t.version.is_some() && t.version.as_deref() != version
+            }
         },
     }
 }

@@ -103,6 +103,9 @@ struct Table {
     /// The key column's actual name (case as declared).
     key_column: String,
     key_expr: String,
+    /// The key as `sync_tracking.local_id` stores it, written so that the join can
+    /// use the `(table_name, local_id)` index (see `tracking_probe`).
+    probe_expr: String,
     order_expr: String,
     updated_expr: Option<String>,
     /// What `SELECT` lists to rebuild a record.
@@ -298,6 +301,7 @@ impl SqliteStore {
 
         // Columns, primary key and unique single-column indexes.
         let quoted = ident(&table_name);
+        let mut types: HashMap<String, String> = HashMap::new();
         let mut columns = Vec::new();
         let mut pk_columns = Vec::new();
         {
@@ -321,6 +325,8 @@ impl SqliteStore {
                 if pk > 0 {
                     pk_columns.push(column.clone());
                 }
+                let declared: Option<String> = row.get(2).unwrap_or(None);
+                types.insert(column.clone(), declared.unwrap_or_default());
                 columns.push(column);
             }
         }
@@ -350,6 +356,14 @@ impl SqliteStore {
                 (column, expr)
             }
         };
+        let probe_expr = match layout {
+            Layout::Document => key_expr.clone(),
+            Layout::Columns => {
+                let declared = types.get(&key_column).cloned().unwrap_or_default();
+                tracking_probe(&key_expr, &declared)
+            }
+        };
+
         let order_expr = if collection.order_by() == &collection.key {
             key_expr.clone()
         } else {
@@ -396,6 +410,7 @@ impl SqliteStore {
             columns,
             key_column,
             key_expr,
+            probe_expr,
             order_expr,
             updated_expr,
             select_list,
@@ -724,6 +739,22 @@ fn exec_tracking(conn: &Connection, path: &Path, rows: &[Tracking]) -> Result<()
     Ok(())
 }
 
+/// The expression that turns a key column's value into what `sync_tracking.local_id`
+/// holds for it (`Key::parse`: an integer when the text is exactly an integer's
+/// spelling). It carries no column affinity, so SQLite compares it to the untyped
+/// `local_id` as is and can look it up in the `(table_name, local_id)` index.
+fn tracking_probe(key_expr: &str, declared: &str) -> String {
+    if declared.to_ascii_uppercase().contains("INT") {
+        // An INTEGER column holds integers (text only where it is not one).
+        format!("+{key_expr}")
+    } else {
+        format!(
+            "(CASE WHEN CAST(CAST({key_expr} AS INTEGER) AS TEXT) = {key_expr} \
+             THEN CAST({key_expr} AS INTEGER) ELSE {key_expr} END)"
+        )
+    }
+}
+
 fn key_to_sql(key: &Key) -> SqlValue {
     match key {
         Key::Int(i) => SqlValue::Integer(*i),
@@ -804,6 +835,12 @@ impl Table {
     /// The due-record query: rowid, record columns, version, tracking columns, for the
     /// rows matching `condition`, then `tail` (ORDER BY / LIMIT).
     fn due_sql(&self, condition: &str, tail: &str) -> String {
+        self.due_sql_join("LEFT JOIN", condition, tail)
+    }
+
+    /// `join`: LEFT JOIN, or CROSS JOIN to make SQLite read the collection's table
+    /// first (by its own index) rather than every delivered tracking row.
+    fn due_sql_join(&self, join: &str, condition: &str, tail: &str) -> String {
         let version = self
             .updated_expr
             .as_deref()
@@ -811,9 +848,9 @@ impl Table {
         let rowid = if self.has_rowid { "t.rowid" } else { "0" };
         format!(
             "SELECT {rowid}, {}, {version}, {TRACKING_COLUMNS} FROM {} AS t \
-             LEFT JOIN sync_tracking AS s ON s.table_name = ?1 AND s.local_id = {} \
+             {join} sync_tracking AS s ON s.table_name = ?1 AND s.local_id = {} \
              WHERE {condition} {tail}",
-            self.select_list, self.name, self.key_expr
+            self.select_list, self.name, self.probe_expr
         )
     }
 
@@ -821,9 +858,14 @@ impl Table {
     /// from walking an index in ORDER BY order, which would read every row: the rowid
     /// range must drive this query.
     fn new_records_sql(&self) -> String {
-        let rowid = if self.has_rowid { "t.rowid" } else { "0" };
+        // Without a rowid there is no watermark: every untracked row is read.
+        let above = if self.has_rowid {
+            "t.rowid > ?2"
+        } else {
+            "?2 IS NOT NULL"
+        };
         self.due_sql(
-            &format!("{rowid} > ?2 AND s.local_id IS NULL"),
+            &format!("{above} AND s.local_id IS NULL"),
             &format!("ORDER BY +{}, +{} LIMIT ?3", self.order_expr, self.key_expr),
         )
     }
@@ -838,8 +880,13 @@ impl Table {
         } else {
             format!("{updated} >= ?2")
         };
-        self.due_sql(
-            &format!("{range} AND s.sync_status = 'success' AND s.version IS NOT {version}"),
+        // A success row without a version (written by the seed service) is delivered
+        // at whatever version it has: only a later change makes it due.
+        self.due_sql_join(
+            "CROSS JOIN",
+            &format!(
+                "{range} AND s.sync_status = 'success' AND s.version IS NOT NULL AND s.version IS NOT {version}"
+            ),
             &format!("ORDER BY +{}, +{} LIMIT ?3", self.order_expr, self.key_expr),
         )
     }
@@ -1050,10 +1097,16 @@ impl Store for SqliteStore {
                 return Ok(None);
             };
             let record = table.record_from_row(row, 1)?;
-            let version = record::version_of(
-                &record,
-                table.collection.updated_at.as_ref().map(|f| f.as_str()),
-            );
+            // SQLite's own text of the version, the same text the changed-records
+            // query compares with, so the two can never disagree.
+            let version: Option<String> = match row.get_ref(1 + width)? {
+                ValueRef::Null => None,
+                ValueRef::Text(t) | ValueRef::Blob(t) => {
+                    Some(String::from_utf8_lossy(t).into_owned())
+                }
+                ValueRef::Integer(i) => Some(i.to_string()),
+                ValueRef::Real(f) => Some(f.to_string()),
+            };
             let tracking = tracking_from_row(&name, row, 2 + width)?;
             Ok(Some(Due {
                 key,
@@ -1494,6 +1547,11 @@ mod tests {
             ] {
                 let plan = plan(&store, &sql);
                 assert!(!plan.contains("SCAN t"), "{name}: {sql}\n{plan}");
+                assert!(!plan.contains("SCAN s"), "{name}: {sql}\n{plan}");
+                assert!(
+                    plan.contains("local_id=?"),
+                    "tracking found by key: {name}: {sql}\n{plan}"
+                );
             }
         }
         // And the same for a table another program created.
@@ -1505,6 +1563,11 @@ mod tests {
         for sql in [table.new_records_sql(), table.changed_records_sql(false)] {
             let plan = plan(&store, &sql);
             assert!(!plan.contains("SCAN t"), "other: {sql}\n{plan}");
+            assert!(!plan.contains("SCAN s"), "other: {sql}\n{plan}");
+            assert!(
+                plan.contains("local_id=?"),
+                "tracking found by key: other: {sql}\n{plan}"
+            );
         }
     }
 

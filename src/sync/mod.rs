@@ -516,7 +516,8 @@ impl Engine {
             let wait = Duration::from_millis(u64::try_from(wake - now).unwrap_or(0).max(50));
             lane.beat.wait();
             tokio::select! {
-                _ = shutdown.changed() => {}
+                // A closed channel (Err) disables the branch rather than firing it.
+                Ok(()) = shutdown.changed() => {}
                 _ = tokio::time::sleep(wait) => {}
                 Ok(()) = changes.changed(), if !periodic => {}
             }
@@ -744,7 +745,7 @@ impl Engine {
                     }
                     results.push((due, outcome));
                 }
-                _ = shutdown.changed() => {
+                Ok(()) = shutdown.changed() => {
                     // Stop: let what is in flight finish, for a while.
                     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
                     while let Ok(Some(finished)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {
