@@ -586,6 +586,21 @@ impl Store for JsonStore {
         Ok(rows)
     }
 
+    fn delete_tracking(&mut self, collection: &str, keys: &[Key]) -> Result<(), StoreError> {
+        let collection = self.collection(collection)?;
+        let name = collection.name.as_str();
+        let path = self.dir.join(TRACKING_FILE);
+        self.update(&path, |object| {
+            let mut changed = false;
+            if let Some(Value::Object(by_key)) = object.get_mut(name) {
+                for key in keys {
+                    changed |= by_key.shift_remove(&key.to_string()).is_some();
+                }
+            }
+            Ok(((), changed))
+        })
+    }
+
     fn write_tracking(&mut self, rows: &[Tracking]) -> Result<(), StoreError> {
         for row in rows {
             self.collection(&row.collection)?;

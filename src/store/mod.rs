@@ -179,6 +179,8 @@ pub trait Store: Send {
         after: Option<&Key>,
         limit: usize,
     ) -> Result<Vec<Tracking>, StoreError>;
+    /// Forgets the tracking rows of these records: they count as never tried.
+    fn delete_tracking(&mut self, collection: &str, keys: &[Key]) -> Result<(), StoreError>;
     /// Writes tracking rows, all or none, in one transaction / one file write.
     fn write_tracking(&mut self, rows: &[Tracking]) -> Result<(), StoreError>;
 

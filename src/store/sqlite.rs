@@ -587,6 +587,224 @@ impl SqliteStore {
             .collect())
     }
 
+    /// The reads of [`Store::due`], all in the caller's read snapshot; watermark
+    /// changes are collected in `updates`, written once the snapshot ends.
+    fn due_in_snapshot(
+        &self,
+        collection: &str,
+        query: &DueQuery,
+        updates: &mut Vec<(&'static str, Vec<SqlValue>)>,
+    ) -> Result<Vec<Due>, StoreError> {
+        let table = self.table(collection)?;
+        let name = table.collection_name().to_string();
+        let path = self.path.clone();
+        let op = |what: &str| format!("finding {what} records of {name}");
+        let limit = query.limit as i64;
+        let mut due: Vec<Due> = Vec::new();
+        let width = table.select_width();
+        let row_to_due = |row: &Row<'_>| -> rusqlite::Result<Option<Due>> {
+            // Layout: rowid, record columns, version, tracking columns.
+            let Some(key) = table.key_from_row(row, 1)? else {
+                return Ok(None);
+            };
+            let record = table.record_from_row(row, 1)?;
+            // SQLite's own text of the version, the same text the changed-records
+            // query compares with, so the two can never disagree.
+            let version: Option<String> = match row.get_ref(1 + width)? {
+                ValueRef::Null => None,
+                ValueRef::Text(t) | ValueRef::Blob(t) => {
+                    Some(String::from_utf8_lossy(t).into_owned())
+                }
+                ValueRef::Integer(i) => Some(i.to_string()),
+                ValueRef::Real(f) => Some(f.to_string()),
+            };
+            let tracking = tracking_from_row(&name, row, 2 + width)?;
+            Ok(Some(Due {
+                key,
+                record: Some(record),
+                version,
+                tracking,
+            }))
+        };
+
+        // 1. Retries that are due, found through the tracking index.
+        let retry_keys: Vec<SqlValue> = self
+            .conn
+            .prepare_cached(
+                "SELECT local_id FROM sync_tracking WHERE table_name = ?1
+                   AND sync_status IN ('pending', 'failed') AND next_attempt_at <= ?2
+                 ORDER BY next_attempt_at LIMIT ?3",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![name, query.now, limit], |r| r.get(0))?
+                    .collect()
+            })
+            .map_err(StoreError::sqlite(&path, op("retry")))?;
+        if !retry_keys.is_empty() {
+            let sql = table.due_sql(&format!("{} = ?2", table.key_expr), "");
+            let mut stmt = self
+                .conn
+                .prepare_cached(&sql)
+                .map_err(StoreError::sqlite(&path, op("retry")))?;
+            let mut orphans = Vec::new();
+            for key in &retry_keys {
+                match stmt.query_row(params![name, key], row_to_due).optional() {
+                    Ok(Some(Some(d))) => due.push(d),
+                    Ok(_) => orphans.push(key.clone()),
+                    Err(e) => return Err(StoreError::sqlite(&path, op("retry"))(e)),
+                }
+            }
+            drop(stmt);
+            // Tracked records deleted since: handed back without a record.
+            for key in orphans {
+                let row = self
+                    .conn
+                    .prepare_cached(&format!(
+                        "SELECT {TRACKING_COLUMNS} FROM sync_tracking AS s WHERE s.table_name = ?1 AND s.local_id = ?2"
+                    ))
+                    .and_then(|mut s| s.query_row(params![name, key], |r| tracking_from_row(&name, r, 0)).optional())
+                    .map_err(StoreError::sqlite(&path, op("retry")))?
+                    .flatten();
+                if let Some(row) = row {
+                    due.push(Due {
+                        key: row.key.clone(),
+                        record: None,
+                        version: None,
+                        tracking: Some(row),
+                    });
+                }
+            }
+        }
+
+        // 2. Records never tried: only rows above the watermark are read.
+        let (mut watermark, watermark_key, changed_watermark) = self.watermarks(&name)?;
+        let watermark_stored = watermark;
+        if query.full_scan || !table.has_rowid {
+            watermark = 0;
+        } else if watermark > 0 {
+            // The row at the watermark must still be the one it was; if it was deleted,
+            // a new row may have taken a rowid below the watermark, so read from 0.
+            let at: Option<Option<Key>> = self
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT {} FROM {} AS t WHERE t.rowid = ?1",
+                    table.key_expr, table.name
+                ))
+                .and_then(|mut s| {
+                    s.query_row([watermark], |r| Ok(key_from_sql(r.get_ref(0)?)))
+                        .optional()
+                })
+                .map_err(StoreError::sqlite(&path, op("new")))?;
+            if at.flatten() != watermark_key {
+                tracing::debug!(collection = %name, watermark, "watermark row changed; reading the whole table once");
+                watermark = 0;
+            }
+        }
+        let sql = table.new_records_sql();
+        let fresh: Vec<(i64, Due)> = self
+            .conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| {
+                s.query_map(params![name, watermark, limit], |row| {
+                    Ok((row.get::<_, i64>(0)?, row_to_due(row)?))
+                })?
+                .filter_map(|r| r.map(|(rowid, d)| d.map(|d| (rowid, d))).transpose())
+                .collect()
+            })
+            .map_err(StoreError::sqlite(&path, op("new")))?;
+        if table.has_rowid && (fresh.len() as i64) < limit {
+            // Everything untracked above the watermark is in `fresh`: move the watermark
+            // up to the last row below all of them.
+            let below = fresh
+                .iter()
+                .map(|(rowid, _)| *rowid)
+                .min()
+                .unwrap_or(i64::MAX);
+            let new: Option<(i64, Option<Key>)> = self
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT t.rowid, {} FROM {} AS t WHERE t.rowid < ?1 ORDER BY t.rowid DESC LIMIT 1",
+                    table.key_expr, table.name
+                ))
+                .and_then(|mut s| s.query_row([below], |r| Ok((r.get(0)?, key_from_sql(r.get_ref(1)?)))).optional())
+                .map_err(StoreError::sqlite(&path, op("new")))?;
+            let (new_mark, new_key) = new.unwrap_or((0, None));
+            if new_mark != watermark || new_key != watermark_key {
+                updates.push((
+                    "UPDATE ferry_collections SET new_watermark = ?2, new_watermark_key = ?3 WHERE name = ?1",
+                    vec![
+                        SqlValue::Text(name.clone()),
+                        SqlValue::Integer(new_mark),
+                        new_key.as_ref().map_or(SqlValue::Null, key_to_sql),
+                    ],
+                ));
+            }
+        } else if table.has_rowid && query.full_scan && watermark_stored > 0 {
+            // A full scan found a whole batch of untracked rows: some lie below the
+            // watermark (tracking deleted, a key reused). Read from 0 until they are
+            // all tracked, not just at the next full scan.
+            updates.push((
+                "UPDATE ferry_collections SET new_watermark = 0, new_watermark_key = NULL WHERE name = ?1",
+                vec![SqlValue::Text(name.clone())],
+            ));
+        }
+        due.extend(fresh.into_iter().map(|(_, d)| d));
+
+        // 3. Delivered records whose version moved, found through the updated_at index.
+        if let (true, Some(updated)) = (query.include_changed, table.updated_expr.as_deref()) {
+            let from = if query.full_scan {
+                SqlValue::Null
+            } else {
+                changed_watermark
+            };
+            let sql = table.changed_records_sql(from == SqlValue::Null);
+            let changed: Vec<Due> = self
+                .conn
+                .prepare_cached(&sql)
+                .and_then(|mut s| {
+                    s.query_map(params![name, from, limit], row_to_due)?
+                        .filter_map(Result::transpose)
+                        .collect()
+                })
+                .map_err(StoreError::sqlite(&path, op("changed")))?;
+            if (changed.len() as i64) < limit {
+                // Seen every change from `from` up: next time, start at the oldest one
+                // still undelivered, or at the newest value in the table.
+                let oldest_pending = changed
+                    .iter()
+                    .filter_map(|d| {
+                        d.record
+                            .as_ref()?
+                            .get(table.collection.updated_at.as_ref()?.as_str())
+                    })
+                    .filter_map(|v| sql_from_json(v).ok())
+                    .min_by(compare_sql);
+                let next = match oldest_pending {
+                    Some(v) => v,
+                    None => self
+                        .conn
+                        .prepare_cached(&format!("SELECT MAX({updated}) FROM {} AS t", table.name))
+                        .and_then(|mut s| s.query_row([], |r| r.get::<_, SqlValue>(0)))
+                        .map_err(StoreError::sqlite(&path, op("changed")))?,
+                };
+                if next != from {
+                    updates.push((
+                        "UPDATE ferry_collections SET changed_watermark = ?2 WHERE name = ?1",
+                        vec![SqlValue::Text(name.clone()), next],
+                    ));
+                }
+            }
+            due.extend(changed);
+        }
+
+        // One entry per key, in order_by order, at most `limit`.
+        let mut seen = std::collections::HashSet::new();
+        due.retain(|d| seen.insert(d.key.clone()));
+        super::sort_due(&mut due, table.collection.order_by().as_str());
+        due.truncate(query.limit);
+        Ok(due)
+    }
+
     fn table(&self, collection: &str) -> Result<&Table, StoreError> {
         find(&self.collections, collection)?;
         self.tables
@@ -1084,207 +1302,28 @@ impl Store for SqliteStore {
     }
 
     fn due(&mut self, collection: &str, query: &DueQuery) -> Result<Vec<Due>, StoreError> {
-        let table = self.table(collection)?;
-        let name = table.collection_name().to_string();
+        // One read snapshot for every query of the call: a row another process commits
+        // meanwhile is seen by all of them or by none, so a watermark never passes a
+        // row that was not read.
         let path = self.path.clone();
-        let op = |what: &str| format!("finding {what} records of {name}");
-        let limit = query.limit as i64;
-        let mut due: Vec<Due> = Vec::new();
-        let width = table.select_width();
-        let row_to_due = |row: &Row<'_>| -> rusqlite::Result<Option<Due>> {
-            // Layout: rowid, record columns, version, tracking columns.
-            let Some(key) = table.key_from_row(row, 1)? else {
-                return Ok(None);
-            };
-            let record = table.record_from_row(row, 1)?;
-            // SQLite's own text of the version, the same text the changed-records
-            // query compares with, so the two can never disagree.
-            let version: Option<String> = match row.get_ref(1 + width)? {
-                ValueRef::Null => None,
-                ValueRef::Text(t) | ValueRef::Blob(t) => {
-                    Some(String::from_utf8_lossy(t).into_owned())
-                }
-                ValueRef::Integer(i) => Some(i.to_string()),
-                ValueRef::Real(f) => Some(f.to_string()),
-            };
-            let tracking = tracking_from_row(&name, row, 2 + width)?;
-            Ok(Some(Due {
-                key,
-                record: Some(record),
-                version,
-                tracking,
-            }))
-        };
-
-        // 1. Retries that are due, found through the tracking index.
-        let retry_keys: Vec<SqlValue> = self
+        let op = || format!("finding records of {collection} to deliver");
+        self.conn
+            .execute_batch("BEGIN")
+            .map_err(StoreError::sqlite(&path, op()))?;
+        let mut updates = Vec::new();
+        let result = self.due_in_snapshot(collection, query, &mut updates);
+        let ended = self
             .conn
-            .prepare_cached(
-                "SELECT local_id FROM sync_tracking WHERE table_name = ?1
-                   AND sync_status IN ('pending', 'failed') AND next_attempt_at <= ?2
-                 ORDER BY next_attempt_at LIMIT ?3",
-            )
-            .and_then(|mut s| {
-                s.query_map(params![name, query.now, limit], |r| r.get(0))?
-                    .collect()
-            })
-            .map_err(StoreError::sqlite(&path, op("retry")))?;
-        if !retry_keys.is_empty() {
-            let sql = table.due_sql(&format!("{} = ?2", table.key_expr), "");
-            let mut stmt = self
-                .conn
-                .prepare_cached(&sql)
-                .map_err(StoreError::sqlite(&path, op("retry")))?;
-            let mut orphans = Vec::new();
-            for key in &retry_keys {
-                match stmt.query_row(params![name, key], row_to_due).optional() {
-                    Ok(Some(Some(d))) => due.push(d),
-                    Ok(_) => orphans.push(key.clone()),
-                    Err(e) => return Err(StoreError::sqlite(&path, op("retry"))(e)),
-                }
-            }
-            drop(stmt);
-            // Tracked records deleted since: handed back without a record.
-            for key in orphans {
-                let row = self
-                    .conn
-                    .prepare_cached(&format!(
-                        "SELECT {TRACKING_COLUMNS} FROM sync_tracking AS s WHERE s.table_name = ?1 AND s.local_id = ?2"
-                    ))
-                    .and_then(|mut s| s.query_row(params![name, key], |r| tracking_from_row(&name, r, 0)).optional())
-                    .map_err(StoreError::sqlite(&path, op("retry")))?
-                    .flatten();
-                if let Some(row) = row {
-                    due.push(Due {
-                        key: row.key.clone(),
-                        record: None,
-                        version: None,
-                        tracking: Some(row),
-                    });
-                }
-            }
+            .execute_batch(if result.is_ok() { "COMMIT" } else { "ROLLBACK" });
+        let due = result?;
+        ended.map_err(StoreError::sqlite(&path, op()))?;
+        for (sql, values) in updates {
+            self.conn
+                .execute(sql, rusqlite::params_from_iter(values.iter()))
+                .map_err(StoreError::sqlite(&path, op()))?;
         }
-
-        // 2. Records never tried: only rows above the watermark are read.
-        let (mut watermark, watermark_key, changed_watermark) = self.watermarks(&name)?;
-        if query.full_scan || !table.has_rowid {
-            watermark = 0;
-        } else if watermark > 0 {
-            // The row at the watermark must still be the one it was; if it was deleted,
-            // a new row may have taken a rowid below the watermark, so read from 0.
-            let at: Option<Option<Key>> = self
-                .conn
-                .prepare_cached(&format!(
-                    "SELECT {} FROM {} AS t WHERE t.rowid = ?1",
-                    table.key_expr, table.name
-                ))
-                .and_then(|mut s| {
-                    s.query_row([watermark], |r| Ok(key_from_sql(r.get_ref(0)?)))
-                        .optional()
-                })
-                .map_err(StoreError::sqlite(&path, op("new")))?;
-            if at.flatten() != watermark_key {
-                tracing::debug!(collection = %name, watermark, "watermark row changed; reading the whole table once");
-                watermark = 0;
-            }
-        }
-        let sql = table.new_records_sql();
-        let fresh: Vec<(i64, Due)> = self
-            .conn
-            .prepare_cached(&sql)
-            .and_then(|mut s| {
-                s.query_map(params![name, watermark, limit], |row| {
-                    Ok((row.get::<_, i64>(0)?, row_to_due(row)?))
-                })?
-                .filter_map(|r| r.map(|(rowid, d)| d.map(|d| (rowid, d))).transpose())
-                .collect()
-            })
-            .map_err(StoreError::sqlite(&path, op("new")))?;
-        if table.has_rowid && (fresh.len() as i64) < limit {
-            // Everything untracked above the watermark is in `fresh`: move the watermark
-            // up to the last row below all of them.
-            let below = fresh
-                .iter()
-                .map(|(rowid, _)| *rowid)
-                .min()
-                .unwrap_or(i64::MAX);
-            let new: Option<(i64, Option<Key>)> = self
-                .conn
-                .prepare_cached(&format!(
-                    "SELECT t.rowid, {} FROM {} AS t WHERE t.rowid < ?1 ORDER BY t.rowid DESC LIMIT 1",
-                    table.key_expr, table.name
-                ))
-                .and_then(|mut s| s.query_row([below], |r| Ok((r.get(0)?, key_from_sql(r.get_ref(1)?)))).optional())
-                .map_err(StoreError::sqlite(&path, op("new")))?;
-            let (new_mark, new_key) = new.unwrap_or((0, None));
-            if new_mark != watermark || new_key != watermark_key {
-                self.conn
-                    .execute(
-                        "UPDATE ferry_collections SET new_watermark = ?2, new_watermark_key = ?3 WHERE name = ?1",
-                        params![name, new_mark, new_key.as_ref().map_or(SqlValue::Null, key_to_sql)],
-                    )
-                    .map_err(StoreError::sqlite(&path, op("new")))?;
-            }
-        }
-        due.extend(fresh.into_iter().map(|(_, d)| d));
-
-        // 3. Delivered records whose version moved, found through the updated_at index.
-        if let (true, Some(updated)) = (query.include_changed, table.updated_expr.as_deref()) {
-            let from = if query.full_scan {
-                SqlValue::Null
-            } else {
-                changed_watermark
-            };
-            let sql = table.changed_records_sql(from == SqlValue::Null);
-            let changed: Vec<Due> = self
-                .conn
-                .prepare_cached(&sql)
-                .and_then(|mut s| {
-                    s.query_map(params![name, from, limit], row_to_due)?
-                        .filter_map(Result::transpose)
-                        .collect()
-                })
-                .map_err(StoreError::sqlite(&path, op("changed")))?;
-            if (changed.len() as i64) < limit {
-                // Seen every change from `from` up: next time, start at the oldest one
-                // still undelivered, or at the newest value in the table.
-                let oldest_pending = changed
-                    .iter()
-                    .filter_map(|d| {
-                        d.record
-                            .as_ref()?
-                            .get(table.collection.updated_at.as_ref()?.as_str())
-                    })
-                    .filter_map(|v| sql_from_json(v).ok())
-                    .min_by(compare_sql);
-                let next = match oldest_pending {
-                    Some(v) => v,
-                    None => self
-                        .conn
-                        .prepare_cached(&format!("SELECT MAX({updated}) FROM {} AS t", table.name))
-                        .and_then(|mut s| s.query_row([], |r| r.get::<_, SqlValue>(0)))
-                        .map_err(StoreError::sqlite(&path, op("changed")))?,
-                };
-                if next != from {
-                    self.conn
-                        .execute(
-                            "UPDATE ferry_collections SET changed_watermark = ?2 WHERE name = ?1",
-                            params![name, next],
-                        )
-                        .map_err(StoreError::sqlite(&path, op("changed")))?;
-                }
-            }
-            due.extend(changed);
-        }
-
-        // One entry per key, in order_by order, at most `limit`.
-        let mut seen = std::collections::HashSet::new();
-        due.retain(|d| seen.insert(d.key.clone()));
-        super::sort_due(&mut due, table.collection.order_by().as_str());
-        due.truncate(query.limit);
         Ok(due)
     }
-
     fn tracking(&mut self, collection: &str, key: &Key) -> Result<Option<Tracking>, StoreError> {
         self.table(collection)?;
         self.conn
@@ -1329,6 +1368,28 @@ impl Store for SqliteStore {
         self.transaction(
             &format!("writing {} tracking rows", rows.len()),
             |conn, path| exec_tracking(conn, path, rows),
+        )
+    }
+
+    fn delete_tracking(&mut self, collection: &str, keys: &[Key]) -> Result<(), StoreError> {
+        self.table(collection)?;
+        self.transaction(
+            &format!("forgetting tracking of {collection}"),
+            |conn, path| {
+                for key in keys {
+                    conn.prepare_cached(
+                        "DELETE FROM sync_tracking WHERE table_name = ?1 AND local_id = ?2",
+                    )
+                    .and_then(|mut s| s.execute(params![collection, key_to_sql(key)]))
+                    .map_err(|e| {
+                        StoreError::sqlite(
+                            path,
+                            format!("forgetting tracking of {collection} record {key}"),
+                        )(e)
+                    })?;
+                }
+                Ok(())
+            },
         )
     }
 

@@ -368,7 +368,7 @@ impl Engine {
                         self.config.device_id(),
                         collection.name.as_str(),
                         &d.key,
-                        d.version.as_deref(),
+                        plan::attempt_version(&d).as_deref(),
                     ),
                 });
             }
@@ -571,16 +571,26 @@ impl Engine {
                 return Ok((total, None));
             }
             let mut rows: Vec<Tracking> = Vec::new();
+            let mut forget: Vec<crate::store::Key> = Vec::new();
             let mut sends: Vec<(Due, Action)> = Vec::new();
             let mut deferred: Option<Millis> = None;
             for d in due {
                 match plan::action(&d, &lane.collection, now) {
-                    Action::Abandon => rows.push(plan::abandoned(&d, &name, now)),
+                    Action::Abandon => match plan::abandoned(&d, now) {
+                        Some(row) => rows.push(row),
+                        None => forget.push(d.key.clone()),
+                    },
                     Action::Defer(at) => {
                         deferred = Some(deferred.map_or(at, |d: Millis| d.min(at)))
                     }
                     action => sends.push((d, action)),
                 }
+            }
+            if !forget.is_empty() {
+                let forget_name = name.clone();
+                self.store
+                    .call(move |s| s.delete_tracking(&forget_name, &forget))
+                    .await?;
             }
             let batch = self
                 .send_batch(&lane.collection, sends, shutdown, &lane.beat)
@@ -810,7 +820,7 @@ fn build_request(
             device_id,
             collection.name.as_str(),
             &due.key,
-            due.version.as_deref(),
+            plan::attempt_version(due).as_deref(),
         ),
         remote_id_pointer: collection.remote_id.as_str().to_string(),
     })

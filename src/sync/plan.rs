@@ -10,9 +10,6 @@ use crate::config::{Collection, Updates};
 use crate::store::record::{self, Key, Record};
 use crate::store::{rfc3339, Due, Millis, Status, Tracking};
 
-/// A failed record (other 4xx) that `ferry retry` has not reset is tried again this
-/// long after; a record deleted before delivery is never tried again.
-pub const NEVER: Millis = i64::MAX;
 /// The first retry waits up to this long, doubling per attempt, up to
 /// `sync.max_retry_delay`.
 pub const RETRY_BASE: Duration = Duration::from_secs(1);
@@ -259,8 +256,9 @@ pub fn after(
     random: f64,
 ) -> Tracking {
     let previous = due.tracking.as_ref();
+    let version = attempt_version(due);
     let same_version =
-        previous.is_some_and(|t| t.version == due.version && t.status != Status::Success);
+        previous.is_some_and(|t| t.version == version && t.status != Status::Success);
     let attempts = if same_version {
         previous.map_or(0, |t| t.attempts) + 1
     } else {
@@ -283,7 +281,7 @@ pub fn after(
             }
             row.error_message = None;
             row.next_attempt_at = None;
-            row.version = due.version.clone();
+            row.version = version.clone();
             row.last_http_status = Some(*status);
             row.bytes_sent = row.bytes_sent.saturating_add(*bytes);
         }
@@ -299,7 +297,7 @@ pub fn after(
             let wait = retry_after
                 .unwrap_or_else(|| backoff(attempts, RETRY_BASE, policy.max_delay, random));
             row.next_attempt_at = Some(now + wait.as_millis() as Millis);
-            row.version = due.version.clone();
+            row.version = version.clone();
             row.last_http_status = *status;
         }
         Outcome::Failed { status, error } => {
@@ -307,25 +305,45 @@ pub fn after(
             row.error_message = Some(error.clone());
             row.next_attempt_at =
                 Some(now.saturating_add(policy.failed_every.as_millis() as Millis));
-            row.version = due.version.clone();
+            row.version = version.clone();
             row.last_http_status = *status;
         }
     }
     row
 }
 
-/// The row of a record deleted before its delivery was settled: failed, never retried.
-pub fn abandoned(due: &Due, collection: &str, now: Millis) -> Tracking {
-    let mut row = due
-        .tracking
-        .clone()
-        .unwrap_or_else(|| Tracking::new(collection, due.key.clone(), now));
-    row.status = Status::Failed;
+/// A record deleted before its delivery was settled. Never delivered (no remote id):
+/// its row is forgotten (`None`), so a record written later under the same key is
+/// new. Delivered before: the server keeps the last version it got (deletions are not
+/// sent), so the row says success again.
+pub fn abandoned(due: &Due, now: Millis) -> Option<Tracking> {
+    let row = due.tracking.as_ref()?;
+    row.remote_id.as_ref()?;
+    let mut row = row.clone();
+    row.status = Status::Success;
     row.sync_date = rfc3339(now);
-    row.error_message =
-        Some("the record was deleted before it was delivered; nothing to send".into());
-    row.next_attempt_at = Some(NEVER);
-    row
+    row.error_message = None;
+    row.next_attempt_at = None;
+    Some(row)
+}
+
+/// The version a request for `due` is made for, and recorded as delivered on success.
+/// After an attempt whose outcome is unknown (no answer: the server may have stored
+/// it), the record keeps the version of that attempt, so the retry carries the same
+/// Idempotency-Key even if the record changed meanwhile; the newer state follows as
+/// an update once the first is settled.
+pub fn attempt_version(due: &Due) -> Option<String> {
+    match &due.tracking {
+        Some(t)
+            if t.status == Status::Pending
+                && t.attempts > 0
+                && t.last_http_status.is_none()
+                && t.version.is_some() =>
+        {
+            t.version.clone()
+        }
+        _ => due.version.clone(),
+    }
 }
 
 /// A small, fast pseudo-random source for jitter (xorshift64*), seeded per process.

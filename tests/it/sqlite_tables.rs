@@ -176,3 +176,84 @@ fn a_key_that_is_not_a_column_is_named_with_the_columns() {
         "{err}"
     );
 }
+
+fn deliver_all(
+    store: &mut dyn ferry::store::Store,
+    collection: &str,
+    full_scan_first: bool,
+) -> Vec<usize> {
+    use ferry::store::{DueQuery, Status, Tracking};
+    let mut batches = Vec::new();
+    let mut full_scan = full_scan_first;
+    loop {
+        let query = DueQuery {
+            now: 0,
+            limit: 250,
+            include_changed: false,
+            full_scan,
+        };
+        full_scan = false;
+        let due = store.due(collection, &query).unwrap();
+        if due.is_empty() {
+            return batches;
+        }
+        batches.push(due.len());
+        let rows: Vec<_> = due
+            .iter()
+            .map(|d| {
+                let mut row = Tracking::new(collection, d.key.clone(), 0);
+                row.status = Status::Success;
+                row
+            })
+            .collect();
+        store.write_tracking(&rows).unwrap();
+        assert!(batches.len() < 100, "bounded");
+    }
+}
+
+#[test]
+fn a_without_rowid_table_delivers_its_rows() {
+    let fx = Fixture::with_collections(
+        Backend::Sqlite,
+        "[[collections]]\nname = \"readings\"\nkey = \"sensor\"\nendpoint = \"/r\"\n",
+    );
+    std::fs::create_dir_all(fx.path("state")).unwrap();
+    let conn = Connection::open(fx.path("state/ferry.db")).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE readings (sensor TEXT PRIMARY KEY, value REAL) WITHOUT ROWID;
+         INSERT INTO readings VALUES ('t1', 20.5), ('t2', 21.0);",
+    )
+    .unwrap();
+    let mut store = fx.open();
+    assert_eq!(deliver_all(store.as_mut(), "readings", false), [2]);
+    conn.execute("INSERT INTO readings VALUES ('t3', 19.0)", [])
+        .unwrap();
+    assert_eq!(deliver_all(store.as_mut(), "readings", false), [1]);
+}
+
+/// The seed service's documented way to send everything again is
+/// `DELETE FROM sync_tracking`; the rows below the watermark must then go out at the
+/// next passes, not one batch per full scan.
+#[test]
+fn deleting_sync_tracking_by_hand_sends_everything_again_promptly() {
+    let fx = Fixture::with_collections(Backend::Sqlite, SURVEILLANCE);
+    let conn = seed_database(&fx);
+    for i in 0..600 {
+        conn.execute(
+            "INSERT INTO evenement (date, capteur_id) VALUES (?1, 1)",
+            [format!("2026-01-01T00:{:02}:{:02}", i / 60, i % 60)],
+        )
+        .unwrap();
+    }
+    let mut store = fx.open();
+    assert_eq!(
+        deliver_all(store.as_mut(), "evenement", true),
+        [250, 250, 102]
+    );
+    conn.execute("DELETE FROM sync_tracking", []).unwrap();
+    // A start-up (full scan) finds them, and the passes after it carry on.
+    assert_eq!(
+        deliver_all(store.as_mut(), "evenement", true),
+        [250, 250, 102]
+    );
+}

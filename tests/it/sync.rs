@@ -720,3 +720,41 @@ fn delivery_settings_that_cannot_work_exit_78() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_record_deleted_while_pending_and_written_again_is_delivered() {
+    let server = TestServer::start(Faults {
+        per_key: [("7".to_string(), Fault::Status(503))]
+            .into_iter()
+            .collect(),
+        ..Faults::default()
+    });
+    let fx = fixture(Backend::Sqlite, &server, "", "", EVENTS);
+    put_events(&fx, 7..8);
+    assert_eq!(
+        fx.ferry(&["sync", "--once"], None).status.code(),
+        Some(75),
+        "7 is pending"
+    );
+    fx.open().delete("events", &Key::Int(7)).unwrap();
+    let mut row = fx.open().tracking("events", &Key::Int(7)).unwrap().unwrap();
+    row.next_attempt_at = None;
+    fx.open().write_tracking(&[row]).unwrap();
+    assert_eq!(
+        fx.ferry(&["sync", "--once"], None).status.code(),
+        Some(0),
+        "nothing left once it is gone"
+    );
+    assert_eq!(
+        fx.open().tracking("events", &Key::Int(7)).unwrap(),
+        None,
+        "its row is forgotten"
+    );
+    server.set(|f| f.per_key.clear());
+    put_events(&fx, 7..8);
+    assert_eq!(fx.ferry(&["sync", "--once"], None).status.code(), Some(0));
+    assert!(
+        server.keys("/api/events").contains("7"),
+        "written again: delivered"
+    );
+}

@@ -271,13 +271,66 @@ fn tracking_follows_outcomes() {
         (Status::Pending, 1, Some(Key::Int(5)))
     );
 
-    let gone = Due {
+    // Deleted before any delivery: the row is forgotten; after one: success again.
+    let never_sent = Due {
         record: None,
-        ..due(2, None, None)
+        ..due(2, None, Some(Tracking::new("c", Key::Int(2), 0)))
     };
-    let row = abandoned(&gone, "c", now);
+    assert_eq!(abandoned(&never_sent, now), None);
+    let mut sent = Tracking::new("c", Key::Int(2), 0);
+    sent.remote_id = Some(Key::Int(9));
+    let was_sent = Due {
+        record: None,
+        ..due(2, None, Some(sent))
+    };
     assert_eq!(
-        (row.status, row.next_attempt_at),
-        (Status::Failed, Some(NEVER))
+        abandoned(&was_sent, now).map(|r| r.status),
+        Some(Status::Success)
+    );
+}
+
+#[test]
+fn an_unanswered_attempt_keeps_its_idempotency_key_when_the_record_changes() {
+    let now = 10_000;
+    let policy = RetryPolicy {
+        failed_every: Duration::from_secs(3600),
+        max_delay: CAP,
+    };
+    let no_answer = Outcome::Retry {
+        status: None,
+        error: "timeout".into(),
+        retry_after: None,
+        transport: true,
+    };
+    let row = after(&due(1, Some("v1"), None), "c", &no_answer, now, policy, 0.5);
+    // The record moved to v2 meanwhile: the retry still says v1 (the server may have it).
+    let retry = due(1, Some("v2"), Some(row));
+    assert_eq!(attempt_version(&retry).as_deref(), Some("v1"));
+    let ok = Outcome::Delivered {
+        status: 201,
+        remote_id: Some(Key::Int(5)),
+        bytes: 1,
+    };
+    let row = after(&retry, "c", &ok, now, policy, 0.5);
+    assert_eq!(
+        row.version.as_deref(),
+        Some("v1"),
+        "v1 is what the server has"
+    );
+    // v2 then goes out as an update.
+    let put = collection("updated_at = \"u\"\nupdates = \"put\"\n");
+    let later = due(1, Some("v2"), Some(row));
+    assert_eq!(action(&later, &put, now + 5_000), Action::Put(Key::Int(5)));
+    // After a definite answer (a 503), the next try is for the record's version.
+    let busy = Outcome::Retry {
+        status: Some(503),
+        error: "HTTP 503".into(),
+        retry_after: None,
+        transport: false,
+    };
+    let row = after(&due(1, Some("v1"), None), "c", &busy, now, policy, 0.5);
+    assert_eq!(
+        attempt_version(&due(1, Some("v2"), Some(row))).as_deref(),
+        Some("v2")
     );
 }
