@@ -27,6 +27,8 @@ use super::{
 use crate::config::{Backend, Collection};
 
 pub const TRACKING_FILE: &str = "sync_tracking.json";
+/// The longest ferry waits for another process's lock on a JSON file.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 pub const TOMBSTONES_FILE: &str = "ferry_tombstones.json";
 
 /// What identifies one version of a file on disk; a cached parse is good while it holds.
@@ -83,13 +85,30 @@ fn lock(path: &Path, exclusive: bool) -> Result<FileLock, StoreError> {
             _ => Err(err),
         })
         .map_err(StoreError::io(&lock_path, "opening the lock file"))?;
-    let locked = if exclusive {
-        file.lock()
-    } else {
-        file.lock_shared()
-    };
-    locked.map_err(StoreError::io(&lock_path, "locking"))?;
-    Ok(FileLock(file))
+    // Waiting is bounded: a process that holds a lock for this long is stuck, and
+    // ferry says so rather than freezing behind it.
+    let started = std::time::Instant::now();
+    loop {
+        let attempt = if exclusive {
+            file.try_lock()
+        } else {
+            file.try_lock_shared()
+        };
+        match attempt {
+            Ok(()) => return Ok(FileLock(file)),
+            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Io {
+                    path: lock_path,
+                    op: "waiting for the lock (another process has held it for 30 s; is a program stuck?)",
+                    source: io::Error::from(io::ErrorKind::TimedOut),
+                })
+            }
+            Err(std::fs::TryLockError::Error(err)) => return Err(StoreError::io(&lock_path, "locking")(err)),
+        }
+    }
 }
 
 pub fn lock_path(path: &Path) -> PathBuf {
@@ -173,6 +192,9 @@ impl JsonStore {
         change: impl FnOnce(&mut Map<String, Value>) -> Result<(R, bool), StoreError>,
     ) -> Result<R, StoreError> {
         let _guard = lock(path, true)?;
+        // Always read afresh under the exclusive lock: a cached parse is trusted for
+        // reads, never as the base of a write (an inode number can be reused).
+        self.cache.remove(path);
         let current = self.load(path, true)?;
         let mut object = Arc::unwrap_or_clone(current);
         self.cache.remove(path);
