@@ -8,3 +8,4 @@ mod server;
 mod sqlite_tables;
 mod store_conformance;
 mod sync;
+mod systemd;
