@@ -191,7 +191,9 @@ impl From<crate::sync::SyncError> for CliError {
         match err {
             SyncError::Config(message) => CliError::ConfigValue(message),
             SyncError::Store(err) => CliError::Store(err),
-            SyncError::Internal(message) => CliError::Runtime(message),
+            SyncError::Internal(message) | SyncError::Damaged(message) => {
+                CliError::Runtime(message)
+            }
         }
     }
 }

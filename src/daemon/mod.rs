@@ -6,14 +6,14 @@
 
 mod notify;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{Config, Env};
+use crate::config::{Backend, Config, Env};
 use crate::store::{self, now_ms};
 use crate::sync::{Engine, SharedStore, SyncError, SHUTDOWN_GRACE};
 
@@ -27,12 +27,41 @@ pub enum Signal {
 /// How often `STATUS=` is refreshed, at most (it counts records).
 const STATUS_EVERY: Duration = Duration::from_secs(2);
 
-/// The store brought up to date and opened, and the delivery engine on it.
+/// The file that says ferry is running on a store; left behind by a crash or a power
+/// cut, it makes the next start check the store before trusting it.
+fn running_marker(config: &Config) -> PathBuf {
+    match config.storage.backend {
+        Backend::Sqlite => {
+            let mut name = config.storage.sqlite_path.as_os_str().to_owned();
+            name.push(".ferry-running");
+            PathBuf::from(name)
+        }
+        Backend::Json => config.storage.json_dir.join(".ferry-running"),
+    }
+}
+
+/// The store brought up to date and opened — checked first if ferry did not stop
+/// cleanly on it — and the delivery engine on it.
 fn start(config: &Config) -> Result<Arc<Engine>, SyncError> {
     if config.storage.migrate_on_start {
         store::migrate::migrate(config, config.storage.backend, false)?;
     }
-    let store = SharedStore::new(store::open(config)?);
+    let mut opened = store::open(config)?;
+    let marker = running_marker(config);
+    if marker.exists() {
+        tracing::warn!("ferry did not stop cleanly last time: checking the store");
+        if let Some(problem) = opened.quick_check()? {
+            return Err(SyncError::Damaged(format!(
+                "the {} store is damaged ({problem}); ferry will not start on it: \
+                 run `ferry check --repair` (it keeps the damaged copy and says what it recovered)",
+                config.storage.backend.as_str()
+            )));
+        }
+    }
+    std::fs::write(&marker, format!("{}\n", std::process::id())).map_err(|e| {
+        SyncError::Store(store::StoreError::io(&marker, "writing the running marker")(e))
+    })?;
+    let store = SharedStore::new(opened);
     Ok(Arc::new(Engine::new(config.clone(), store)?))
 }
 
@@ -154,6 +183,8 @@ pub async fn run(
         }
         match next {
             None => {
+                // A clean stop: the next start need not check the store.
+                let _ = std::fs::remove_file(running_marker(&config));
                 tracing::info!("stopped");
                 return Ok(());
             }
@@ -164,6 +195,9 @@ pub async fn run(
                         config.storage.backend.as_str(),
                         new.storage.backend.as_str()
                     );
+                }
+                if new.storage.backend != config.storage.backend {
+                    let _ = std::fs::remove_file(running_marker(&config));
                 }
                 previous = Some(std::mem::replace(&mut config, new));
                 reloaded = true;

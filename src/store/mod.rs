@@ -184,6 +184,11 @@ pub trait Store: Send {
     /// Writes tracking rows, all or none, in one transaction / one file write.
     fn write_tracking(&mut self, rows: &[Tracking]) -> Result<(), StoreError>;
 
+    /// A quick integrity check: `None` when the store reads as sound, otherwise what
+    /// is wrong. (SQLite: `PRAGMA quick_check`. JSON: every file is parsed when the
+    /// store opens, so an opened JSON store has passed.)
+    fn quick_check(&mut self) -> Result<Option<String>, StoreError>;
+
     /// Records by delivery state, counted from indexes (for `STATUS=` and `stats`).
     fn counts(&mut self, collection: &str) -> Result<Counts, StoreError>;
 

@@ -1406,6 +1406,30 @@ impl Store for SqliteStore {
         })
     }
 
+    fn quick_check(&mut self) -> Result<Option<String>, StoreError> {
+        let checked: rusqlite::Result<Vec<String>> = self
+            .conn
+            .prepare("PRAGMA quick_check(5)")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect());
+        let rows = match checked {
+            Ok(rows) => rows,
+            // Too damaged for the check itself to finish: that is its answer.
+            Err(err)
+                if matches!(
+                    err.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+                ) =>
+            {
+                vec![err.to_string()]
+            }
+            Err(err) => return Err(StoreError::sqlite(&self.path, "checking integrity")(err)),
+        };
+        Ok(match rows.as_slice() {
+            [only] if only == "ok" => None,
+            problems => Some(problems.join("; ")),
+        })
+    }
+
     fn counts(&mut self, collection: &str) -> Result<Counts, StoreError> {
         let table = self.table(collection)?;
         let op = || format!("counting records of {collection}");

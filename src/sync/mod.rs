@@ -43,6 +43,9 @@ pub enum SyncError {
     Config(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store failed its integrity check; ferry will not run on it.
+    #[error("{0}")]
+    Damaged(String),
     #[error("{0}")]
     Internal(String),
 }

@@ -485,3 +485,67 @@ fn failures_and_deliveries_carry_the_journal_fields() {
     let text = format!("{events:?}");
     assert!(!text.contains("Bearer"), "no token in logs");
 }
+
+#[test]
+fn after_an_unclean_stop_a_damaged_store_is_refused_before_ready() {
+    let server = TestServer::start(Faults::default());
+    let fx = fixture(&server, Backend::Sqlite, "");
+    let filler = "y".repeat(400);
+    fx.open()
+        .put_many(
+            "events",
+            (0..5_000)
+                .map(|i| record(json!({"id": i, "fill": filler})))
+                .collect(),
+        )
+        .unwrap();
+    let db = fx.path("state/ferry.db");
+    {
+        // Fold the WAL into the file, as a clean close does.
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+    }
+    // A clean stop leaves no marker: the store starts without a check.
+    let mut systemd = Systemd::listen(fx.dir.path());
+    let mut child = spawn(&fx, &systemd, None, &[]);
+    systemd
+        .wait_for("READY=1", Duration::from_secs(20))
+        .expect("READY=1");
+    signal(&child, libc::SIGTERM);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(
+        !fx.path("state/ferry.db.ferry-running").exists(),
+        "removed on a clean stop"
+    );
+
+    // Pages in the middle overwritten, and the marker of a crash left behind.
+    let mut bytes = std::fs::read(&db).unwrap();
+    let middle = bytes.len() / 2 / 4096 * 4096;
+    for b in &mut bytes[middle..middle + 8 * 4096] {
+        *b = 0xA5;
+    }
+    std::fs::write(&db, &bytes).unwrap();
+    std::fs::write(fx.path("state/ferry.db.ferry-running"), "1234\n").unwrap();
+    let mut systemd = Systemd::listen(&fx.path("state"));
+    let child = Command::new(ferry_bin())
+        .arg("--config")
+        .arg(&fx.config_path)
+        .arg("run")
+        .env("NOTIFY_SOCKET", &systemd.path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the sqlite store is damaged"), "{err}");
+    assert!(err.contains("ferry check --repair"), "{err}");
+    systemd.collect(Duration::from_millis(300));
+    assert!(
+        !systemd.received.iter().any(|(_, m)| m.contains("READY=1")),
+        "no READY on a damaged store"
+    );
+}
