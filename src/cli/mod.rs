@@ -1,10 +1,13 @@
 //! The command line (SPEC §7): argument definitions, and dispatch to one module per
 //! command. Commands return an [`Exit`]; only `main` turns it into a process exit.
 
+mod backup;
 mod config_cmd;
 mod migrate_cmd;
 mod records;
+mod stats;
 mod sync_cmd;
+mod tracking_cmd;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -71,6 +74,36 @@ pub enum Command {
     },
     /// The daemon: deliver records as `sync.mode` says until SIGTERM or SIGINT
     Run,
+    /// Per collection: records, synced, pending, failed, oldest pending, last success,
+    /// bytes delivered; totals; what to do
+    Stats {
+        /// One line, for cron and motd
+        #[arg(long)]
+        compact: bool,
+        /// A stable JSON document for scripts
+        #[arg(long, conflicts_with = "compact")]
+        json: bool,
+    },
+    /// Failed and stuck records grouped by cause, with the command that fixes each
+    Diagnose,
+    /// Failed and waiting records are tried again now
+    Retry {
+        #[arg(long, value_name = "C")]
+        collection: Option<String>,
+    },
+    /// Forget every delivery of a collection: all its records are sent again
+    ResetTracking {
+        #[arg(long, value_name = "C")]
+        collection: String,
+        /// Do not ask
+        #[arg(long)]
+        yes: bool,
+    },
+    /// A consistent copy of the store while the daemon runs
+    Backup {
+        /// A new file (SQLite) or folder (JSON)
+        dest: PathBuf,
+    },
     /// Bring a backend up to date from the other one (what start-up does)
     Migrate {
         /// The backend to bring up to date [default: storage.backend]
@@ -173,6 +206,13 @@ pub fn run(cli: Cli) -> Result<Exit, CliError> {
             collection,
         } => sync_cmd::sync(config, dry_run, collection.as_deref()),
         Command::Run => sync_cmd::run(config),
+        Command::Stats { compact, json } => stats::stats(&config, compact, json),
+        Command::Diagnose => stats::diagnose(&config),
+        Command::Retry { collection } => tracking_cmd::retry(&config, collection.as_deref()),
+        Command::ResetTracking { collection, yes } => {
+            tracking_cmd::reset_tracking(&config, &collection, yes)
+        }
+        Command::Backup { dest } => backup::backup(&config, &dest),
         Command::Migrate { to, dry_run } => {
             migrate_cmd::migrate(&config, to.map(Into::into), dry_run)
         }

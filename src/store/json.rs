@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 use super::record::{self, Key, Record};
 use super::{
     atomic, find, key_for_write, Counts, Due, DueQuery, Merge, Millis, Status, Store, StoreError,
-    Tombstone, Tracking,
+    Summary, Tombstone, Tracking,
 };
 use crate::config::{Backend, Collection};
 
@@ -692,6 +692,77 @@ impl Store for JsonStore {
                 object.shift_remove(key);
             }
             Ok(((), true))
+        })
+    }
+
+    fn summary(&mut self, collection: &str) -> Result<Summary, StoreError> {
+        let counts = self.counts(collection)?;
+        let rows = self.tracking_rows()?;
+        let mut summary = Summary {
+            counts,
+            ..Summary::default()
+        };
+        for row in rows.get(collection).into_iter().flat_map(|r| r.values()) {
+            summary.bytes_delivered += row.bytes_sent;
+            let date = Some(row.sync_date.clone());
+            if row.status == Status::Success {
+                if date > summary.last_success {
+                    summary.last_success = date;
+                }
+            } else if summary.oldest_pending.is_none() || date < summary.oldest_pending {
+                summary.oldest_pending = date;
+            }
+        }
+        Ok(summary)
+    }
+
+    fn troubled(&mut self, collection: &str, limit: usize) -> Result<Vec<Tracking>, StoreError> {
+        let collection = self.collection(collection)?;
+        let rows = self.tracking_rows()?;
+        let mut out: Vec<Tracking> = rows
+            .get(collection.name.as_str())
+            .into_iter()
+            .flat_map(|r| r.values())
+            .filter(|r| {
+                r.status != Status::Success && (r.attempts > 0 || r.error_message.is_some())
+            })
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.sync_date.cmp(&b.sync_date));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    fn retry_now(&mut self, collection: &str) -> Result<u64, StoreError> {
+        let collection = self.collection(collection)?;
+        let name = collection.name.as_str().to_string();
+        self.update(&self.dir.join(TRACKING_FILE), |object| {
+            let mut changed = 0u64;
+            if let Some(Value::Object(by_key)) = object.get_mut(&name) {
+                for row in by_key.values_mut() {
+                    let Value::Object(row) = row else { continue };
+                    let status = row.get("status").and_then(Value::as_str).unwrap_or("");
+                    if status == "failed" || status == "pending" {
+                        row.insert("status".into(), "pending".into());
+                        row.insert("next_attempt_at".into(), Value::Null);
+                        changed += 1;
+                    }
+                }
+            }
+            Ok((changed, changed > 0))
+        })
+    }
+
+    fn reset_tracking(&mut self, collection: &str) -> Result<u64, StoreError> {
+        let collection = self.collection(collection)?;
+        let name = collection.name.as_str().to_string();
+        self.update(&self.dir.join(TRACKING_FILE), |object| {
+            let removed = match object.shift_remove(&name) {
+                Some(Value::Object(by_key)) => by_key.len() as u64,
+                Some(_) => 1,
+                None => 0,
+            };
+            Ok((removed, removed > 0))
         })
     }
 

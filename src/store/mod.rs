@@ -112,6 +112,18 @@ pub struct Counts {
     pub pending: u64,
 }
 
+/// What `ferry stats` shows of a collection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub counts: Counts,
+    /// Payload bytes the server acknowledged.
+    pub bytes_delivered: u64,
+    /// The latest delivery (`sync_date` of the newest success).
+    pub last_success: Option<String>,
+    /// The oldest record tried and not delivered yet (`sync_date`, pending or failed).
+    pub oldest_pending: Option<String>,
+}
+
 /// What a migration writes into one collection of the store it brings up to date.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Merge {
@@ -188,6 +200,17 @@ pub trait Store: Send {
     /// is wrong. (SQLite: `PRAGMA quick_check`. JSON: every file is parsed when the
     /// store opens, so an opened JSON store has passed.)
     fn quick_check(&mut self) -> Result<Option<String>, StoreError>;
+
+    /// Counts, bytes delivered, last success and oldest pending, for `ferry stats`.
+    fn summary(&mut self, collection: &str) -> Result<Summary, StoreError>;
+    /// Records tried and not delivered (failed, or pending after an attempt), oldest
+    /// first, at most `limit`: what `ferry diagnose` groups by cause.
+    fn troubled(&mut self, collection: &str, limit: usize) -> Result<Vec<Tracking>, StoreError>;
+    /// `ferry retry`: failed and waiting records are tried again now. Returns how many.
+    fn retry_now(&mut self, collection: &str) -> Result<u64, StoreError>;
+    /// `ferry reset-tracking`: forgets every delivery of a collection, so every record
+    /// is sent again. Returns how many rows were forgotten.
+    fn reset_tracking(&mut self, collection: &str) -> Result<u64, StoreError>;
 
     /// Records by delivery state, counted from indexes (for `STATUS=` and `stats`).
     fn counts(&mut self, collection: &str) -> Result<Counts, StoreError>;

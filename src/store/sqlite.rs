@@ -25,7 +25,7 @@ use super::record::{self, Key, Record};
 use super::time::parse_timestamp;
 use super::{
     atomic, find, key_for_write, now_ms, Counts, Due, DueQuery, Merge, Millis, Status, Store,
-    StoreError, Tombstone, Tracking,
+    StoreError, Summary, Tombstone, Tracking,
 };
 use crate::config::{Backend, Collection};
 
@@ -1404,6 +1404,95 @@ impl Store for SqliteStore {
             }
             exec_mark(conn, path, collection)
         })
+    }
+
+    fn summary(&mut self, collection: &str) -> Result<Summary, StoreError> {
+        let counts = self.counts(collection)?;
+        let op = || format!("summarising {collection}");
+        let rows: Vec<(String, i64, Option<String>, Option<String>)> = self
+            .conn
+            .prepare_cached(
+                "SELECT sync_status, COALESCE(SUM(bytes_sent), 0), MIN(sync_date), MAX(sync_date)
+                   FROM sync_tracking WHERE table_name = ?1 GROUP BY sync_status",
+            )
+            .and_then(|mut s| {
+                s.query_map([collection], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect()
+            })
+            .map_err(StoreError::sqlite(&self.path, op()))?;
+        let mut summary = Summary {
+            counts,
+            ..Summary::default()
+        };
+        for (status, bytes, oldest, newest) in rows {
+            summary.bytes_delivered += bytes.max(0) as u64;
+            match Status::parse(&status) {
+                Some(Status::Success) => summary.last_success = newest,
+                _ => {
+                    if oldest.is_some()
+                        && (summary.oldest_pending.is_none() || oldest < summary.oldest_pending)
+                    {
+                        summary.oldest_pending = oldest;
+                    }
+                }
+            }
+        }
+        Ok(summary)
+    }
+
+    fn troubled(&mut self, collection: &str, limit: usize) -> Result<Vec<Tracking>, StoreError> {
+        self.table(collection)?;
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {TRACKING_COLUMNS} FROM sync_tracking AS s WHERE s.table_name = ?1
+                   AND s.sync_status IN ('failed', 'pending') AND (s.attempts > 0 OR s.error_message IS NOT NULL)
+                 ORDER BY s.sync_date LIMIT ?2"
+            ))
+            .and_then(|mut s| {
+                s.query_map(params![collection, limit as i64], |r| tracking_from_row(collection, r, 0))?
+                    .filter_map(Result::transpose)
+                    .collect()
+            })
+            .map_err(StoreError::sqlite(&self.path, format!("reading failed records of {collection}")))
+    }
+
+    fn retry_now(&mut self, collection: &str) -> Result<u64, StoreError> {
+        self.table(collection)?;
+        self.transaction(&format!("retrying {collection}"), |conn, path| {
+            conn.execute(
+                "UPDATE sync_tracking SET sync_status = 'pending', next_attempt_at = 0
+                  WHERE table_name = ?1 AND sync_status IN ('failed', 'pending')",
+                [collection],
+            )
+            .map(|n| n as u64)
+            .map_err(StoreError::sqlite(path, format!("retrying {collection}")))
+        })
+    }
+
+    fn reset_tracking(&mut self, collection: &str) -> Result<u64, StoreError> {
+        self.table(collection)?;
+        self.transaction(
+            &format!("forgetting the deliveries of {collection}"),
+            |conn, path| {
+                let op = || format!("forgetting the deliveries of {collection}");
+                let removed = conn
+                    .execute(
+                        "DELETE FROM sync_tracking WHERE table_name = ?1",
+                        [collection],
+                    )
+                    .map_err(StoreError::sqlite(path, op()))?;
+                // Every row is untracked again: the watermarks start over.
+                conn.execute(
+                    "UPDATE ferry_collections SET new_watermark = 0, new_watermark_key = NULL,
+                        changed_watermark = NULL WHERE name = ?1",
+                    [collection],
+                )
+                .map_err(StoreError::sqlite(path, op()))?;
+                Ok(removed as u64)
+            },
+        )
     }
 
     fn quick_check(&mut self) -> Result<Option<String>, StoreError> {

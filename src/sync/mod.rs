@@ -10,6 +10,7 @@
 //! probes with one request at a time, backing off, until it answers again.
 
 mod body;
+pub mod causes;
 pub mod client;
 pub mod plan;
 

@@ -4,6 +4,7 @@ mod support;
 
 mod cli;
 mod migrate;
+mod operator;
 mod server;
 mod sqlite_tables;
 mod store_conformance;
