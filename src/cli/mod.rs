@@ -2,6 +2,7 @@
 //! command. Commands return an [`Exit`]; only `main` turns it into a process exit.
 
 mod backup;
+mod check;
 mod config_cmd;
 mod migrate_cmd;
 mod records;
@@ -103,6 +104,12 @@ pub enum Command {
     Backup {
         /// A new file (SQLite) or folder (JSON)
         dest: PathBuf,
+    },
+    /// Integrity check of the store; --repair copies what can be read into a fresh
+    /// store and keeps the damaged one beside it
+    Check {
+        #[arg(long)]
+        repair: bool,
     },
     /// Bring a backend up to date from the other one (what start-up does)
     Migrate {
@@ -213,6 +220,7 @@ pub fn run(cli: Cli) -> Result<Exit, CliError> {
             tracking_cmd::reset_tracking(&config, &collection, yes)
         }
         Command::Backup { dest } => backup::backup(&config, &dest),
+        Command::Check { repair } => check::check(&config, repair),
         Command::Migrate { to, dry_run } => {
             migrate_cmd::migrate(&config, to.map(Into::into), dry_run)
         }

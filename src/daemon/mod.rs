@@ -6,14 +6,14 @@
 
 mod notify;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{Backend, Config, Env};
+use crate::config::{Config, Env};
 use crate::store::{self, now_ms};
 use crate::sync::{Engine, SharedStore, SyncError, SHUTDOWN_GRACE};
 
@@ -27,19 +27,6 @@ pub enum Signal {
 /// How often `STATUS=` is refreshed, at most (it counts records).
 const STATUS_EVERY: Duration = Duration::from_secs(2);
 
-/// The file that says ferry is running on a store; left behind by a crash or a power
-/// cut, it makes the next start check the store before trusting it.
-fn running_marker(config: &Config) -> PathBuf {
-    match config.storage.backend {
-        Backend::Sqlite => {
-            let mut name = config.storage.sqlite_path.as_os_str().to_owned();
-            name.push(".ferry-running");
-            PathBuf::from(name)
-        }
-        Backend::Json => config.storage.json_dir.join(".ferry-running"),
-    }
-}
-
 /// The store brought up to date and opened — checked first if ferry did not stop
 /// cleanly on it — and the delivery engine on it.
 fn start(config: &Config) -> Result<Arc<Engine>, SyncError> {
@@ -47,7 +34,7 @@ fn start(config: &Config) -> Result<Arc<Engine>, SyncError> {
         store::migrate::migrate(config, config.storage.backend, false)?;
     }
     let mut opened = store::open(config)?;
-    let marker = running_marker(config);
+    let marker = store::running_marker(config);
     if marker.exists() {
         tracing::warn!("ferry did not stop cleanly last time: checking the store");
         if let Some(problem) = opened.quick_check()? {
@@ -184,7 +171,7 @@ pub async fn run(
         match next {
             None => {
                 // A clean stop: the next start need not check the store.
-                let _ = std::fs::remove_file(running_marker(&config));
+                let _ = std::fs::remove_file(store::running_marker(&config));
                 tracing::info!("stopped");
                 return Ok(());
             }
@@ -197,7 +184,7 @@ pub async fn run(
                     );
                 }
                 if new.storage.backend != config.storage.backend {
-                    let _ = std::fs::remove_file(running_marker(&config));
+                    let _ = std::fs::remove_file(store::running_marker(&config));
                 }
                 previous = Some(std::mem::replace(&mut config, new));
                 reloaded = true;

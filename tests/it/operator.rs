@@ -306,3 +306,104 @@ fn a_backup_during_delivery_holds_every_record_committed_before_it() {
         "taken mid-push: {counts:?}"
     );
 }
+
+#[test]
+fn check_finds_overwritten_pages_and_repair_recovers_the_intact_rows() {
+    let server = TestServer::start(Faults::default());
+    let fx = Fixture::with_config(
+        Backend::Sqlite,
+        &format!("[remote]\nurl = \"{}\"\n", server.url),
+        EVENTS,
+    );
+    let filler = "z".repeat(300);
+    fx.open()
+        .put_many(
+            "events",
+            (0..4_000)
+                .map(|i| record(json!({"id": i, "fill": filler})))
+                .collect(),
+        )
+        .unwrap();
+    let db = fx.path("state/ferry.db");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+    }
+    assert_eq!(run(&fx, &["check"]).0, Some(0), "sound at first");
+    let mut bytes = std::fs::read(&db).unwrap();
+    let middle = bytes.len() / 2 / 4096 * 4096;
+    for b in &mut bytes[middle..middle + 6 * 4096] {
+        *b = 0x5A;
+    }
+    std::fs::write(&db, &bytes).unwrap();
+
+    let (code, text, _) = run(&fx, &["check"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("ferry.db: DAMAGED:"), "{text}");
+    assert!(text.contains("ferry check --repair"), "{text}");
+
+    let (code, text, err) = run(&fx, &["check", "--repair"]);
+    assert_eq!(code, Some(0), "{text}{err}");
+    eprintln!("{text}");
+    assert!(text.contains("repaired:"), "{text}");
+    assert!(text.contains("the damaged file is kept as"), "{text}");
+    let kept: Vec<_> = std::fs::read_dir(fx.path("state"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("ferry.db.damaged-")
+        })
+        .collect();
+    assert!(!kept.is_empty(), "the damaged database is kept beside");
+    assert_eq!(
+        run(&fx, &["check"]).0,
+        Some(0),
+        "the repaired store is sound"
+    );
+    let recovered = fx.open().counts("events").unwrap().records;
+    eprintln!("recovered {recovered} of 4000 rows");
+    assert!(
+        (3_500..4_000).contains(&recovered),
+        "most rows recovered: {recovered}"
+    );
+}
+
+#[test]
+fn check_names_a_truncated_json_file_and_repair_keeps_what_parses() {
+    let fx = Fixture::with_collections(Backend::Json, EVENTS);
+    fx.open()
+        .put_many(
+            "events",
+            (0..50)
+                .map(|i| record(json!({"id": i, "v": "é"})))
+                .collect(),
+        )
+        .unwrap();
+    let file = fx.path("state/json/events.json");
+    let bytes = std::fs::read(&file).unwrap();
+    let cut = bytes.len() * 2 / 3;
+    std::fs::write(&file, &bytes[..cut]).unwrap();
+    let (code, text, _) = run(&fx, &["check"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("events.json: DAMAGED: not valid JSON at line"),
+        "{text}"
+    );
+    let (code, text, _) = run(&fx, &["check", "--repair"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("entries kept;") && text.contains("cut off or damaged"),
+        "{text}"
+    );
+    let records = fx.open().list("events", None, 100).unwrap();
+    eprintln!("kept {} of 50 records", records.len());
+    assert!((30..50).contains(&records.len()), "{}", records.len());
+    assert!(
+        records.iter().all(|r| r["v"] == json!("é")),
+        "whole records only"
+    );
+    assert_eq!(run(&fx, &["check"]).0, Some(0));
+}
