@@ -70,6 +70,7 @@ run-example: release
 # Benchmarks print figures; they are not pass/fail tests.
 bench:
 	$(CARGO) run --release --locked --example bench_migrate -- 100000
+	$(CARGO) run --release --locked --example bench_scale -- 1000000
 
 install: release
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/ferry
