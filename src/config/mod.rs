@@ -70,6 +70,18 @@ impl LogLevel {
     }
 }
 
+/// When the daemon runs the store's quick integrity check before READY.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckOnStart {
+    /// After a crash or power cut only (ferry did not stop cleanly): costs nothing on
+    /// ordinary starts, seconds on a large store after a crash.
+    #[default]
+    Unclean,
+    Always,
+    Never,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogTarget {
@@ -107,6 +119,9 @@ pub struct Storage {
     pub json_dir: PathBuf,
     #[serde(default = "default_true")]
     pub migrate_on_start: bool,
+    /// When `ferry run` checks the store's integrity before READY.
+    #[serde(default)]
+    pub check_on_start: CheckOnStart,
     #[serde(default = "default_backups_dir")]
     pub backups_dir: PathBuf,
     #[serde(
@@ -123,6 +138,7 @@ impl Default for Storage {
             sqlite_path: default_sqlite_path(),
             json_dir: default_json_dir(),
             migrate_on_start: true,
+            check_on_start: CheckOnStart::default(),
             backups_dir: default_backups_dir(),
             backups_keep: default_backups_keep(),
         }

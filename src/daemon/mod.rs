@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{Config, Env};
+use crate::config::{CheckOnStart, Config, Env};
 use crate::store::{self, now_ms};
 use crate::sync::{Engine, SharedStore, SyncError, SHUTDOWN_GRACE};
 
@@ -35,8 +35,17 @@ fn start(config: &Config) -> Result<Arc<Engine>, SyncError> {
     }
     let mut opened = store::open(config)?;
     let marker = store::running_marker(config);
-    if marker.exists() {
-        tracing::warn!("ferry did not stop cleanly last time: checking the store");
+    let unclean = marker.exists();
+    let check = match config.storage.check_on_start {
+        CheckOnStart::Always => true,
+        CheckOnStart::Unclean => unclean,
+        CheckOnStart::Never => false,
+    };
+    if unclean {
+        tracing::warn!("ferry did not stop cleanly last time");
+    }
+    if check {
+        tracing::info!("checking the store's integrity");
         if let Some(problem) = opened.quick_check()? {
             return Err(SyncError::Damaged(format!(
                 "the {} store is damaged ({problem}); ferry will not start on it: \

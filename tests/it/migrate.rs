@@ -468,3 +468,40 @@ fn the_seed_000_service_switching_to_sqlite_keeps_its_json_downloads() {
         "a second start migrates nothing"
     );
 }
+
+#[test]
+fn migrate_dry_run_says_what_it_would_do_and_does_nothing() {
+    let fx = Fixture::with_collections(Backend::Json, JOBS);
+    fx.open()
+        .put("jobs", download("a", "2026-01-01T10:00:00Z"))
+        .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(ferry_bin())
+            .arg("--config")
+            .arg(&fx.config_path)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = run(&["migrate", "--to", "sqlite", "--dry-run"]);
+    assert!(
+        text.contains("would do: migration json→sqlite: 1 jobs migrated (0 updated, 0 kept newer)"),
+        "{text}"
+    );
+    let sqlite = with_backend(&fx.config, Backend::Sqlite);
+    assert!(
+        store::open(&sqlite)
+            .unwrap()
+            .list("jobs", None, 10)
+            .unwrap()
+            .is_empty(),
+        "nothing written"
+    );
+    assert!(run(&["migrate", "--to", "sqlite"]).contains("1 jobs migrated"));
+}

@@ -548,4 +548,18 @@ fn after_an_unclean_stop_a_damaged_store_is_refused_before_ready() {
         !systemd.received.iter().any(|(_, m)| m.contains("READY=1")),
         "no READY on a damaged store"
     );
+
+    // No marker (a clean stop), but check_on_start = "always": refused all the same.
+    std::fs::remove_file(fx.path("state/ferry.db.ferry-running")).unwrap();
+    let text = std::fs::read_to_string(&fx.config_path).unwrap();
+    let text = text.replace("[storage]\n", "[storage]\ncheck_on_start = \"always\"\n");
+    std::fs::write(&fx.config_path, text).unwrap();
+    let out = Command::new(ferry_bin())
+        .arg("--config")
+        .arg(&fx.config_path)
+        .arg("run")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the sqlite store is damaged"));
 }
