@@ -325,18 +325,9 @@ fn check_finds_overwritten_pages_and_repair_recovers_the_intact_rows() {
         )
         .unwrap();
     let db = fx.path("state/ferry.db");
-    {
-        let conn = rusqlite::Connection::open(&db).unwrap();
-        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
-            .unwrap();
-    }
+    crate::support::checkpoint(&db);
     assert_eq!(run(&fx, &["check"]).0, Some(0), "sound at first");
-    let mut bytes = std::fs::read(&db).unwrap();
-    let middle = bytes.len() / 2 / 4096 * 4096;
-    for b in &mut bytes[middle..middle + 6 * 4096] {
-        *b = 0x5A;
-    }
-    std::fs::write(&db, &bytes).unwrap();
+    crate::support::overwrite_middle_pages(&db, 6, 0x5A);
 
     let (code, text, _) = run(&fx, &["check"]);
     assert_eq!(code, Some(1), "{text}");

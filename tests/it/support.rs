@@ -116,3 +116,21 @@ pub fn record(value: Value) -> Record {
         other => panic!("not an object: {other}"),
     }
 }
+
+/// Folds a SQLite database's WAL into its file, as a clean close does, so that the
+/// file alone holds every page.
+pub fn checkpoint(db: &Path) {
+    let conn = rusqlite::Connection::open(db).expect("open for a checkpoint");
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .expect("checkpoint");
+}
+
+/// Overwrites `pages` 4 KiB pages in the middle of a file with `byte`: damage such as
+/// a failing SD card leaves.
+pub fn overwrite_middle_pages(file: &Path, pages: usize, byte: u8) {
+    let mut bytes = std::fs::read(file).expect("read the file to damage");
+    let middle = bytes.len() / 2 / 4096 * 4096;
+    let end = (middle + pages * 4096).min(bytes.len());
+    bytes[middle..end].fill(byte);
+    std::fs::write(file, &bytes).expect("write the damaged file");
+}

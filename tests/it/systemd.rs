@@ -500,12 +500,7 @@ fn after_an_unclean_stop_a_damaged_store_is_refused_before_ready() {
         )
         .unwrap();
     let db = fx.path("state/ferry.db");
-    {
-        // Fold the WAL into the file, as a clean close does.
-        let conn = rusqlite::Connection::open(&db).unwrap();
-        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
-            .unwrap();
-    }
+    crate::support::checkpoint(&db);
     // A clean stop leaves no marker: the store starts without a check.
     let mut systemd = Systemd::listen(fx.dir.path());
     let mut child = spawn(&fx, &systemd, None, &[]);
@@ -520,12 +515,7 @@ fn after_an_unclean_stop_a_damaged_store_is_refused_before_ready() {
     );
 
     // Pages in the middle overwritten, and the marker of a crash left behind.
-    let mut bytes = std::fs::read(&db).unwrap();
-    let middle = bytes.len() / 2 / 4096 * 4096;
-    for b in &mut bytes[middle..middle + 8 * 4096] {
-        *b = 0xA5;
-    }
-    std::fs::write(&db, &bytes).unwrap();
+    crate::support::overwrite_middle_pages(&db, 8, 0xA5);
     std::fs::write(fx.path("state/ferry.db.ferry-running"), "1234\n").unwrap();
     let mut systemd = Systemd::listen(&fx.path("state"));
     let child = Command::new(ferry_bin())
