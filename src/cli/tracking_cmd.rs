@@ -69,6 +69,15 @@ pub fn reset_tracking(config: &Config, collection: &str, yes: bool) -> Result<Ex
         }
     }
     let removed = store.reset_tracking(collection)?;
+    // The other backend's tracking too, or the next start-up migration would bring the
+    // forgotten deliveries back.
+    let other = match config.storage.backend {
+        crate::config::Backend::Sqlite => crate::config::Backend::Json,
+        crate::config::Backend::Json => crate::config::Backend::Sqlite,
+    };
+    if store::migrate::exists(config, other) {
+        store::open_backend(config, other)?.reset_tracking(collection)?;
+    }
     let mut out = Stdout::new();
     out.line(format_args!(
         "{collection}: {removed} delivery record(s) forgotten; all {} record(s) will be sent again",

@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 
 use super::record::{self, Key, Record};
 use super::time::parse_timestamp;
-use super::{json, now_ms, open_backend, rfc3339, Merge, Status, Store, StoreError, Tracking};
+use super::{
+    json, now_ms, open_backend, rfc3339, Merge, Millis, Status, Store, StoreError, Tracking,
+};
 use crate::config::{Backend, Collection, Config};
 
 /// Records read from a store per step.
@@ -80,7 +82,7 @@ fn other(backend: Backend) -> Backend {
 }
 
 /// Whether the `backend` store has ever been written (without creating it).
-fn exists(config: &Config, backend: Backend) -> bool {
+pub fn exists(config: &Config, backend: Backend) -> bool {
     match backend {
         Backend::Sqlite => config.storage.sqlite_path.is_file(),
         Backend::Json => {
@@ -109,13 +111,13 @@ pub fn migrate(config: &Config, to: Backend, dry_run: bool) -> Result<Vec<Report
         let name = collection.name.as_str();
         let source_time = source.last_written(name)?;
         let target_time = target.last_written(name)?;
-        let records_newer = match (source_time, target_time) {
-            (Some(s), Some(t)) => s > t,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        let (merge, mut report) =
-            plan(collection, source.as_mut(), target.as_mut(), records_newer)?;
+        let (merge, mut report) = plan(
+            collection,
+            source.as_mut(),
+            target.as_mut(),
+            source_time,
+            target_time,
+        )?;
         report.from = Some(from);
         report.to = Some(to);
         let writes =
@@ -193,26 +195,36 @@ fn compare_versions(a: Option<&str>, b: Option<&str>) -> Ordering {
     }
 }
 
-/// The tracking row to keep when both sides have one: a success over anything else
-/// (a delivery is never forgotten), the newer version between two successes, the
-/// more recent status change otherwise. `Greater` means `a`.
+/// The tracking row to keep when both sides have one: the one written last (its
+/// `sync_date`); on a tie, a success over anything else, then the newer version.
+/// `Greater` means `a`.
 fn compare_tracking(a: &Tracking, b: &Tracking) -> Ordering {
+    let at = |t: &Tracking| parse_timestamp(&t.sync_date).unwrap_or(0);
     let delivered = |t: &Tracking| t.status == Status::Success;
-    delivered(a)
-        .cmp(&delivered(b))
+    at(a)
+        .cmp(&at(b))
+        .then_with(|| delivered(a).cmp(&delivered(b)))
         .then_with(|| compare_versions(a.version.as_deref(), b.version.as_deref()))
-        .then_with(|| {
-            let at = |t: &Tracking| parse_timestamp(&t.sync_date).unwrap_or(0);
-            at(a).cmp(&at(b))
-        })
 }
 
 /// Works out what the source has that the target should take.
+///
+/// - A record on the source side only is taken (unless deleted on the target), however
+///   the two sides' times compare: times can mislead (a local time read as UTC), a
+///   lost record cannot be undone.
+/// - A record on both sides is replaced by the source's when the source side was
+///   written last and its version is newer (without versions: when the source side
+///   was written last).
+/// - A deletion on the source side is applied when the target's copy is older than the
+///   deletion (its version, or else the target side's last write).
+/// - A tracking row is taken when it is newer than the target's (its `sync_date`),
+///   or the target has none.
 fn plan(
     collection: &Collection,
     source: &mut dyn Store,
     target: &mut dyn Store,
-    records_newer: bool,
+    source_time: Option<Millis>,
+    target_time: Option<Millis>,
 ) -> Result<(Merge, Report), StoreError> {
     let name = collection.name.as_str();
     let updated_at = collection.updated_at.as_ref().map(|f| f.as_str());
@@ -221,70 +233,86 @@ fn plan(
         collection: name.to_string(),
         ..Report::default()
     };
+    let source_newer = match (source_time, target_time) {
+        (Some(s), Some(t)) => s > t,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
 
-    if records_newer {
-        let mut existing: HashMap<Key, Record> =
-            all_records(target, collection)?.into_iter().collect();
-        let deleted_here: HashMap<Key, i64> = target
-            .tombstones(name)?
-            .into_iter()
-            .map(|t| (t.key, t.deleted_at))
-            .collect();
-        for (key, record) in all_records(source, collection)? {
-            match existing.remove(&key) {
-                None if deleted_here.contains_key(&key) => {} // deleted here: stays deleted
-                None => {
-                    report.migrated += 1;
-                    merge.upserts.push(record);
-                }
-                Some(current) if current == record => {}
-                Some(current) => {
-                    let theirs = record::version_of(&record, updated_at);
-                    let ours = record::version_of(&current, updated_at);
-                    // Without versions, the side written last wins, as a whole.
-                    let order = if updated_at.is_some() {
-                        compare_versions(theirs.as_deref(), ours.as_deref())
-                    } else {
-                        Ordering::Greater
-                    };
-                    match order {
-                        Ordering::Greater => {
-                            report.migrated += 1;
-                            report.updated += 1;
-                            merge.upserts.push(record);
-                        }
-                        Ordering::Less => report.kept_newer += 1,
-                        Ordering::Equal => {}
-                    }
-                }
-            }
+    let theirs = all_records(source, collection)?;
+    // The target's records: all at once when that is cheap, one by one otherwise.
+    let target_size = target.counts(name)?.records as usize;
+    let mut preloaded: Option<HashMap<Key, Record>> = if target_size <= 4 * theirs.len() + 1000 {
+        Some(all_records(target, collection)?.into_iter().collect())
+    } else {
+        None
+    };
+    let mut current = |target: &mut dyn Store, key: &Key| -> Result<Option<Record>, StoreError> {
+        match preloaded.as_mut() {
+            Some(map) => Ok(map.get(key).cloned()),
+            None => target.get(name, key),
         }
-        // Deleted over there after its last change here: deleted here too. Without
-        // versions there is no telling, and nothing is deleted.
-        if updated_at.is_some() {
-            for tombstone in source.tombstones(name)? {
-                let Some(current) = existing.get(&tombstone.key) else {
-                    continue;
+    };
+    let deleted_here: HashMap<Key, Millis> = target
+        .tombstones(name)?
+        .into_iter()
+        .map(|t| (t.key, t.deleted_at))
+        .collect();
+    for (key, record) in theirs {
+        match current(target, &key)? {
+            None if deleted_here.contains_key(&key) => {} // deleted here: stays deleted
+            None => {
+                report.migrated += 1;
+                merge.upserts.push(record);
+            }
+            Some(ours) if ours == record || !source_newer => {}
+            Some(ours) => {
+                let order = match updated_at {
+                    Some(_) => compare_versions(
+                        record::version_of(&record, updated_at).as_deref(),
+                        record::version_of(&ours, updated_at).as_deref(),
+                    ),
+                    None => Ordering::Greater,
                 };
-                let version = record::version_of(current, updated_at);
-                let changed_at = version.as_deref().and_then(parse_timestamp);
-                if changed_at.is_some_and(|at| at < tombstone.deleted_at) {
-                    report.deleted += 1;
-                    merge.deletes.push(tombstone.key);
+                match order {
+                    Ordering::Greater => {
+                        report.migrated += 1;
+                        report.updated += 1;
+                        merge.upserts.push(record);
+                    }
+                    Ordering::Less => report.kept_newer += 1,
+                    Ordering::Equal => {}
                 }
             }
         }
     }
+    for tombstone in source.tombstones(name)? {
+        let Some(ours) = current(target, &tombstone.key)? else {
+            continue;
+        };
+        let changed_at = record::version_of(&ours, updated_at)
+            .as_deref()
+            .and_then(parse_timestamp);
+        let older = match changed_at {
+            Some(at) => at < tombstone.deleted_at,
+            None => target_time.is_none_or(|t| t < tombstone.deleted_at),
+        };
+        if older {
+            report.deleted += 1;
+            merge.deletes.push(tombstone.key);
+        }
+    }
+    drop(preloaded.take());
 
     let ours = all_tracking(target, name)?;
     for (key, theirs) in all_tracking(source, name)? {
-        let better = match ours.get(&key) {
+        let take = match ours.get(&key) {
             None => true,
             Some(current) => {
                 current != &theirs && compare_tracking(&theirs, current) == Ordering::Greater
             }
         };
-        if better {
+        if take {
             report.tracking += 1;
             merge.tracking.push(theirs);
         }
@@ -353,17 +381,21 @@ mod tests {
     }
 
     #[test]
-    fn a_delivery_is_never_forgotten() {
+    fn the_tracking_row_written_last_wins() {
         let mut delivered = Tracking::new("c", Key::Int(1), 0);
         delivered.status = Status::Success;
         delivered.version = Some("v1".into());
-        let mut retrying = Tracking::new("c", Key::Int(1), 10_000);
-        retrying.attempts = 3;
-        retrying.version = Some("v1".into());
-        assert_eq!(compare_tracking(&delivered, &retrying), Ordering::Greater);
-        let mut newer = delivered.clone();
-        newer.version = Some("v2".into());
-        assert_eq!(compare_tracking(&newer, &delivered), Ordering::Greater);
+        let mut later_failure = Tracking::new("c", Key::Int(1), 10_000);
+        later_failure.status = Status::Failed;
+        later_failure.version = Some("v2".into());
+        assert_eq!(
+            compare_tracking(&later_failure, &delivered),
+            Ordering::Greater
+        );
+        // Same time: a delivery wins.
+        let mut pending = Tracking::new("c", Key::Int(1), 0);
+        pending.version = Some("v1".into());
+        assert_eq!(compare_tracking(&delivered, &pending), Ordering::Greater);
     }
 
     #[test]

@@ -1605,6 +1605,9 @@ impl Store for SqliteStore {
             SqlValue::Text(t) => parse_timestamp(&t),
             _ => None,
         };
+        // A time in the future is a local time read as UTC (or a wrong clock): it says
+        // no more than "now".
+        let newest = newest.map(|t| t.min(now_ms()));
         Ok(ferry_mark.into_iter().chain(newest).max())
     }
 

@@ -505,3 +505,101 @@ fn migrate_dry_run_says_what_it_would_do_and_does_nothing() {
     );
     assert!(run(&["migrate", "--to", "sqlite"]).contains("1 jobs migrated"));
 }
+
+/// Seed programs write local times; read as UTC, a UTC+2 time looks two hours ahead.
+/// A record written on the other side must still come over.
+#[test]
+fn records_on_one_side_only_come_over_whatever_the_times_say() {
+    let fx = Fixture::with_collections(Backend::Json, JOBS);
+    let sqlite = with_backend(&fx.config, Backend::Sqlite);
+    let future = ferry::store::rfc3339(ferry::store::now_ms() + 2 * 3_600_000);
+    store::open(&sqlite)
+        .unwrap()
+        .put("jobs", download("a", &future))
+        .unwrap();
+    migrate(&fx.config, Backend::Json, false).unwrap();
+    fx.open()
+        .put("jobs", download("b", "2026-01-01T10:00:00Z"))
+        .unwrap();
+    let reports = migrate(&sqlite, Backend::Sqlite, false).unwrap();
+    assert_eq!(reports[0].migrated, 1, "{reports:?}");
+    assert!(store::open(&sqlite)
+        .unwrap()
+        .get("jobs", &Key::parse("b"))
+        .unwrap()
+        .is_some());
+}
+
+/// Append-only data has no versions: a deletion made on one side after the other side's
+/// last write is carried over, not undone.
+#[test]
+fn a_deletion_on_append_only_data_survives_the_round_trip() {
+    let events = "[[collections]]\nname = \"events\"\nkey = \"id\"\nendpoint = \"/e\"\n";
+    let fx = Fixture::with_collections(Backend::Json, events);
+    fx.open()
+        .put_many(
+            "events",
+            (1..=3).map(|i| record(json!({"id": i}))).collect(),
+        )
+        .unwrap();
+    let sqlite = with_backend(&fx.config, Backend::Sqlite);
+    migrate(&sqlite, Backend::Sqlite, false).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    store::open(&sqlite)
+        .unwrap()
+        .delete("events", &Key::Int(1))
+        .unwrap();
+    let reports = migrate(&fx.config, Backend::Json, false).unwrap();
+    assert_eq!(reports[0].deleted, 1, "{reports:?}");
+    assert_eq!(
+        fx.open().get("events", &Key::Int(1)).unwrap(),
+        None,
+        "stays deleted"
+    );
+    assert!(fx.open().get("events", &Key::Int(2)).unwrap().is_some());
+}
+
+/// `ferry reset-tracking` means every record is sent again: the other backend's old
+/// tracking must not bring the deliveries back at the next start.
+#[test]
+fn reset_tracking_is_not_undone_by_the_next_start() {
+    let fx = Fixture::with_collections(Backend::Json, JOBS);
+    let mut json_store = fx.open();
+    json_store
+        .put("jobs", download("a", "2026-01-01T10:00:00Z"))
+        .unwrap();
+    let mut row = Tracking::new("jobs", Key::parse("a"), 1_700_000_000_000);
+    row.status = Status::Success;
+    json_store.write_tracking(&[row]).unwrap();
+    drop(json_store);
+    let text = std::fs::read_to_string(&fx.config_path)
+        .unwrap()
+        .replace("backend = \"json\"", "backend = \"sqlite\"");
+    std::fs::write(&fx.config_path, &text).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(ferry_bin())
+            .arg("--config")
+            .arg(&fx.config_path)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["migrate"]).status.success());
+    let sqlite = with_backend(&fx.config, Backend::Sqlite);
+    assert!(store::open(&sqlite)
+        .unwrap()
+        .tracking("jobs", &Key::parse("a"))
+        .unwrap()
+        .is_some());
+    assert!(run(&["reset-tracking", "--collection", "jobs", "--yes"])
+        .status
+        .success());
+    assert!(run(&["migrate"]).status.success());
+    assert_eq!(
+        store::open(&sqlite)
+            .unwrap()
+            .tracking("jobs", &Key::parse("a"))
+            .unwrap(),
+        None
+    );
+}
