@@ -32,6 +32,12 @@ fn bytes(n: u64) -> String {
     }
 }
 
+/// The collection the rows share, if they all belong to one (the fix then names it).
+fn one_collection(rows: &[Tracking]) -> Option<&str> {
+    let first = rows.first()?.collection.as_str();
+    rows.iter().all(|r| r.collection == first).then_some(first)
+}
+
 /// Failed and stuck records of every collection, grouped by cause.
 fn troubles(
     config: &Config,
@@ -68,13 +74,13 @@ fn recommendations(
             format!(
                 "{what} with {} → {}",
                 cause.label(),
-                cause.fix(config, &rows[0].collection)
+                cause.fix(config, one_collection(rows))
             )
         })
         .collect();
     if out.is_empty() && totals.counts.pending > 0 {
         out.push(format!(
-            "{} record(s) not sent yet: ferry sends them on its next pass (`ferry sync --once` sends them now)",
+            "{} record(s) not sent yet: the daemon sends them at its next pass (is it running? `systemctl status ferry`)",
             totals.counts.pending
         ));
     }
@@ -215,9 +221,10 @@ pub fn diagnose(config: &Config) -> Result<Exit, CliError> {
         if rows.len() > EXAMPLES {
             out.line(format_args!("  … and {} more", rows.len() - EXAMPLES))?;
         }
-        let mut collections: Vec<&str> = rows.iter().map(|r| r.collection.as_str()).collect();
-        collections.dedup();
-        out.line(format_args!("  fix: {}", cause.fix(config, collections[0])))?;
+        out.line(format_args!(
+            "  fix: {}",
+            cause.fix(config, one_collection(rows))
+        ))?;
     }
     out.finish()?;
     Ok(Exit::Done)

@@ -30,9 +30,7 @@ const STATUS_EVERY: Duration = Duration::from_secs(2);
 /// The store brought up to date and opened — checked first if ferry did not stop
 /// cleanly on it — and the delivery engine on it.
 fn start(config: &Config) -> Result<Arc<Engine>, SyncError> {
-    if config.storage.migrate_on_start {
-        store::migrate::migrate(config, config.storage.backend, false)?;
-    }
+    // The check comes first: a damaged store is not written into by a migration.
     let mut opened = store::open(config)?;
     let marker = store::running_marker(config);
     let unclean = marker.exists();
@@ -53,6 +51,11 @@ fn start(config: &Config) -> Result<Arc<Engine>, SyncError> {
                 config.storage.backend.as_str()
             )));
         }
+    }
+    if config.storage.migrate_on_start {
+        drop(opened);
+        store::migrate::migrate(config, config.storage.backend, false)?;
+        opened = store::open(config)?;
     }
     std::fs::write(&marker, format!("{}\n", std::process::id())).map_err(|e| {
         SyncError::Store(store::StoreError::io(&marker, "writing the running marker")(e))
@@ -148,6 +151,9 @@ pub async fn run(
                     }
                 }
                 finished = &mut running => {
+                    // The engine ended by itself (mode = "once", or an error): a stop.
+                    notify::stopping();
+                    let _ = std::fs::remove_file(store::running_marker(&config));
                     return match finished {
                         Ok(result) => result,
                         Err(err) => Err(SyncError::Internal(format!("the delivery engine failed: {err}"))),
@@ -192,9 +198,8 @@ pub async fn run(
                         new.storage.backend.as_str()
                     );
                 }
-                if new.storage.backend != config.storage.backend {
-                    let _ = std::fs::remove_file(store::running_marker(&config));
-                }
+                // The old engine stopped cleanly: the restart is not a crash recovery.
+                let _ = std::fs::remove_file(store::running_marker(&config));
                 previous = Some(std::mem::replace(&mut config, new));
                 reloaded = true;
             }

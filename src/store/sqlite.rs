@@ -1407,7 +1407,38 @@ impl Store for SqliteStore {
     }
 
     fn summary(&mut self, collection: &str) -> Result<Summary, StoreError> {
-        let counts = self.counts(collection)?;
+        let mut counts = self.counts(collection)?;
+        // Exact counts for `stats`: only tracking rows whose record still exists (rows
+        // of records deleted since stay, so a later record under the same key is not
+        // sent twice). One pass over the table with an index lookup per row.
+        let table = self.table(collection)?;
+        let exact: Vec<(String, i64)> = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT s.sync_status, COUNT(*) FROM {} AS t CROSS JOIN sync_tracking AS s
+                   ON s.table_name = ?1 AND s.local_id = {} GROUP BY s.sync_status",
+                table.name, table.probe_expr
+            ))
+            .and_then(|mut s| {
+                s.query_map([collection], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .map_err(StoreError::sqlite(
+                &self.path,
+                format!("counting deliveries of {collection}"),
+            ))?;
+        counts.success = 0;
+        counts.failed = 0;
+        for (status, n) in exact {
+            match Status::parse(&status) {
+                Some(Status::Success) => counts.success = n.max(0) as u64,
+                Some(Status::Failed) => counts.failed = n.max(0) as u64,
+                _ => {}
+            }
+        }
+        counts.pending = counts
+            .records
+            .saturating_sub(counts.success + counts.failed);
         let op = || format!("summarising {collection}");
         let rows: Vec<(String, i64, Option<String>, Option<String>)> = self
             .conn
@@ -1545,6 +1576,10 @@ impl Store for SqliteStore {
                 _ => {}
             }
         }
+        // Rows of deleted records are counted here too (cheaply, from the index); no
+        // more can be delivered than there are records.
+        counts.success = counts.success.min(counts.records);
+        counts.failed = counts.failed.min(counts.records - counts.success);
         counts.pending = counts
             .records
             .saturating_sub(counts.success + counts.failed);

@@ -64,8 +64,13 @@ impl Cause {
         }
     }
 
-    /// What to do, with the exact command.
-    pub fn fix(self, config: &Config, collection: &str) -> String {
+    /// What to do, with the exact command (for one collection, or all of them).
+    pub fn fix(self, config: &Config, collection: Option<&str>) -> String {
+        let retry = collection.map_or_else(
+            || "`ferry retry`".to_string(),
+            |c| format!("`ferry retry --collection {c}`"),
+        );
+        let collection = collection.unwrap_or("C");
         let file = config.source.display();
         let url = config
             .remote
@@ -79,13 +84,13 @@ impl Cause {
         match self {
             Cause::Auth => format!("check {token} (one line, mode 600), then `ferry retry`"),
             Cause::NotFound => format!(
-                "check collections[{collection}].endpoint in {file} against the server's API, then `ferry retry --collection {collection}`"
+                "check collections[{collection}].endpoint in {file} against the server's API, then {retry}"
             ),
             Cause::TooLarge => format!(
-                "raise the server's body size limit (or drop large fields), then `ferry retry --collection {collection}`"
+                "raise the server's body size limit (or drop large fields), then {retry}"
             ),
             Cause::Payload => format!(
-                "see the server's message below; fix the records (`ferry get {collection} ID`) or the server, then `ferry retry --collection {collection}`"
+                "see the server's message below; fix the records (`ferry get {collection} ID`) or the server, then {retry}"
             ),
             Cause::RateLimited => format!(
                 "lower remote.max_concurrent in {file} (`sudo systemctl reload ferry`); ferry honours Retry-After and retries by itself"

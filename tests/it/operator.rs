@@ -398,3 +398,37 @@ fn check_names_a_truncated_json_file_and_repair_keeps_what_parses() {
     );
     assert_eq!(run(&fx, &["check"]).0, Some(0));
 }
+
+/// Delivered records deleted and new ones written: stats counts the records there are.
+#[test]
+fn stats_counts_only_records_that_exist() {
+    let server = TestServer::start(Faults::default());
+    let fx = Fixture::with_config(
+        Backend::Sqlite,
+        &format!("[remote]\nurl = \"{}\"\n", server.url),
+        EVENTS,
+    );
+    fx.open()
+        .put_many(
+            "events",
+            (1..=4).map(|i| record(json!({"id": i}))).collect(),
+        )
+        .unwrap();
+    assert_eq!(run(&fx, &["sync", "--once"]).0, Some(0));
+    let mut store = fx.open();
+    for i in 1..=4 {
+        store.delete("events", &Key::Int(i)).unwrap();
+    }
+    store
+        .put_many(
+            "events",
+            (5..=8).map(|i| record(json!({"id": i}))).collect(),
+        )
+        .unwrap();
+    drop(store);
+    let (_, compact, _) = run(&fx, &["stats", "--compact"]);
+    assert!(
+        compact.starts_with("ferry: 4 records · 0 synced (0.0%) · 4 pending · 0 failed"),
+        "{compact}"
+    );
+}
