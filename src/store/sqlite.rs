@@ -1647,22 +1647,22 @@ impl Store for SqliteStore {
     }
 
     fn backup(&mut self, dest: &Path) -> Result<(), StoreError> {
-        // SQLite's online backup into a temp file, then an atomic rename: a reader of
-        // `dest` never sees half a backup.
+        // VACUUM INTO writes one consistent snapshot in a single statement (the
+        // stepwise online backup starts over whenever another connection commits, and
+        // may never finish while the daemon writes); it goes to a temp file, then an
+        // atomic rename: a reader of `dest` never sees half a backup.
         let temp = dest.with_file_name(format!(
             "{}{}",
             atomic::temp_prefix(dest),
             std::process::id()
         ));
         let _ = std::fs::remove_file(&temp);
+        let target = temp.to_string_lossy().into_owned();
         let result = self
             .conn
-            .backup(
-                rusqlite::MAIN_DB,
-                &temp,
-                None::<fn(rusqlite::backup::Progress)>,
-            )
-            .map_err(StoreError::sqlite(&temp, "taking an online backup"))
+            .execute("VACUUM INTO ?1", [&target])
+            .map(|_| ())
+            .map_err(StoreError::sqlite(&temp, "taking a backup (VACUUM INTO)"))
             .and_then(|()| {
                 std::fs::File::open(&temp)
                     .and_then(|f| f.sync_all())
