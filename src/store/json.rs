@@ -69,9 +69,10 @@ pub struct JsonStore {
 type TrackingRows = Arc<HashMap<String, HashMap<Key, Tracking>>>;
 
 /// An flock held on a lock file, released on drop (closing the descriptor releases it).
-struct FileLock(#[allow(dead_code)] File);
+pub(crate) struct FileLock(#[allow(dead_code)] File);
 
-fn lock(path: &Path, exclusive: bool) -> Result<FileLock, StoreError> {
+/// Takes the lock every reader (shared) and writer (exclusive) of `path` takes.
+pub(crate) fn lock(path: &Path, exclusive: bool) -> Result<FileLock, StoreError> {
     let lock_path = lock_path(path);
     let file = OpenOptions::new()
         .read(true)

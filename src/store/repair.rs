@@ -66,6 +66,8 @@ pub fn check(config: &Config, repair: bool) -> Result<Vec<FileReport>, StoreErro
 }
 
 fn check_json(path: &Path, repair: bool) -> Result<FileReport, StoreError> {
+    // Writers hold this lock: a repair neither reads half a write nor loses one.
+    let _guard = json::lock(path, repair)?;
     let bytes = std::fs::read(path).map_err(StoreError::io(path, "reading"))?;
     let problem = match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(_)) => None,
@@ -86,7 +88,11 @@ fn check_json(path: &Path, repair: bool) -> Result<FileReport, StoreError> {
         damaged_copy: None,
     };
     if repair && report.problem.is_some() {
-        let (kept, stopped) = salvage_object(&bytes);
+        // sync_tracking.json and ferry_tombstones.json nest collection → rows: rows
+        // are kept inside a cut collection. A record is kept whole or not at all.
+        let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+        let nested = file_name == json::TRACKING_FILE || file_name == json::TOMBSTONES_FILE;
+        let (kept, stopped) = salvage_object(&bytes, nested);
         let copy = path.with_file_name(format!(
             "{}.damaged-{}",
             path.file_name().unwrap_or_default().to_string_lossy(),
@@ -108,9 +114,11 @@ fn check_json(path: &Path, repair: bool) -> Result<FileReport, StoreError> {
     Ok(report)
 }
 
-/// The entries of a JSON object that parse, in order, up to the first that does not.
-/// Returns them and where reading stopped.
-fn salvage_object(bytes: &[u8]) -> (Map<String, Value>, String) {
+/// The entries of a JSON object that parse, in order, up to the first that does not;
+/// with `nested`, inside an entry cut short that is itself an object (sync_tracking.json
+/// holds one per collection), the entries that parse are kept too. Returns them and
+/// where reading stopped.
+fn salvage_object(bytes: &[u8], nested: bool) -> (Map<String, Value>, String) {
     let mut kept = Map::new();
     let skip_ws = |mut i: usize| {
         while i < bytes.len() && bytes[i].is_ascii_whitespace() {
@@ -157,9 +165,18 @@ fn salvage_object(bytes: &[u8]) -> (Map<String, Value>, String) {
                 format!("unreadable from byte {pos}: everything after is lost"),
             );
         }
-        pos += 1;
+        pos = skip_ws(pos + 1);
         let mut values = serde_json::Deserializer::from_slice(&bytes[pos..]).into_iter::<Value>();
         let Some(Ok(value)) = values.next() else {
+            if nested && bytes.get(pos) == Some(&b'{') {
+                let (inner, stopped) = salvage_object(&bytes[pos..], false);
+                let count = inner.len();
+                kept.insert(key.clone(), Value::Object(inner));
+                return (
+                    kept,
+                    format!("entry {key:?} is cut off: {count} of its entries kept; {stopped}"),
+                );
+            }
             return (kept, format!("entry {key:?} (byte {pos}) is cut off or damaged: it and everything after are lost"));
         };
         pos += values.byte_offset();
@@ -225,9 +242,15 @@ fn repair_sqlite(path: &Path) -> Result<(PathBuf, String), StoreError> {
         "creating the repaired database",
     ))?;
     let schema: Vec<(String, String, String)> = source
-        .prepare("SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY type = 'table' DESC")
+        .prepare(
+            "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' \
+             ORDER BY type = 'table' DESC",
+        )
         .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect())
         .map_err(StoreError::sqlite(path, "reading the schema (the damage reaches it: nothing can be repaired)"))?;
+    // The damaged file, attached read-only, for tables that can only be copied whole.
+    let uri = format!("file:{}?mode=ro", path.display());
+    let _ = fresh.execute("ATTACH DATABASE ?1 AS src", [&uri]);
     let mut lines = Vec::new();
     let (mut total_kept, mut total_lost) = (0u64, 0u64);
     fresh
@@ -246,17 +269,32 @@ fn repair_sqlite(path: &Path) -> Result<(PathBuf, String), StoreError> {
         total_lost += lost;
         lines.push(format!("table {name}: {kept} row(s) recovered{note}"));
     }
+    // AUTOINCREMENT counters, so the ids of lost rows are not given out again.
+    let _ = fresh.execute_batch(
+        "INSERT INTO main.sqlite_sequence (name, seq) SELECT name, seq FROM src.sqlite_sequence \
+          WHERE name IN (SELECT name FROM main.sqlite_master WHERE type = 'table')",
+    );
+    // Rows may now sit below ferry's watermarks: every table is read afresh.
+    let _ = fresh.execute_batch(
+        "UPDATE ferry_collections SET new_watermark = 0, new_watermark_key = NULL, changed_watermark = NULL",
+    );
     fresh
         .execute_batch("COMMIT")
         .map_err(StoreError::sqlite(&fresh_path, "finishing the copy"))?;
+    let _ = fresh.execute_batch("DETACH DATABASE src");
     drop(fresh);
     drop(source);
+    // Never a moment without a database at `path`: the damaged file gets a second
+    // name first, its WAL is moved aside (it must not be applied to the new file),
+    // then the repaired file replaces it atomically.
     let copy = path.with_file_name(format!(
         "{}.damaged-{}",
         path.file_name().unwrap_or_default().to_string_lossy(),
         stamp()
     ));
-    std::fs::rename(path, &copy).map_err(StoreError::io(&copy, "keeping the damaged database"))?;
+    std::fs::hard_link(path, &copy)
+        .or_else(|_| std::fs::copy(path, &copy).map(|_| ()))
+        .map_err(StoreError::io(&copy, "keeping the damaged database"))?;
     for suffix in ["-wal", "-shm"] {
         let mut side = path.as_os_str().to_owned();
         side.push(suffix);
@@ -264,10 +302,16 @@ fn repair_sqlite(path: &Path) -> Result<(PathBuf, String), StoreError> {
         kept.push(suffix);
         let _ = std::fs::rename(&side, &kept);
     }
-    std::fs::rename(&fresh_path, path).map_err(StoreError::io(
-        path,
-        "putting the repaired database in place",
-    ))?;
+    std::fs::File::open(&fresh_path)
+        .and_then(|f| f.sync_all())
+        .and_then(|()| std::fs::rename(&fresh_path, path))
+        .map_err(StoreError::io(
+            path,
+            "putting the repaired database in place",
+        ))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
     Ok((
         copy,
         format!(
@@ -277,9 +321,11 @@ fn repair_sqlite(path: &Path) -> Result<(PathBuf, String), StoreError> {
     ))
 }
 
-/// Copies the rows of `table` that can be read, by rowid, stepping over damaged
-/// ranges. Returns rows kept, rows known lost, and a note.
+/// Copies the rows of `table` that can be read, by rowid. Around damage it reads one
+/// row at a time, so no readable row is left behind; a long unreadable stretch is
+/// crossed in growing steps. Returns rows kept, rows known lost, and a note.
 fn copy_table(source: &Connection, fresh: &Connection, table: &str) -> (u64, u64, String) {
+    use rusqlite::types::Value as SqlValue;
     let quoted = format!("\"{}\"", table.replace('"', "\"\""));
     let columns: Vec<String> = match source
         .prepare(&format!("PRAGMA table_info({quoted})"))
@@ -288,6 +334,20 @@ fn copy_table(source: &Connection, fresh: &Connection, table: &str) -> (u64, u64
         Ok(columns) => columns,
         Err(err) => return (0, 0, format!(", unreadable ({err})")),
     };
+    if source
+        .prepare(&format!("SELECT rowid FROM {quoted} LIMIT 0"))
+        .is_err()
+    {
+        // WITHOUT ROWID: copied whole, or not at all.
+        let copied = fresh.execute(
+            &format!("INSERT INTO main.{quoted} SELECT * FROM src.{quoted}"),
+            [],
+        );
+        return match copied {
+            Ok(n) => (n as u64, 0, String::new()),
+            Err(err) => (0, 0, format!(", a WITHOUT ROWID table that could not be read whole ({err}): its rows are lost")),
+        };
+    }
     let list = columns
         .iter()
         .map(|c| format!("\"{}\"", c.replace('"', "\"\"")))
@@ -297,89 +357,109 @@ fn copy_table(source: &Connection, fresh: &Connection, table: &str) -> (u64, u64
         .map(|_| "?")
         .collect::<Vec<_>>()
         .join(", ");
-    let insert = format!("INSERT OR IGNORE INTO {quoted} (rowid, {list}) VALUES ({marks})");
-    let select =
+    let insert = format!("INSERT OR IGNORE INTO main.{quoted} (rowid, {list}) VALUES ({marks})");
+    let batch =
         format!("SELECT rowid, {list} FROM {quoted} WHERE rowid > ?1 ORDER BY rowid LIMIT 256");
+    let single = format!("SELECT rowid, {list} FROM {quoted} WHERE rowid = ?1");
+    let width = columns.len() + 1;
     let max_rowid: i64 = source
         .query_row(&format!("SELECT MAX(rowid) FROM {quoted}"), [], |r| {
             r.get::<_, Option<i64>>(0)
         })
         .ok()
         .flatten()
-        .unwrap_or(0);
-    let (mut kept, mut skipped_ranges) = (0u64, Vec::new());
-    let mut after = i64::MIN;
+        .unwrap_or(i64::MAX);
+    let read = |sql: &str, at: i64| -> rusqlite::Result<Vec<Vec<SqlValue>>> {
+        source
+            .prepare(sql)?
+            .query_map([at], |r| (0..width).map(|i| r.get(i)).collect())?
+            .collect()
+    };
+    let (mut kept, mut lost) = (0u64, 0u64);
+    let mut damaged: Vec<(i64, i64)> = Vec::new();
+    let keep = |rows: &[Vec<SqlValue>], kept: &mut u64| {
+        for row in rows {
+            if fresh
+                .execute(&insert, rusqlite::params_from_iter(row.iter()))
+                .is_ok()
+            {
+                *kept += 1;
+            }
+        }
+    };
+    let mut after: i64 = i64::MIN;
+    let mut dark_windows = 0u32;
     loop {
-        let page: rusqlite::Result<Vec<Vec<rusqlite::types::Value>>> =
-            source.prepare(&select).and_then(|mut s| {
-                s.query_map([after], |r| (0..=columns.len()).map(|i| r.get(i)).collect())?
-                    .collect()
-            });
-        match page {
+        match read(&batch, after) {
             Ok(rows) if rows.is_empty() => break,
             Ok(rows) => {
-                for row in &rows {
-                    if fresh
-                        .execute(&insert, rusqlite::params_from_iter(row.iter()))
-                        .is_ok()
-                    {
-                        kept += 1;
-                    }
-                }
-                after = match rows.last().and_then(|r| r.first()) {
-                    Some(rusqlite::types::Value::Integer(id)) => *id,
+                keep(&rows, &mut kept);
+                dark_windows = 0;
+                match rows.last().and_then(|r| r.first()) {
+                    Some(SqlValue::Integer(id)) => after = *id,
                     _ => break,
-                };
+                }
             }
             Err(_) => {
-                // Damaged here: step over it, a little further each time.
-                let mut step = 1i64;
-                let start = after;
-                loop {
-                    let probe = after.saturating_add(step);
-                    if after != i64::MIN && probe > max_rowid.max(after) {
-                        after = i64::MAX;
-                        break;
+                // The next 256 rowids one by one: every readable row is kept.
+                let start = after.max(0);
+                let end = start.saturating_add(256).min(max_rowid);
+                let mut readable = 0usize;
+                for id in start.saturating_add(1)..=end {
+                    match read(&single, id) {
+                        Ok(rows) => {
+                            readable += rows.len();
+                            keep(&rows, &mut kept);
+                        }
+                        Err(_) => {
+                            lost += 1;
+                            match damaged.last_mut() {
+                                Some((_, last)) if *last + 1 == id => *last = id,
+                                _ => damaged.push((id, id)),
+                            }
+                        }
                     }
-                    let ok = source
-                        .prepare(&select)
-                        .and_then(|mut s| {
-                            s.query_map([probe], |_| Ok(()))?
-                                .collect::<rusqlite::Result<Vec<()>>>()
-                        })
-                        .is_ok();
-                    if ok {
-                        skipped_ranges.push((start, probe));
-                        after = probe;
-                        break;
-                    }
-                    if after == i64::MIN {
-                        after = 0;
-                        continue;
-                    }
-                    step = step.saturating_mul(2);
                 }
-                if after == i64::MAX {
-                    skipped_ranges.push((start, max_rowid));
+                dark_windows = if readable == 0 { dark_windows + 1 } else { 0 };
+                after = end;
+                if dark_windows >= 64 {
+                    // 16,384 rowids and nothing readable: cross the rest in steps.
+                    let mut step = 1i64 << 14;
+                    let from = after;
+                    loop {
+                        after = after.saturating_add(step);
+                        if after >= max_rowid || read(&batch, after).is_ok() {
+                            break;
+                        }
+                        step = step.saturating_mul(2);
+                    }
+                    damaged.push((from + 1, after.min(max_rowid)));
+                    dark_windows = 0;
+                }
+                if after >= max_rowid {
                     break;
                 }
             }
         }
     }
-    let lost: u64 = skipped_ranges
-        .iter()
-        .map(|(a, b)| (b - a.max(&0)).max(0) as u64)
-        .sum();
-    let note = if skipped_ranges.is_empty() {
+    let note = if damaged.is_empty() {
         String::new()
     } else {
+        let ranges: Vec<String> = damaged
+            .iter()
+            .take(10)
+            .map(|(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}..{b}")
+                }
+            })
+            .collect();
         format!(
-            ", about {lost} lost in unreadable rowid range(s) {}",
-            skipped_ranges
-                .iter()
-                .map(|(a, b)| format!("{}..{b}", a.max(&0)))
-                .collect::<Vec<_>>()
-                .join(", ")
+            ", {lost} unreadable (rowids {}{})",
+            ranges.join(", "),
+            if damaged.len() > 10 { ", …" } else { "" }
         )
     };
     (kept, lost, note)
