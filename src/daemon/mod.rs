@@ -106,10 +106,11 @@ pub async fn run(
         let mut watchdog =
             tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
         watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut status_tick = tokio::time::interval(STATUS_EVERY);
-        status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let activity = engine.activity();
         let mut shown_generation = activity.generation.load(Ordering::Relaxed);
+        // STATUS= follows activity, at most every STATUS_EVERY; idle, nothing wakes.
+        let mut status_shown = tokio::time::Instant::now();
+        let mut status_due: Option<tokio::time::Instant> = None;
         let mut wedged_reported = false;
 
         let next = loop {
@@ -141,7 +142,14 @@ pub async fn run(
                         Some(_) => {}
                     }
                 }
-                _ = status_tick.tick() => {
+                _ = activity.changed.notified(), if status_due.is_none() => {
+                    status_due = Some(status_shown + STATUS_EVERY);
+                }
+                _ = tokio::time::sleep_until(status_due.unwrap_or_else(tokio::time::Instant::now)),
+                    if status_due.is_some() =>
+                {
+                    status_due = None;
+                    status_shown = tokio::time::Instant::now();
                     let generation = activity.generation.load(Ordering::Relaxed);
                     if generation != shown_generation {
                         shown_generation = generation;

@@ -812,6 +812,10 @@ impl Store for JsonStore {
             .min())
     }
 
+    fn watched_dirs(&self) -> Vec<PathBuf> {
+        vec![self.dir.clone()]
+    }
+
     fn change_token(&mut self) -> Result<u64, StoreError> {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();

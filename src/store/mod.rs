@@ -15,7 +15,7 @@ pub mod repair;
 pub mod sqlite;
 pub mod time;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use error::StoreError;
 pub use record::{Key, Record};
@@ -229,6 +229,11 @@ pub trait Store: Send {
     /// A value that changes when another process writes to the store (SQLite's
     /// `data_version`, the JSON files' identities). Cheap enough to poll twice a second.
     fn change_token(&mut self) -> Result<u64, StoreError>;
+
+    /// The folders where another process's write shows up as a file event (the
+    /// database's folder: its `-wal` file changes; the JSON folder: files are
+    /// replaced), so the daemon can wait for a write instead of polling for one.
+    fn watched_dirs(&self) -> Vec<PathBuf>;
 
     /// When the collection was last written, as far as the store can tell (Unix ms).
     fn last_written(&mut self, collection: &str) -> Result<Option<Millis>, StoreError>;

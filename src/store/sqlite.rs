@@ -1603,6 +1603,11 @@ impl Store for SqliteStore {
         Ok(earliest)
     }
 
+    fn watched_dirs(&self) -> Vec<PathBuf> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        vec![if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir.to_path_buf() }]
+    }
+
     fn change_token(&mut self) -> Result<u64, StoreError> {
         let version: i64 = self
             .conn

@@ -10,6 +10,7 @@
 //! probes with one request at a time, backing off, until it answers again.
 
 mod body;
+mod changes;
 pub mod causes;
 pub mod client;
 pub mod plan;
@@ -24,13 +25,20 @@ use tokio::task::JoinSet;
 
 use crate::config::{Collection, Config, SyncMode, Updates};
 use crate::store::{now_ms, Due, DueQuery, Millis, Store, StoreError, Tracking};
+use changes::ChangeWatch;
 use client::{Client, Request};
 use plan::{Action, Jitter, Outcome};
 
 /// How long in-flight requests may finish after a stop is asked for (SPEC §5).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// How often continuous mode asks the store whether another process wrote to it.
+/// How often continuous mode asks the store whether another process wrote to it,
+/// where the store cannot be watched for file events.
 pub const CHANGE_POLL: Duration = Duration::from_millis(500);
+/// With file events, a look now and then all the same, for writes the kernel does
+/// not report (a network file system, a folder replaced under the watch).
+const WATCHED_POLL: Duration = Duration::from_secs(10);
+/// The least time between two looks that file events cause.
+const EVENT_GAP: Duration = Duration::from_millis(25);
 /// Consecutive failed requests (no answer, 5xx, 429) after which a batch stops
 /// starting new ones and the server is treated as down: at least this many, and at
 /// least `max_concurrent` (a down server fails every request in flight; a flaky one
@@ -154,6 +162,8 @@ impl Beat {
 pub struct Activity {
     /// Bumped whenever a batch did something, so the status is refreshed only then.
     pub generation: AtomicU64,
+    /// Signalled with each bump of `generation`, so nothing polls for it.
+    pub changed: tokio::sync::Notify,
     pub last_push: AtomicI64,
 }
 
@@ -393,29 +403,8 @@ impl Engine {
         let mut tasks = JoinSet::new();
         if mode == SyncMode::Continuous {
             let store = self.store.clone();
-            let mut stop = shutdown.clone();
-            tasks.spawn(async move {
-                let mut last = store.call(|s| s.change_token()).await?;
-                let mut tick = tokio::time::interval(CHANGE_POLL);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-                loop {
-                    tokio::select! {
-                        _ = stop.changed() => return Ok(()),
-                        _ = tick.tick() => {}
-                    }
-                    if *stop.borrow() {
-                        return Ok(());
-                    }
-                    match store.call(|s| s.change_token()).await {
-                        Ok(token) if token != last => {
-                            last = token;
-                            changes_tx.send_modify(|n| *n += 1);
-                        }
-                        Ok(_) => {}
-                        Err(err) => tracing::warn!("cannot tell whether the store changed: {err}"),
-                    }
-                }
-            });
+            let stop = shutdown.clone();
+            tasks.spawn(async move { watch_for_changes(store, stop, changes_tx).await });
         }
         for collection in self.config.collections.clone() {
             let engine = Arc::clone(self);
@@ -655,6 +644,7 @@ impl Engine {
             }
             if !batch.is_empty() {
                 self.activity.generation.fetch_add(1, Ordering::Relaxed);
+                self.activity.changed.notify_one();
             }
             // Health: any answer that is not a server problem means it is up.
             let answered_well = batch.len() > unhealthy;
@@ -828,4 +818,68 @@ fn build_request(
         ),
         remote_id_pointer: collection.remote_id.as_str().to_string(),
     })
+}
+
+/// Continuous mode: tells the collection loops (through `changes`) when another
+/// process wrote to the store. It waits on file events where the kernel offers
+/// them, so an idle daemon does not wake, and looks at the change token every
+/// `CHANGE_POLL` where it does not.
+async fn watch_for_changes(
+    store: SharedStore,
+    mut stop: watch::Receiver<bool>,
+    changes: watch::Sender<u64>,
+) -> Result<(), SyncError> {
+    let dirs = store.call(|s| Ok(s.watched_dirs())).await?;
+    let mut events = match ChangeWatch::new(&dirs) {
+        Ok(events) => Some(events),
+        Err(err) => {
+            tracing::warn!(
+                "cannot watch the store for changes ({err}); looking every {CHANGE_POLL:?} instead"
+            );
+            None
+        }
+    };
+    let poll_every = |events: &Option<ChangeWatch>| {
+        if events.is_some() {
+            WATCHED_POLL
+        } else {
+            CHANGE_POLL
+        }
+    };
+    let mut last = store.call(|s| s.change_token()).await?;
+    let mut tick = tokio::time::interval(poll_every(&events));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return Ok(()),
+            _ = tick.tick() => {}
+            event = async { events.as_ref()?.changed().await.err() }, if events.is_some() => {
+                if let Some(err) = event {
+                    tracing::warn!(
+                        "the store's change watch failed ({err}); looking every {CHANGE_POLL:?} instead"
+                    );
+                    events = None;
+                    tick = tokio::time::interval(CHANGE_POLL);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                }
+            }
+        }
+        if *stop.borrow() {
+            return Ok(());
+        }
+        match store.call(|s| s.change_token()).await {
+            Ok(token) if token != last => {
+                last = token;
+                changes.send_modify(|n| *n += 1);
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!("cannot tell whether the store changed: {err}"),
+        }
+        if events.is_some() {
+            // ferry's own writes raise events too: look at most every EVENT_GAP,
+            // taking the events of the gap in one go.
+            tokio::time::sleep(EVENT_GAP).await;
+        }
+    }
 }

@@ -1,0 +1,86 @@
+//! The loopback receiver shared by `examples/receiver.rs` and the benchmark: every
+//! request is answered `201 {"id": n}` on a kept-alive HTTP/1.1 connection. Small on
+//! purpose, so it is not what a benchmark measures (the benchmark measures its
+//! ceiling first).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Called with each request's answered id, first line and body, when the request is
+/// complete.
+pub type OnRequest = Arc<dyn Fn(u64, &str, &[u8]) + Send + Sync>;
+
+/// Serves `listener` until no connection arrives for `idle` (connections idle that
+/// long close too). Returns how many requests were answered.
+pub async fn serve(
+    listener: TcpListener,
+    idle: Duration,
+    on_request: Option<OnRequest>,
+) -> std::io::Result<u64> {
+    let counter = Arc::new(AtomicU64::new(0));
+    loop {
+        let Ok(accepted) = tokio::time::timeout(idle, listener.accept()).await else {
+            return Ok(counter.load(Ordering::Relaxed));
+        };
+        let (socket, _) = accepted?;
+        tokio::spawn(connection(
+            socket,
+            Arc::clone(&counter),
+            on_request.clone(),
+            idle,
+        ));
+    }
+}
+
+async fn connection(
+    mut socket: TcpStream,
+    counter: Arc<AtomicU64>,
+    on_request: Option<OnRequest>,
+    idle: Duration,
+) {
+    let _ = socket.set_nodelay(true);
+    let mut buffer: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let head_end = loop {
+            if let Some(i) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            match tokio::time::timeout(idle, socket.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => buffer.extend_from_slice(&chunk[..n]),
+                _ => return,
+            }
+        };
+        let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+        let length: usize = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0);
+        buffer.drain(..head_end + 4);
+        while buffer.len() < length {
+            match tokio::time::timeout(idle, socket.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => buffer.extend_from_slice(&chunk[..n]),
+                _ => return,
+            }
+        }
+        let id = counter.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(hook) = &on_request {
+            hook(id, head.lines().next().unwrap_or(""), &buffer[..length]);
+        }
+        buffer.drain(..length);
+        let answer = format!("{{\"id\":{id}}}");
+        let response = format!(
+            "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+            answer.len()
+        );
+        if socket.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
