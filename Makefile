@@ -67,10 +67,11 @@ run-example: release
 	BACKEND_URL=http://127.0.0.1:9 $(FERRY_EXAMPLE) sync --once
 	@echo "== the store: $(EXAMPLE)/ferry.db (sqlite3 $(EXAMPLE)/ferry.db 'SELECT * FROM sync_tracking')"
 
-# Benchmarks print figures; they are not pass/fail tests.
+# Benchmarks print figures (a table; BENCHMARKS.md records the latest), they are not
+# pass/fail tests. examples/bench/ drives the release binary as whole processes.
 bench:
-	$(CARGO) run --release --locked --example bench_migrate -- 100000
-	$(CARGO) run --release --locked --example bench_scale -- 1000000
+	$(CARGO) build --release --locked --bins --examples
+	target/release/examples/bench
 
 install: release
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/ferry

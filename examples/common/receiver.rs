@@ -14,17 +14,24 @@ use tokio::net::{TcpListener, TcpStream};
 /// complete.
 pub type OnRequest = Arc<dyn Fn(u64, &str, &[u8]) + Send + Sync>;
 
-/// Serves `listener` until no connection arrives for `idle` (connections idle that
-/// long close too). Returns how many requests were answered.
+/// Serves `listener` until no request arrives for `idle` (a connection idle that
+/// long closes too). Returns how many requests were answered.
 pub async fn serve(
     listener: TcpListener,
     idle: Duration,
     on_request: Option<OnRequest>,
 ) -> std::io::Result<u64> {
     let counter = Arc::new(AtomicU64::new(0));
+    let mut seen = 0;
     loop {
         let Ok(accepted) = tokio::time::timeout(idle, listener.accept()).await else {
-            return Ok(counter.load(Ordering::Relaxed));
+            // Idle means no request either, not only no new connection.
+            let answered = counter.load(Ordering::Relaxed);
+            if answered == seen {
+                return Ok(answered);
+            }
+            seen = answered;
+            continue;
         };
         let (socket, _) = accepted?;
         tokio::spawn(connection(

@@ -78,6 +78,9 @@ const SEED_000_TABLES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Untracked rows read per batch, in batches: a batch is the first `limit` of a
+/// window this many times bigger, taken in insertion order and sorted by `order_by`.
+const NEW_RECORDS_WINDOW: i64 = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const TRACKING_COLUMNS: &str = "s.local_id, s.remote_id, s.sync_date, s.sync_status, \
@@ -701,20 +704,29 @@ impl SqliteStore {
             }
         }
         let sql = table.new_records_sql();
+        // A backlog bigger than the window goes out window by window, in insertion
+        // order; within a window, in order_by order.
+        let window = if table.has_rowid {
+            limit.saturating_mul(NEW_RECORDS_WINDOW)
+        } else {
+            limit
+        };
         let fresh: Vec<(i64, Due)> = self
             .conn
             .prepare_cached(&sql)
             .and_then(|mut s| {
-                s.query_map(params![name, watermark, limit], |row| {
+                s.query_map(params![name, watermark, window], |row| {
                     Ok((row.get::<_, i64>(0)?, row_to_due(row)?))
                 })?
                 .filter_map(|r| r.map(|(rowid, d)| d.map(|d| (rowid, d))).transpose())
                 .collect()
             })
             .map_err(StoreError::sqlite(&path, op("new")))?;
-        if table.has_rowid && (fresh.len() as i64) < limit {
-            // Everything untracked above the watermark is in `fresh`: move the watermark
-            // up to the last row below all of them.
+        if table.has_rowid {
+            // Every row between the watermark and the first untracked one is tracked:
+            // move the watermark up to the row just below it (to the last row when
+            // nothing is untracked). After a full scan this may move it down, to
+            // untracked rows found below it (tracking deleted, a key reused).
             let below = fresh
                 .iter()
                 .map(|(rowid, _)| *rowid)
@@ -729,7 +741,7 @@ impl SqliteStore {
                 .and_then(|mut s| s.query_row([below], |r| Ok((r.get(0)?, key_from_sql(r.get_ref(1)?)))).optional())
                 .map_err(StoreError::sqlite(&path, op("new")))?;
             let (new_mark, new_key) = new.unwrap_or((0, None));
-            if new_mark != watermark || new_key != watermark_key {
+            if new_mark != watermark_stored || new_key != watermark_key {
                 updates.push((
                     "UPDATE ferry_collections SET new_watermark = ?2, new_watermark_key = ?3 WHERE name = ?1",
                     vec![
@@ -739,14 +751,6 @@ impl SqliteStore {
                     ],
                 ));
             }
-        } else if table.has_rowid && query.full_scan && watermark_stored > 0 {
-            // A full scan found a whole batch of untracked rows: some lie below the
-            // watermark (tracking deleted, a key reused). Read from 0 until they are
-            // all tracked, not just at the next full scan.
-            updates.push((
-                "UPDATE ferry_collections SET new_watermark = 0, new_watermark_key = NULL WHERE name = ?1",
-                vec![SqlValue::Text(name.clone())],
-            ));
         }
         due.extend(fresh.into_iter().map(|(_, d)| d));
 
@@ -1072,20 +1076,24 @@ impl Table {
         )
     }
 
-    /// Records never tried, above the rowid watermark (?2). The `+` keeps the planner
-    /// from walking an index in ORDER BY order, which would read every row: the rowid
-    /// range must drive this query.
+    /// Records never tried, above the rowid watermark (?2), at most ?3. With a rowid,
+    /// the first ?3 in rowid order (insertion order): the rowid range drives the
+    /// query, so a backlog costs each batch a window, not the whole backlog; the caller
+    /// sorts the window by `order_by`. Without one, every untracked row is read and
+    /// the first ?3 by `order_by` kept (the `+` keeps the planner from walking an
+    /// index in ORDER BY order, which would read every row).
     fn new_records_sql(&self) -> String {
-        // Without a rowid there is no watermark: every untracked row is read.
-        let above = if self.has_rowid {
-            "t.rowid > ?2"
+        if self.has_rowid {
+            self.due_sql(
+                "t.rowid > ?2 AND s.local_id IS NULL",
+                "ORDER BY t.rowid LIMIT ?3",
+            )
         } else {
-            "?2 IS NOT NULL"
-        };
-        self.due_sql(
-            &format!("{above} AND s.local_id IS NULL"),
-            &format!("ORDER BY +{}, +{} LIMIT ?3", self.order_expr, self.key_expr),
-        )
+            self.due_sql(
+                "?2 IS NOT NULL AND s.local_id IS NULL",
+                &format!("ORDER BY +{}, +{} LIMIT ?3", self.order_expr, self.key_expr),
+            )
+        }
     }
 
     /// Delivered records whose version moved, from `updated_at` ?2 up (read through the
@@ -1605,7 +1613,11 @@ impl Store for SqliteStore {
 
     fn watched_dirs(&self) -> Vec<PathBuf> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        vec![if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir.to_path_buf() }]
+        vec![if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir.to_path_buf()
+        }]
     }
 
     fn change_token(&mut self) -> Result<u64, StoreError> {

@@ -10,8 +10,8 @@
 //! probes with one request at a time, backing off, until it answers again.
 
 mod body;
-mod changes;
 pub mod causes;
+mod changes;
 pub mod client;
 pub mod plan;
 
@@ -39,6 +39,12 @@ pub const CHANGE_POLL: Duration = Duration::from_millis(500);
 const WATCHED_POLL: Duration = Duration::from_secs(10);
 /// The least time between two looks that file events cause.
 const EVENT_GAP: Duration = Duration::from_millis(25);
+/// After a file event that showed no change yet, look again after these waits.
+const RECHECKS: [Duration; 3] = [
+    Duration::from_millis(50),
+    Duration::from_millis(250),
+    Duration::from_secs(1),
+];
 /// Consecutive failed requests (no answer, 5xx, 429) after which a batch stops
 /// starting new ones and the server is treated as down: at least this many, and at
 /// least `max_concurrent` (a down server fails every request in flight; a flaky one
@@ -850,11 +856,18 @@ async fn watch_for_changes(
     let mut tick = tokio::time::interval(poll_every(&events));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tick.tick().await;
+    // A file event can come before the write it announces is visible (SQLite writes
+    // the WAL, syncs it, then publishes the commit): an event that finds no change
+    // is followed by looks after each of RECHECKS.
+    let mut rechecks = RECHECKS.len();
+    let mut recheck_at = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = stop.changed() => return Ok(()),
             _ = tick.tick() => {}
+            _ = tokio::time::sleep_until(recheck_at), if rechecks < RECHECKS.len() => {}
             event = async { events.as_ref()?.changed().await.err() }, if events.is_some() => {
+                rechecks = 0;
                 if let Some(err) = event {
                     tracing::warn!(
                         "the store's change watch failed ({err}); looking every {CHANGE_POLL:?} instead"
@@ -872,8 +885,14 @@ async fn watch_for_changes(
             Ok(token) if token != last => {
                 last = token;
                 changes.send_modify(|n| *n += 1);
+                rechecks = RECHECKS.len();
             }
-            Ok(_) => {}
+            Ok(_) => {
+                if let Some(after) = RECHECKS.get(rechecks) {
+                    recheck_at = tokio::time::Instant::now() + *after;
+                    rechecks += 1;
+                }
+            }
             Err(err) => tracing::warn!("cannot tell whether the store changed: {err}"),
         }
         if events.is_some() {
