@@ -202,6 +202,10 @@ pub trait Store: Send {
     /// store opens, so an opened JSON store has passed.)
     fn quick_check(&mut self) -> Result<Option<String>, StoreError>;
 
+    /// Gives back memory held for speed (SQLite's page cache) before a long idle
+    /// wait; the next pass reads its pages again from the OS.
+    fn release_memory(&mut self) {}
+
     /// Counts, bytes delivered, last success and oldest pending, for `ferry stats`.
     fn summary(&mut self, collection: &str) -> Result<Summary, StoreError>;
     /// Records tried and not delivered (failed, or pending after an attempt), oldest

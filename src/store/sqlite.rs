@@ -706,7 +706,8 @@ impl SqliteStore {
         let sql = table.new_records_sql();
         // A backlog bigger than the window goes out window by window, in insertion
         // order; within a window, in order_by order.
-        let window = if table.has_rowid {
+        // Records with blobs are big: those are read a batch at a time.
+        let window = if table.has_rowid && table.collection.blob_fields.is_empty() {
             limit.saturating_mul(NEW_RECORDS_WINDOW)
         } else {
             limit
@@ -1609,6 +1610,11 @@ impl Store for SqliteStore {
             earliest = earliest.into_iter().chain(at).min();
         }
         Ok(earliest)
+    }
+
+    fn release_memory(&mut self) {
+        // Best effort: a failure only means the cache stays.
+        let _ = self.conn.execute_batch("PRAGMA shrink_memory");
     }
 
     fn watched_dirs(&self) -> Vec<PathBuf> {

@@ -39,6 +39,18 @@ pub const CHANGE_POLL: Duration = Duration::from_millis(500);
 const WATCHED_POLL: Duration = Duration::from_secs(10);
 /// The least time between two looks that file events cause.
 const EVENT_GAP: Duration = Duration::from_millis(25);
+/// A lane about to wait this long first gives memory back.
+const IDLE_RELEASE_AFTER: Duration = Duration::from_secs(5);
+
+/// Returns the heap's free pages to the OS (glibc keeps them otherwise).
+fn release_freed_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// After a file event that showed no change yet, look again after these waits.
 const RECHECKS: [Duration; 3] = [
     Duration::from_millis(50),
@@ -513,6 +525,17 @@ impl Engine {
             }
             // Never spin: wait at least a little, whatever the arithmetic says.
             let wait = Duration::from_millis(u64::try_from(wake - now).unwrap_or(0).max(50));
+            if wait >= IDLE_RELEASE_AFTER {
+                // A long wait ahead: hand back the caches and freed heap (figure 3).
+                let _ = self
+                    .store
+                    .call(|s| {
+                        s.release_memory();
+                        release_freed_heap();
+                        Ok(())
+                    })
+                    .await;
+            }
             lane.beat.wait();
             tokio::select! {
                 // A closed channel (Err) disables the branch rather than firing it.

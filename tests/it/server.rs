@@ -2,8 +2,11 @@
 //! and can be told to fail in every way a real server or network does — 5xx, 429 with
 //! Retry-After, 4xx, hanging past the client's timeout, closing the connection, and
 //! committing a record and then dropping the connection before answering (a lost
-//! acknowledgement). It honours Idempotency-Key as a careful server would, unless
-//! told not to. It runs on its own thread and stops when dropped.
+//! acknowledgement), and in the hostile ways `make torture` adds (garbage, a redirect
+//! loop, a 10 GB answer, one byte a second). It honours Idempotency-Key as a careful
+//! server would, unless told not to. It runs on its own thread and stops when dropped.
+//! `examples/torture` uses it too, so each user leaves some of it unused.
+#![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -26,6 +29,14 @@ pub enum Fault {
     Close,
     /// Store the record, then close the connection without answering.
     LostAck,
+    /// Answer bytes that are not HTTP, then close.
+    Garbage,
+    /// 302 to the same path: a redirect loop.
+    Redirect,
+    /// 201 announcing a 10 GB body, then send it until the client gives up.
+    HugeBody,
+    /// Answer 201, one byte a second.
+    Trickle,
 }
 
 /// Every way of failing, for "a server failing in all the ways above".
@@ -96,6 +107,8 @@ struct State {
     refused_while_down: u64,
     stored: Vec<Stored>,
     answers: HashMap<String, (u16, String)>,
+    /// Faults injected so far, by kind.
+    injected: HashMap<String, u64>,
 }
 
 pub struct TestServer {
@@ -144,6 +157,11 @@ impl TestServer {
 
     pub fn refused_while_down(&self) -> u64 {
         self.state.lock().unwrap().refused_while_down
+    }
+
+    /// Faults injected so far, by kind (`Status(503)`, `LostAck`, …).
+    pub fn injected(&self) -> HashMap<String, u64> {
+        self.state.lock().unwrap().injected.clone()
     }
 
     pub fn stored(&self) -> Vec<Stored> {
@@ -311,6 +329,7 @@ async fn respond(socket: &mut TcpStream, status: u16, body: &str, extra: &str) -
     let reason = match status {
         200 => "OK",
         201 => "Created",
+        302 => "Found",
         400 => "Bad Request",
         413 => "Payload Too Large",
         429 => "Too Many Requests",
@@ -329,7 +348,13 @@ enum Plan {
     Hang(Duration),
     Close,
     LostAck,
+    Raw(&'static [u8]),
+    HugeBody,
+    Trickle,
 }
+
+/// What a garbage answer says.
+const GARBAGE: &[u8] = b"SSH-2.0-OpenSSH_9.2\r\n\x00\xff\xfe not http at all\r\n\r\n";
 
 async fn connection(
     mut socket: TcpStream,
@@ -365,6 +390,39 @@ async fn connection(
                 return;
             }
             Plan::Close | Plan::LostAck => return,
+            Plan::Raw(bytes) => {
+                let _ = socket.write_all(bytes).await;
+                return;
+            }
+            Plan::HugeBody => {
+                let head = "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 10000000000\r\n\r\n{\"id\": 1, \"pad\": \"";
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let zeros = vec![b'0'; 64 * 1024];
+                let mut sent: u64 = 0;
+                while sent < 10_000_000_000 {
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        written = socket.write_all(&zeros) => if written.is_err() { return },
+                    }
+                    sent += zeros.len() as u64;
+                }
+                return;
+            }
+            Plan::Trickle => {
+                let answer = b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 9\r\n\r\n{\"id\": 1}";
+                for byte in answer.iter() {
+                    if socket.write_all(std::slice::from_ref(byte)).await.is_err() {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                return;
+            }
         }
     }
 }
@@ -417,8 +475,17 @@ fn decide(state: &Mutex<State>, request: &Parsed) -> (Plan, Duration) {
         Fault::Hang => Some(Plan::Hang(hang_for)),
         Fault::Close => Some(Plan::Close),
         Fault::LostAck => None,
+        Fault::Garbage => Some(Plan::Raw(GARBAGE)),
+        Fault::Redirect => Some(Plan::Answer(
+            302,
+            String::new(),
+            format!("location: {}\r\n", request.path),
+        )),
+        Fault::HugeBody => Some(Plan::HugeBody),
+        Fault::Trickle => Some(Plan::Trickle),
     };
     if let Some(fault) = &fault {
+        *state.injected.entry(format!("{fault:?}")).or_default() += 1;
         if let Some(plan) = plan_for(fault, state.faults.hang_for) {
             return (plan, delay);
         }

@@ -553,3 +553,42 @@ fn after_an_unclean_stop_a_damaged_store_is_refused_before_ready() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("the sqlite store is damaged"));
 }
+
+/// A service manager that stops reading NOTIFY_SOCKET fills its queue; ferry must not
+/// block on it: deliveries go on with a watchdog pinging every 50 ms and STATUS lines
+/// to say, and SIGTERM still stops it at once.
+#[test]
+fn a_notify_socket_nobody_reads_does_not_freeze_the_daemon() {
+    let server = TestServer::start(Faults {
+        delay: Duration::from_millis(20),
+        ..Faults::default()
+    });
+    let fx = fixture(&server, Backend::Sqlite, "mode = \"continuous\"");
+    fx.open()
+        .put_many(
+            "events",
+            (0..200).map(|i| record(json!({"id": i}))).collect(),
+        )
+        .unwrap();
+    let mut systemd = Systemd::listen(fx.dir.path());
+    let mut child = spawn(&fx, &systemd, Some(100_000), &[]);
+    systemd
+        .wait_for("READY=1", Duration::from_secs(20))
+        .expect("READY=1");
+    // From here on nobody reads: the socket's queue (10 datagrams) fills in 0.5 s.
+    assert!(
+        server.wait_for(Duration::from_secs(30), |s| s.keys("/api/events").len()
+            == 200),
+        "deliveries stopped: {} of 200",
+        server.keys("/api/events").len()
+    );
+    let asked = Instant::now();
+    signal(&child, libc::SIGTERM);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+}
