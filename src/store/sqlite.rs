@@ -703,11 +703,12 @@ impl SqliteStore {
                 watermark = 0;
             }
         }
-        let sql = table.new_records_sql();
         // A backlog bigger than the window goes out window by window, in insertion
-        // order; within a window, in order_by order.
-        // Records with blobs are big: those are read a batch at a time.
-        let window = if table.has_rowid && table.collection.blob_fields.is_empty() {
+        // order; within a window, in order_by order. Records with blobs are big: they
+        // are read a batch at a time, in order_by order.
+        let windowed = table.has_rowid && table.collection.blob_fields.is_empty();
+        let sql = table.new_records_sql(windowed);
+        let window = if windowed {
             limit.saturating_mul(NEW_RECORDS_WINDOW)
         } else {
             limit
@@ -723,8 +724,9 @@ impl SqliteStore {
                 .collect()
             })
             .map_err(StoreError::sqlite(&path, op("new")))?;
-        if table.has_rowid {
-            // Every row between the watermark and the first untracked one is tracked:
+        if table.has_rowid && (windowed || (fresh.len() as i64) < limit) {
+            // Every row between the watermark and the first untracked one is tracked
+            // (read in rowid order, or all of them read):
             // move the watermark up to the row just below it (to the last row when
             // nothing is untracked). After a full scan this may move it down, to
             // untracked rows found below it (tracking deleted, a key reused).
@@ -752,6 +754,14 @@ impl SqliteStore {
                     ],
                 ));
             }
+        } else if table.has_rowid && query.full_scan && watermark_stored > 0 {
+            // A full scan found a whole batch of untracked rows: some may lie below the
+            // watermark (tracking deleted, a key reused). Read from 0 until they are
+            // all tracked, not just at the next full scan.
+            updates.push((
+                "UPDATE ferry_collections SET new_watermark = 0, new_watermark_key = NULL WHERE name = ?1",
+                vec![SqlValue::Text(name.clone())],
+            ));
         }
         due.extend(fresh.into_iter().map(|(_, d)| d));
 
@@ -1077,24 +1087,25 @@ impl Table {
         )
     }
 
-    /// Records never tried, above the rowid watermark (?2), at most ?3. With a rowid,
-    /// the first ?3 in rowid order (insertion order): the rowid range drives the
-    /// query, so a backlog costs each batch a window, not the whole backlog; the caller
-    /// sorts the window by `order_by`. Without one, every untracked row is read and
-    /// the first ?3 by `order_by` kept (the `+` keeps the planner from walking an
-    /// index in ORDER BY order, which would read every row).
-    fn new_records_sql(&self) -> String {
-        if self.has_rowid {
-            self.due_sql(
-                "t.rowid > ?2 AND s.local_id IS NULL",
-                "ORDER BY t.rowid LIMIT ?3",
-            )
+    /// Records never tried, above the rowid watermark (?2), at most ?3. `windowed`:
+    /// the first ?3 in rowid order (insertion order), so the rowid range drives the
+    /// query and a backlog costs each batch a window, not the whole backlog; the
+    /// caller sorts the window by `order_by`. Otherwise (no rowid, or records with
+    /// blobs, which are read a batch at a time): the first ?3 by `order_by` among all
+    /// untracked rows (the `+` keeps the planner from walking an index in ORDER BY
+    /// order, which would read every row).
+    fn new_records_sql(&self, windowed: bool) -> String {
+        let above = if self.has_rowid {
+            "t.rowid > ?2"
         } else {
-            self.due_sql(
-                "?2 IS NOT NULL AND s.local_id IS NULL",
-                &format!("ORDER BY +{}, +{} LIMIT ?3", self.order_expr, self.key_expr),
-            )
-        }
+            "?2 IS NOT NULL"
+        };
+        let order = if windowed {
+            "ORDER BY t.rowid LIMIT ?3".to_string()
+        } else {
+            format!("ORDER BY +{}, +{} LIMIT ?3", self.order_expr, self.key_expr)
+        };
+        self.due_sql(&format!("{above} AND s.local_id IS NULL"), &order)
     }
 
     /// Delivered records whose version moved, from `updated_at` ?2 up (read through the
@@ -1776,7 +1787,8 @@ mod tests {
         for name in ["c", "downloads"] {
             let table = &store.tables[name];
             for sql in [
-                table.new_records_sql(),
+                table.new_records_sql(true),
+                table.new_records_sql(false),
                 table.changed_records_sql(false),
                 table.due_sql(&format!("{} = ?2", table.key_expr), ""),
             ] {
@@ -1795,7 +1807,11 @@ mod tests {
         let config = Config::load(&path, &[("STATE_DIRECTORY", "")]).unwrap();
         store = SqliteStore::open(&dir.path().join("ferry.db"), &config.collections).unwrap();
         let table = &store.tables["other"];
-        for sql in [table.new_records_sql(), table.changed_records_sql(false)] {
+        for sql in [
+            table.new_records_sql(true),
+            table.new_records_sql(false),
+            table.changed_records_sql(false),
+        ] {
             let plan = plan(&store, &sql);
             assert!(!plan.contains("SCAN t"), "other: {sql}\n{plan}");
             assert!(!plan.contains("SCAN s"), "other: {sql}\n{plan}");
