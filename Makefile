@@ -11,7 +11,7 @@ EXAMPLE    := target/example
 UNITDIR    ?= /lib/systemd/system
 SYSUSERSDIR ?= /usr/lib/sysusers.d
 
-.PHONY: help build release test lint fmt run-example bench install clean
+.PHONY: help build release test lint fmt run-example bench torture install clean
 
 help:
 	@echo "make build        debug build"
@@ -20,6 +20,7 @@ help:
 	@echo "make lint         cargo fmt --check and clippy -D warnings"
 	@echo "make run-example  run ferry on the bundled example config (SQLite, state in $(EXAMPLE))"
 	@echo "make bench        benchmarks that print their figures against the targets"
+	@echo "make torture      kill -9, faults, crash copies, a full disk, bad input: lost/duplicated table"
 	@echo "make install      install into DESTDIR (default /): binary, config, unit, sysusers"
 
 build:
@@ -72,6 +73,13 @@ run-example: release
 bench:
 	$(CARGO) build --release --locked --bins --examples
 	target/release/examples/bench
+
+# The soak test: 200 kills per backend and the other cases (examples/torture/), then
+# one table; it exits non-zero if anything was lost, duplicated or mishandled. The
+# full-disk case mounts a small tmpfs, so it needs root.
+torture:
+	$(CARGO) build --release --locked --bins --examples
+	target/release/examples/torture
 
 install: release
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/ferry

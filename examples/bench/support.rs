@@ -167,22 +167,37 @@ impl Ferry {
         unsafe { libc::kill(self.pid(), signal) };
     }
 
-    /// Waits for the child and reads its own rusage (peak RSS), which std's wait
-    /// does not give.
+    /// Waits for the child, watching its peak resident set (VmHWM) every 20 ms until it
+    /// ends. (The rusage of wait4 would not do: a child spawned by vfork counts the
+    /// parent's pages in its ru_maxrss.)
     pub fn wait(self) -> Result<Ended, BoxError> {
-        let mut status = 0;
-        // SAFETY: zeroed rusage is a valid value for wait4 to fill in.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: valid pointers to locals; the pid is our unreaped child.
-        let reaped = unsafe { libc::wait4(self.pid(), &mut status, 0, &mut usage) };
-        if reaped < 0 {
-            return Err(io::Error::last_os_error().into());
+        let mut peak = 0;
+        loop {
+            if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", self.pid())) {
+                if let Some(hwm) = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.split_whitespace().next())
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
+                    peak = peak.max(hwm);
+                }
+            }
+            let mut status = 0;
+            // SAFETY: a valid pointer to a local; the pid is our unreaped child.
+            let reaped = unsafe { libc::waitpid(self.pid(), &mut status, libc::WNOHANG) };
+            if reaped < 0 {
+                return Err(io::Error::last_os_error().into());
+            }
+            if reaped > 0 {
+                let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+                return Ok(Ended {
+                    code,
+                    peak_rss_kib: peak,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
-        Ok(Ended {
-            code,
-            peak_rss_kib: usage.ru_maxrss as u64,
-        })
     }
 
     /// The end of the child's log, for an error message.

@@ -33,7 +33,8 @@ pub enum Fault {
     Garbage,
     /// 302 to the same path: a redirect loop.
     Redirect,
-    /// 201 announcing a 10 GB body, then send it until the client gives up.
+    /// Store the record, then answer 201 with a 10 GB body, sent until the client
+    /// gives up.
     HugeBody,
     /// Answer 201, one byte a second.
     Trickle,
@@ -481,7 +482,8 @@ fn decide(state: &Mutex<State>, request: &Parsed) -> (Plan, Duration) {
             String::new(),
             format!("location: {}\r\n", request.path),
         )),
-        Fault::HugeBody => Some(Plan::HugeBody),
+        // Taken first (below), then the huge answer.
+        Fault::HugeBody => None,
         Fault::Trickle => Some(Plan::Trickle),
     };
     if let Some(fault) = &fault {
@@ -524,8 +526,10 @@ fn decide(state: &Mutex<State>, request: &Parsed) -> (Plan, Duration) {
     if let Some(k) = idempotency_key {
         state.answers.insert(k, (status, answer.clone()));
     }
-    if fault == Some(Fault::LostAck) {
-        return (Plan::LostAck, delay);
+    match fault {
+        Some(Fault::LostAck) => return (Plan::LostAck, delay),
+        Some(Fault::HugeBody) => return (Plan::HugeBody, delay),
+        _ => {}
     }
     (Plan::Answer(status, answer, String::new()), delay)
 }
