@@ -1,6 +1,8 @@
-//! Writes the `ferry(1)` man page, generated from the command-line definition so the
-//! two cannot drift apart: `cargo run --example manpage > ferry.1` (what `make install`
-//! does). clap_mangen is a dev-dependency: the daemon's binary does not carry it.
+//! Writes the man pages, generated from the command-line definition so the two cannot
+//! drift apart: `ferry.1`, and `ferry-<command>.1` for each command (`ferry-put.1`,
+//! `ferry-config-check.1` …), which `ferry.1` names. `cargo run --example manpage -- DIR`
+//! (what `make man` does). clap_mangen is a dev-dependency: the daemon's binary does
+//! not carry it.
 
 use std::io::Write;
 
@@ -52,9 +54,22 @@ the full documentation
 \fBsystemctl\fR(1), \fBjournalctl\fR(1), \fBsystemd.service\fR(5)
 "#;
 
+const SOURCE: &str = concat!("ferry ", env!("CARGO_PKG_VERSION"));
+
 fn main() -> std::io::Result<()> {
-    let man = clap_mangen::Man::new(ferry::cli::Cli::command())
-        .source(concat!("ferry ", env!("CARGO_PKG_VERSION")));
+    let Some(dir) = std::env::args_os().nth(1) else {
+        eprintln!("usage: manpage DIR");
+        std::process::exit(2);
+    };
+    let dir = std::path::Path::new(&dir);
+    let mut cli = ferry::cli::Cli::command().disable_help_subcommand(true);
+    // Gives each command its display name (`ferry-config-check`).
+    cli.build();
+    for command in cli.get_subcommands() {
+        commands(command, dir)?;
+    }
+
+    let man = clap_mangen::Man::new(cli).source(SOURCE);
     let mut page = Vec::new();
     man.render_title(&mut page)?;
     man.render_name_section(&mut page)?;
@@ -64,5 +79,16 @@ fn main() -> std::io::Result<()> {
     man.render_subcommands_section(&mut page)?;
     page.extend_from_slice(EXTRA.as_bytes());
     man.render_version_section(&mut page)?;
-    std::io::stdout().lock().write_all(&page)
+    std::fs::File::create(dir.join("ferry.1"))?.write_all(&page)
+}
+
+/// A page for `command`, then one for each of its own commands.
+fn commands(command: &clap::Command, dir: &std::path::Path) -> std::io::Result<()> {
+    for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+        commands(sub, dir)?;
+    }
+    clap_mangen::Man::new(command.clone())
+        .source(SOURCE)
+        .generate_to(dir)?;
+    Ok(())
 }
