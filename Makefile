@@ -6,12 +6,32 @@ DESTDIR ?=
 # A toolchain that packaging/bootstrap.sh installed with rustup lives here.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
+# TARGET=<rust target triple> builds for another board (see `make cross`).
+TARGET  ?=
+ifeq ($(TARGET),)
 BIN        := target/release/ferry
+TARGET_FLAG :=
+else
+BIN        := target/$(TARGET)/release/ferry
+TARGET_FLAG := --target $(TARGET)
+endif
+MANDIR     := target/man
 EXAMPLE    := target/example
 UNITDIR    ?= /lib/systemd/system
 SYSUSERSDIR ?= /usr/lib/sysusers.d
 
-.PHONY: help build release test lint fmt run-example bench torture install clean
+# Cross-building for the boards (Debian: gcc-aarch64-linux-gnu, gcc-arm-linux-gnueabihf):
+# the linker for cargo, and the C compiler for the C inside (bundled SQLite, ring).
+# They name only their own targets: native builds are not affected.
+CROSS_TARGETS := aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER ?= aarch64-linux-gnu-gcc
+export CC_aarch64_unknown_linux_gnu ?= aarch64-linux-gnu-gcc
+export AR_aarch64_unknown_linux_gnu ?= aarch64-linux-gnu-ar
+export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER ?= arm-linux-gnueabihf-gcc
+export CC_armv7_unknown_linux_gnueabihf ?= arm-linux-gnueabihf-gcc
+export AR_armv7_unknown_linux_gnueabihf ?= arm-linux-gnueabihf-ar
+
+.PHONY: help build release man test lint fmt run-example bench torture install deb deb-test cross clean
 
 help:
 	@echo "make build        debug build"
@@ -21,13 +41,22 @@ help:
 	@echo "make run-example  run ferry on the bundled example config (SQLite, state in $(EXAMPLE))"
 	@echo "make bench        benchmarks that print their figures against the targets"
 	@echo "make torture      kill -9, faults, crash copies, a full disk, bad input: lost/duplicated table"
-	@echo "make install      install into DESTDIR (default /): binary, config, unit, sysusers"
+	@echo "make install      install into DESTDIR (default /): binary, config, unit, sysusers, man page"
+	@echo "make deb          build target/deb/ferry_<version>_<arch>.deb (TARGET=<triple> for another board)"
+	@echo "make deb-test     build two .debs, lintian, install/upgrade/remove/purge here (root or sudo)"
+	@echo "make cross        release builds for $(CROSS_TARGETS)"
 
 build:
 	$(CARGO) build --locked
 
 release:
-	$(CARGO) build --release --locked
+	$(CARGO) build --release --locked $(TARGET_FLAG)
+
+# ferry(1) and ferry-<command>(1), generated from the command-line definition
+# (examples/manpage.rs). It runs on this machine, whatever TARGET is.
+man:
+	@rm -rf $(MANDIR) && mkdir -p $(MANDIR)
+	$(CARGO) run --release --locked --quiet --example manpage -- $(MANDIR)
 
 test:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
@@ -81,13 +110,40 @@ torture:
 	$(CARGO) build --release --locked --bins --examples
 	target/release/examples/torture
 
-install: release
+# The layout of the .deb too: packaging/deb/build.sh stages the package with this.
+install: release man
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/ferry
 	install -D -m 0644 config/ferry.example.toml $(DESTDIR)/etc/ferry/ferry.toml
 	install -D -m 0644 systemd/ferry.service $(DESTDIR)$(UNITDIR)/ferry.service
 	install -D -m 0644 systemd/ferry.sysusers $(DESTDIR)$(SYSUSERSDIR)/ferry.conf
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/ferry/README.md
+	install -d -m 0755 $(DESTDIR)$(PREFIX)/share/man/man1
+	for page in $(MANDIR)/*.1; do \
+		gzip -9n < $$page > $(DESTDIR)$(PREFIX)/share/man/man1/$${page##*/}.gz && \
+		chmod 0644 $(DESTDIR)$(PREFIX)/share/man/man1/$${page##*/}.gz || exit 1; \
+	done
 	install -d -m 0750 $(DESTDIR)/var/lib/ferry
+
+# The Debian package: make install into a staging tree, plus DEBIAN/ (packaging/deb/).
+deb:
+	TARGET=$(TARGET) CARGO=$(CARGO) MAKE=$(MAKE) sh packaging/deb/build.sh
+
+# Lints the package and installs, upgrades, removes and purges it on this machine, for
+# real (as root, with sudo if need be): for CI and disposable machines.
+deb-test:
+	CARGO=$(CARGO) MAKE=$(MAKE) sh packaging/deb/test.sh
+
+cross:
+	@for t in $(CROSS_TARGETS); do \
+		rustup target list --installed 2>/dev/null | grep -qx "$$t" || \
+			{ echo "make cross: the Rust target $$t is missing: rustup target add $$t" >&2; exit 1; }; \
+	done
+	@command -v aarch64-linux-gnu-gcc >/dev/null && command -v arm-linux-gnueabihf-gcc >/dev/null || \
+		{ echo "make cross: a cross C compiler is missing: sudo apt-get install gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf" >&2; exit 1; }
+	for t in $(CROSS_TARGETS); do $(CARGO) build --release --locked --target $$t || exit 1; done
+	@for t in $(CROSS_TARGETS); do \
+		if command -v file >/dev/null; then file target/$$t/release/ferry; else ls -l target/$$t/release/ferry; fi; \
+	done
 
 clean:
 	$(CARGO) clean

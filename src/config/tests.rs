@@ -29,8 +29,21 @@ fn shipped_examples_parse() {
         let config =
             Config::load(&root.join(name), &NO_ENV).unwrap_or_else(|err| panic!("{name}: {err}"));
         assert!(!config.collections.is_empty(), "{name}");
-        assert!(config.remote.url.is_some(), "{name}");
     }
+}
+
+/// The TOML example is the packaged /etc/ferry/ferry.toml: its `remote.url` is left for
+/// the user to set, and setting it is uncommenting one line.
+#[test]
+fn the_shipped_toml_leaves_remote_url_to_the_user() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ferry.example.toml");
+    let config = Config::load(&path, &NO_ENV).unwrap();
+    assert!(config.remote.url.is_none());
+    let text = std::fs::read_to_string(&path).unwrap();
+    let set = text.replacen("#url = ", "url = ", 1);
+    assert_ne!(text, set);
+    let config = load_text("ferry.toml", &set).unwrap();
+    assert!(config.remote.url.is_some());
 }
 
 #[test]

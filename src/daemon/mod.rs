@@ -3,6 +3,10 @@
 //! progress and refreshes `STATUS=`; SIGHUP reloads the config (an invalid one is
 //! logged and the old one kept); SIGTERM/SIGINT stop gracefully. The process's
 //! signals arrive as [`Signal`]s, so tests can drive this in-process.
+//!
+//! Without `remote.url` (the config as the package installs it) ferry starts all the
+//! same — store opened and migrated, READY=1 — but sends nothing: it says why in
+//! `STATUS=` and the log, keeps the watchdog fed, and waits for a reload that sets it.
 
 mod notify;
 
@@ -27,9 +31,16 @@ pub enum Signal {
 /// How often `STATUS=` is refreshed, at most (it counts records).
 const STATUS_EVERY: Duration = Duration::from_secs(2);
 
+/// What [`start`] brought up.
+enum Started {
+    Delivering(Arc<Engine>),
+    /// The store is ready but `remote.url` is not set: nothing to deliver to.
+    Waiting,
+}
+
 /// The store brought up to date and opened — checked first if ferry did not stop
-/// cleanly on it — and the delivery engine on it.
-fn start(config: &Config) -> Result<Arc<Engine>, SyncError> {
+/// cleanly on it — and the delivery engine on it, when there is a server to deliver to.
+fn start(config: &Config) -> Result<Started, SyncError> {
     // The check comes first: a damaged store is not written into by a migration.
     let mut opened = store::open(config)?;
     let marker = store::running_marker(config);
@@ -60,8 +71,51 @@ fn start(config: &Config) -> Result<Arc<Engine>, SyncError> {
     std::fs::write(&marker, format!("{}\n", std::process::id())).map_err(|e| {
         SyncError::Store(store::StoreError::io(&marker, "writing the running marker")(e))
     })?;
+    if config.remote.url.is_none() {
+        return Ok(Started::Waiting);
+    }
     let store = SharedStore::new(opened);
-    Ok(Arc::new(Engine::new(config.clone(), store)?))
+    Ok(Started::Delivering(Arc::new(Engine::new(
+        config.clone(),
+        store,
+    )?)))
+}
+
+/// Without `remote.url`: READY=1 with a `STATUS=` that says what to do, the watchdog
+/// fed, until a stop (`None`) or a reload that loads (`Some`, whether or not it sets
+/// the URL).
+async fn wait_for_url(
+    config_path: &Path,
+    env: &dyn Env,
+    signals: &mut mpsc::Receiver<Signal>,
+) -> Option<Config> {
+    let status = format!(
+        "not sending: remote.url is not set in {} — records are kept; set it, then systemctl reload ferry",
+        config_path.display()
+    );
+    notify::ready(&status);
+    tracing::warn!("{status}");
+    let watchdog_every = notify::watchdog_interval();
+    let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            signal = signals.recv() => match signal {
+                None | Some(Signal::Stop) => {
+                    notify::stopping();
+                    return None;
+                }
+                Some(Signal::Reload) => match Config::load(config_path, env) {
+                    Ok(new) => {
+                        notify::reloading();
+                        return Some(new);
+                    }
+                    Err(err) => tracing::error!("reload refused, keeping the running config: {err}"),
+                },
+            },
+            _ = watchdog.tick(), if watchdog_every.is_some() => notify::watchdog(),
+        }
+    }
 }
 
 /// Runs the daemon until a [`Signal::Stop`]. `config` is the config already loaded
@@ -77,7 +131,23 @@ pub async fn run(
     let mut previous: Option<Config> = None;
     loop {
         let engine = match start(&config) {
-            Ok(engine) => engine,
+            Ok(Started::Delivering(engine)) => engine,
+            Ok(Started::Waiting) => {
+                let next = wait_for_url(config_path, env, &mut signals).await;
+                // Nothing was written while waiting: the next start need not check.
+                let _ = std::fs::remove_file(store::running_marker(&config));
+                match next {
+                    None => {
+                        tracing::info!("stopped");
+                        return Ok(());
+                    }
+                    Some(new) => {
+                        previous = Some(std::mem::replace(&mut config, new));
+                        reloaded = true;
+                        continue;
+                    }
+                }
+            }
             Err(err) => match previous.take() {
                 Some(old) => {
                     tracing::error!("reload failed, going back to the previous config: {err}");

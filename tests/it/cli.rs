@@ -32,6 +32,11 @@ fn config_check_accepts_the_shipped_example() {
         "{}",
         stdout(&out)
     );
+    assert!(
+        stdout(&out).contains("note: remote.url is not set"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
@@ -39,7 +44,7 @@ fn a_misspelt_key_exits_78_and_names_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(repo("config/ferry.example.toml")).unwrap();
     let broken = text.replacen(
-        "url = \"http://192.168.1.100:8000\"",
+        "#url = \"http://192.168.1.100:8000\"",
         "ulr = \"http://192.168.1.100:8000\"",
         1,
     );

@@ -706,8 +706,9 @@ fn delivery_settings_that_cannot_work_exit_78() {
         "{err}"
     );
 
+    // `ferry run` without remote.url waits for it instead (tests/it/systemd.rs).
     let fx = Fixture::with_config(Backend::Sqlite, "", EVENTS);
-    let out = fx.ferry(&["run"], None);
+    let out = fx.ferry(&["sync", "--once"], None);
     assert_eq!(out.status.code(), Some(78));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("remote.url is not set"),

@@ -342,6 +342,61 @@ fn sighup_reloads_the_config_and_keeps_the_old_one_if_the_new_is_invalid() {
     assert_eq!(first.duplicates() + second.duplicates(), 0);
 }
 
+/// The config as the package installs it has no `remote.url`: ferry still starts (so
+/// `systemctl enable --now ferry` is green), says in `STATUS=` why it sends nothing,
+/// and starts delivering after the URL is written and SIGHUP sent.
+#[test]
+fn without_remote_url_it_is_ready_and_waits_until_a_reload_sets_it() {
+    let server = TestServer::start(Faults::default());
+    let fx = Fixture::with_config(Backend::Sqlite, "[remote]\ntimeout = \"1s\"\n", EVENTS);
+    fx.open().put("events", record(json!({"id": 1}))).unwrap();
+    let mut systemd = Systemd::listen(fx.dir.path());
+    let mut child = spawn(&fx, &systemd, Some(1_000_000), &[]);
+    systemd
+        .wait_for("READY=1", Duration::from_secs(20))
+        .expect("READY=1 without remote.url");
+    let ready = &systemd
+        .received
+        .iter()
+        .find(|(_, m)| m.contains("READY=1"))
+        .unwrap()
+        .1;
+    let expected = format!(
+        "STATUS=not sending: remote.url is not set in {} — records are kept; \
+         set it, then systemctl reload ferry",
+        fx.config_path.display()
+    );
+    assert!(ready.lines().any(|l| l == expected), "{ready}");
+    // Waiting is healthy: the watchdog is fed, nothing is sent.
+    let since = Instant::now();
+    systemd.collect(Duration::from_secs(2));
+    assert!(systemd.count_since(since, "WATCHDOG=1") >= 3);
+    assert_eq!(server.requests(), 0);
+
+    let text = std::fs::read_to_string(&fx.config_path).unwrap().replace(
+        "[remote]\n",
+        &format!("[remote]\nurl = \"{}\"\n", server.url),
+    );
+    std::fs::write(&fx.config_path, text).unwrap();
+    signal(&child, libc::SIGHUP);
+    systemd
+        .wait_for("RELOADING=1", Duration::from_secs(10))
+        .expect("RELOADING=1");
+    assert!(
+        server.wait_for(Duration::from_secs(20), |s| s
+            .keys("/api/events")
+            .contains("1")),
+        "the record kept while waiting is delivered after the reload"
+    );
+    fx.open().put("events", record(json!({"id": 2}))).unwrap();
+    assert!(server.wait_for(Duration::from_secs(10), |s| s
+        .keys("/api/events")
+        .contains("2")));
+    signal(&child, libc::SIGTERM);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(server.duplicates(), 0);
+}
+
 #[test]
 fn sigterm_during_a_push_sends_stopping_and_exits_0_in_time() {
     let server = TestServer::start(Faults {
