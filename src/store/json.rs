@@ -549,7 +549,8 @@ impl Store for JsonStore {
         let mut due = Vec::new();
         for (key_text, value) in records.iter() {
             let key = Key::parse(key_text);
-            let version = record::version_of(value.as_object().unwrap_or(&no_fields), updated_at);
+            let version =
+                record::updated_at_text(value.as_object().unwrap_or(&no_fields), updated_at);
             let row = tracking.get(&key);
             // Only records that are due are copied out of the parse.
             if is_due(row, version.as_deref(), query) {

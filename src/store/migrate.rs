@@ -269,8 +269,8 @@ fn plan(
             Some(ours) => {
                 let order = match updated_at {
                     Some(_) => compare_versions(
-                        record::version_of(&record, updated_at).as_deref(),
-                        record::version_of(&ours, updated_at).as_deref(),
+                        record::updated_at_text(&record, updated_at).as_deref(),
+                        record::updated_at_text(&ours, updated_at).as_deref(),
                     ),
                     None => Ordering::Greater,
                 };
@@ -290,7 +290,7 @@ fn plan(
         let Some(ours) = current(target, &tombstone.key)? else {
             continue;
         };
-        let changed_at = record::version_of(&ours, updated_at)
+        let changed_at = record::updated_at_text(&ours, updated_at)
             .as_deref()
             .and_then(parse_timestamp);
         let older = match changed_at {

@@ -80,16 +80,145 @@ pub fn key_of(record: &Record, field: &str) -> Result<Key, String> {
     }
 }
 
-/// The version of a record: its `updated_at` value as text, or `None` for append-only
-/// collections (and records without the field). It is part of the idempotency key and
-/// what `sync_tracking.version` stores, and matches SQLite's `CAST(x AS TEXT)` for
-/// strings and integers.
-pub fn version_of(record: &Record, updated_at: Option<&str>) -> Option<String> {
+/// A record's `updated_at` value as text, or `None` for append-only collections (and
+/// records without the field). It matches SQLite's `CAST(x AS TEXT)` for strings and
+/// integers.
+pub fn updated_at_text(record: &Record, updated_at: Option<&str>) -> Option<String> {
     match record.get(updated_at?)? {
         Value::Null => None,
         Value::String(s) => Some(s.clone()),
         Value::Bool(b) => Some(if *b { "1" } else { "0" }.to_string()),
         other => Some(other.to_string()),
+    }
+}
+
+/// A record's version: what `sync_tracking.version` stores for a delivery and what the
+/// Idempotency-Key carries. It is the record's `updated_at` text when it has one;
+/// otherwise (append-only collections, records without the field) a fingerprint of its
+/// content, `fp-<16 hex digits>`, so that a record that changes, or a key that is used
+/// again for another record, is told apart from what was delivered.
+pub fn version(record: &Record, updated_at: Option<&str>, blob_fields: &[&str]) -> String {
+    match updated_at_text(record, updated_at) {
+        Some(text) => text,
+        None => fingerprint_version(fingerprint(record, blob_fields)),
+    }
+}
+
+/// The version text of a content fingerprint.
+pub fn fingerprint_version(fingerprint: u64) -> String {
+    format!("{FINGERPRINT_PREFIX}{fingerprint:016x}")
+}
+
+/// Versions that are content fingerprints start with this.
+pub const FINGERPRINT_PREFIX: &str = "fp-";
+
+/// A fingerprint of a record's content that both backends compute alike, whatever the
+/// spelling a value took on its way through them: field names compared without case
+/// (SQLite columns), `null` and absent fields the same, booleans as 0/1, numbers by
+/// value (`1.0`, `1` and the text `"1"` alike, as a SQLite column's affinity may turn
+/// one into another), bytes by content. A field named in `blob_fields` counts by its
+/// length only, so the store can fingerprint a row without reading its BLOBs. Stable
+/// across ferry versions (FNV-1a): it is stored in `sync_tracking`.
+pub fn fingerprint(record: &Record, blob_fields: &[&str]) -> u64 {
+    let mut fields: Vec<(String, &Value)> = record
+        .iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| (k.to_lowercase(), v))
+        .collect();
+    fields.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut hash = Fnv::new();
+    for (name, value) in fields {
+        hash.write(name.as_bytes());
+        hash.write(&[0]);
+        if blob_fields.iter().any(|b| b.eq_ignore_ascii_case(&name)) {
+            let len = match value {
+                Value::String(s) => s.len() as u64,
+                other => match decode_bytes(other) {
+                    Some(Ok(bytes)) => bytes.len() as u64,
+                    _ => other.to_string().len() as u64,
+                },
+            };
+            hash.write(b"#len");
+            hash.write(&len.to_le_bytes());
+        } else {
+            canonical_value(value, &mut hash);
+        }
+        hash.write(&[0xff]);
+    }
+    hash.finish()
+}
+
+/// FNV-1a, 64 bits.
+pub struct Fnv(u64);
+
+impl Fnv {
+    pub fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv::new()
+    }
+}
+
+/// The text a scalar is fingerprinted as: numbers (and numeric text) by value.
+fn canonical_value(value: &Value, hash: &mut Fnv) {
+    let number = |text: &str| -> Option<String> {
+        if let Ok(i) = text.parse::<i64>() {
+            return Some(i.to_string());
+        }
+        let f: f64 = text.parse().ok()?;
+        if !f.is_finite() {
+            return None;
+        }
+        Some(if f.fract() == 0.0 && f.abs() < 9.0e15 {
+            (f as i64).to_string()
+        } else {
+            f.to_string()
+        })
+    };
+    match value {
+        Value::Null => {}
+        Value::Bool(b) => hash.write(if *b { b"n1" } else { b"n0" }),
+        Value::Number(n) => {
+            let text = n.to_string();
+            hash.write(b"n");
+            hash.write(number(&text).unwrap_or(text).as_bytes());
+        }
+        Value::String(s) => match number(s) {
+            Some(n) if !s.trim().is_empty() && s.trim() == s => {
+                hash.write(b"n");
+                hash.write(n.as_bytes());
+            }
+            _ => {
+                hash.write(b"s");
+                hash.write(s.as_bytes());
+            }
+        },
+        other => match decode_bytes(other) {
+            Some(Ok(bytes)) => {
+                hash.write(b"b");
+                hash.write(&bytes);
+            }
+            _ => {
+                // Arrays and objects: as their JSON text (SQLite keeps them as text).
+                hash.write(b"s");
+                hash.write(other.to_string().as_bytes());
+            }
+        },
     }
 }
 
@@ -231,13 +360,41 @@ mod tests {
             serde_json::from_value(json!({"u": "2026-01-01 10:00:00", "n": 17, "b": true}))
                 .unwrap();
         assert_eq!(
-            version_of(&record, Some("u")).as_deref(),
+            updated_at_text(&record, Some("u")).as_deref(),
             Some("2026-01-01 10:00:00")
         );
-        assert_eq!(version_of(&record, Some("n")).as_deref(), Some("17"));
-        assert_eq!(version_of(&record, Some("b")).as_deref(), Some("1"));
-        assert_eq!(version_of(&record, Some("missing")), None);
-        assert_eq!(version_of(&record, None), None);
+        assert_eq!(updated_at_text(&record, Some("n")).as_deref(), Some("17"));
+        assert_eq!(updated_at_text(&record, Some("b")).as_deref(), Some("1"));
+        assert_eq!(updated_at_text(&record, Some("missing")), None);
+        assert_eq!(updated_at_text(&record, None), None);
+        assert_eq!(version(&record, Some("u"), &[]), "2026-01-01 10:00:00");
+        assert!(version(&record, None, &[]).starts_with(FINGERPRINT_PREFIX));
+    }
+
+    #[test]
+    fn fingerprints_ignore_how_a_backend_spells_a_value() {
+        let fp = |v: Value| fingerprint(&serde_json::from_value(v).unwrap(), &["clip"]);
+        let json_side = fp(
+            json!({"id": 7, "Flag": true, "n": 1.0, "s": "x", "gone": null,
+            "raw": bytes_value(b"\x00\x01"), "clip": bytes_value(&[9; 300])}),
+        );
+        // As a SQLite columns table hands it back: other case, 1 for true, 1 for 1.0,
+        // "7" in a TEXT column, a NULL column, the clip's length only.
+        let sqlite_side = fp(json!({"id": "7", "flag": 1, "n": 1, "s": "x",
+            "raw": bytes_value(b"\x00\x01"), "clip": "A".repeat(300)}));
+        assert_eq!(json_side, sqlite_side);
+        assert_ne!(
+            json_side,
+            fp(json!({"id": 7, "Flag": true, "n": 1.5, "s": "x",
+            "raw": bytes_value(b"\x00\x01"), "clip": bytes_value(&[9; 300])}))
+        );
+        assert_ne!(fp(json!({"s": "1"})), fp(json!({"s": " 1"})));
+        assert_ne!(
+            fp(json!({"a": "x", "b": "y"})),
+            fp(json!({"a": "xb", "": "y"}))
+        );
+        // Stable across builds: it is stored.
+        assert_eq!(fp(json!({"id": 1})), 0x39d0_b661_c5a5_c3fa);
     }
 
     #[test]
