@@ -469,6 +469,7 @@ impl Bench {
                 limit: 250,
                 include_changed: false,
                 full_scan: false,
+                pace: true,
             };
             let first = store.due("events", &query)?;
             if !first.is_empty() {

@@ -279,6 +279,13 @@ impl Collection {
         }
     }
 
+    /// Whether a delivered record whose version changed is sent again: as an update
+    /// (`updates` put or post), or — in an append-only collection, whose records do
+    /// not change — as the new record its key now names.
+    pub fn sends_changes(&self) -> bool {
+        self.updated_at.is_none() || self.updates() != Updates::Ignore
+    }
+
     pub fn json_file_name(&self) -> String {
         self.json_file
             .clone()

@@ -21,8 +21,8 @@ use serde_json::{Map, Value};
 
 use super::record::{self, Key, Record};
 use super::{
-    atomic, find, key_for_write, Counts, Due, DueQuery, Merge, Millis, Status, Store, StoreError,
-    Summary, Tombstone, Tracking,
+    atomic, find, key_for_write, Claim, ClaimState, Counts, Due, DueQuery, Found, Merge, Millis,
+    Status, Store, StoreError, Summary, Tombstone, Tracking,
 };
 use crate::config::{Backend, Collection};
 
@@ -352,6 +352,18 @@ fn tracking_to_json(row: &Tracking) -> Value {
     map.insert("version".into(), row.version.clone().into());
     map.insert("last_http_status".into(), row.last_http_status.into());
     map.insert("bytes_sent".into(), row.bytes_sent.into());
+    map.insert("created".into(), row.created.into());
+    if let Some(claim) = &row.claim {
+        let mut c = Map::new();
+        c.insert("key".into(), claim.key.clone().into());
+        c.insert("version".into(), claim.version.clone().into());
+        c.insert(
+            "body_hash".into(),
+            format!("{:016x}", claim.body_hash).into(),
+        );
+        c.insert("state".into(), claim.state.as_str().into());
+        map.insert("claim".into(), Value::Object(c));
+    }
     Value::Object(map)
 }
 
@@ -391,20 +403,52 @@ fn tracking_from_json(
         bytes_sent: number("bytes_sent")
             .and_then(|n| u64::try_from(n).ok())
             .unwrap_or(0),
+        // Rows written before ferry recorded it: a delivery, or a remote id, says so.
+        created: match row.get("created") {
+            Some(value) => value.as_bool().unwrap_or(false),
+            None => {
+                status == Status::Success
+                    || !matches!(row.get("remote_id"), None | Some(Value::Null))
+            }
+        },
+        claim: match row.get("claim") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(c)) => {
+                let field = |name: &str| c.get(name).and_then(Value::as_str);
+                Some(Claim {
+                    key: field("key")
+                        .ok_or_else(|| bad("claim.key must be a string"))?
+                        .to_string(),
+                    version: field("version").unwrap_or("").to_string(),
+                    body_hash: field("body_hash")
+                        .and_then(|h| u64::from_str_radix(h, 16).ok())
+                        .unwrap_or(0),
+                    state: ClaimState::parse(field("state").unwrap_or("")),
+                })
+            }
+            Some(_) => return Err(bad("claim must be an object")),
+        },
     })
 }
 
-/// The tracking row's verdict for a record with `version`: is it due now?
-pub(crate) fn is_due(tracking: Option<&Tracking>, version: Option<&str>, query: &DueQuery) -> bool {
-    match tracking {
-        None => true,
-        Some(t) => match t.status {
-            Status::Pending | Status::Failed => t.next_attempt_at.is_none_or(|at| at <= query.now),
-            // A success without a version (the seed service's) stands for any version.
-            Status::Success => {
-                query.include_changed && t.version.is_some() && t.version.as_deref() != version
-            }
-        },
+/// Why a record with `version` and this tracking row is due now, if it is.
+pub(crate) fn due_because(
+    tracking: Option<&Tracking>,
+    version: &str,
+    query: &DueQuery,
+) -> Option<Found> {
+    let Some(t) = tracking else {
+        return Some(Found::New);
+    };
+    match t.status {
+        Status::Pending | Status::Failed => t
+            .next_attempt_at
+            .is_none_or(|at| at <= query.now)
+            .then_some(Found::Retry),
+        // A success without a version (the seed service's) stands for any version.
+        Status::Success => (query.include_changed
+            && t.version.as_deref().is_some_and(|v| v != version))
+        .then_some(Found::Changed),
     }
 }
 
@@ -544,41 +588,44 @@ impl Store for JsonStore {
         let no_rows = HashMap::new();
         let tracking = all_rows.get(collection.name.as_str()).unwrap_or(&no_rows);
         let updated_at = collection.updated_at.as_ref().map(|f| f.as_str());
+        let blob_fields: Vec<&str> = collection.blob_fields.iter().map(|f| f.as_str()).collect();
         let order_by = collection.order_by().as_str();
         let no_fields = Map::new();
         let mut due = Vec::new();
         for (key_text, value) in records.iter() {
             let key = Key::parse(key_text);
-            let version =
-                record::updated_at_text(value.as_object().unwrap_or(&no_fields), updated_at);
+            let fields = value.as_object().unwrap_or(&no_fields);
+            let version = record::version(fields, updated_at, &blob_fields);
             let row = tracking.get(&key);
             // Only records that are due are copied out of the parse.
-            if is_due(row, version.as_deref(), query) {
+            if let Some(found) = due_because(row, &version, query) {
                 let record = Some(record_from_entry(&collection, key_text, value));
                 due.push(Due {
                     key,
                     record,
                     version,
                     tracking: row.cloned(),
+                    found,
                 });
             }
         }
         // Tracked records that were deleted before their delivery was settled.
         for (key, row) in tracking {
             let deleted = !records.contains_key(&key.to_string());
-            if deleted && row.status != Status::Success && is_due(Some(row), None, query) {
-                let tracking = Some(row.clone());
+            if deleted
+                && row.status != Status::Success
+                && due_because(Some(row), "", query).is_some()
+            {
                 due.push(Due {
                     key: key.clone(),
                     record: None,
-                    version: None,
-                    tracking,
+                    version: String::new(),
+                    tracking: Some(row.clone()),
+                    found: Found::Retry,
                 });
             }
         }
-        super::sort_due(&mut due, order_by);
-        due.truncate(query.limit);
-        Ok(due)
+        Ok(super::compose_due(due, query.limit, order_by))
     }
 
     fn tracking(&mut self, collection: &str, key: &Key) -> Result<Option<Tracking>, StoreError> {

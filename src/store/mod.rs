@@ -73,6 +73,53 @@ pub struct Tracking {
     pub last_http_status: Option<u16>,
     /// Bytes of payload the server acknowledged for this record.
     pub bytes_sent: u64,
+    /// The server is known to hold some version of the record (a create succeeded):
+    /// what is sent later is an update, never a second create.
+    pub created: bool,
+    /// A create whose outcome is not known yet, recorded before its request left: until
+    /// a definite answer, every retry reuses its Idempotency-Key, so a crash, a reload
+    /// or a change of the record can never cause a second create.
+    pub claim: Option<Claim>,
+}
+
+/// A claimed attempt to create a record on the server (see [`Tracking::claim`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// The Idempotency-Key the create was sent with.
+    pub key: String,
+    /// The record version it carried.
+    pub version: String,
+    /// A hash of the request body it carried (FNV-1a of the bytes), to tell a retry
+    /// with the same body from one whose record changed meanwhile.
+    pub body_hash: u64,
+    pub state: ClaimState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClaimState {
+    /// Written just before the request. Read back after a restart, it means the
+    /// process died with the request's outcome unknown.
+    Sending,
+    /// An attempt ended without a definite answer (no answer, 5xx, 409): the server
+    /// may hold the record.
+    Unsure,
+}
+
+impl ClaimState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClaimState::Sending => "sending",
+            ClaimState::Unsure => "unsure",
+        }
+    }
+
+    /// An unknown spelling reads as `Unsure`: the safe reading.
+    pub fn parse(text: &str) -> ClaimState {
+        match text {
+            "sending" => ClaimState::Sending,
+            _ => ClaimState::Unsure,
+        }
+    }
 }
 
 impl Tracking {
@@ -90,6 +137,8 @@ impl Tracking {
             version: None,
             last_http_status: None,
             bytes_sent: 0,
+            created: false,
+            claim: None,
         }
     }
 }
@@ -147,6 +196,9 @@ pub struct DueQuery {
     /// Look at every record instead of only those past the store's watermark: the
     /// periodic safety net against changes a watermark cannot see.
     pub full_scan: bool,
+    /// Spread the store's background work (the SQLite sweep) over calls, as the
+    /// daemon wants; a one-shot pass (`sync --once`) does it all now.
+    pub pace: bool,
 }
 
 /// A record that needs delivery, with what tracking knows of it.
@@ -155,8 +207,23 @@ pub struct Due {
     pub key: Key,
     /// `None` when a tracked record has been deleted since.
     pub record: Option<Record>,
-    pub version: Option<String>,
+    /// The record's version ([`record::version`]); empty when it was deleted.
+    pub version: String,
     pub tracking: Option<Tracking>,
+    /// How the store found it.
+    pub found: Found,
+}
+
+/// Why the store handed a record out: each source gets its share of a batch, so that
+/// records that keep changing cannot crowd out new ones (or the other way round).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Found {
+    /// Its tracking row says it is due for a (re)try.
+    Retry,
+    /// Never tried.
+    New,
+    /// Delivered, at another version than it has now.
+    Changed,
 }
 
 /// ferry's storage. Methods take `&mut self` because both backends keep caches and
@@ -330,6 +397,38 @@ fn check_bytes(collection: &Collection, record: &Record) -> Result<(), StoreErro
         }
     }
     Ok(())
+}
+
+/// At most `limit` of the due records, in `order_by` order. The sources share the
+/// batch in turns — a retry, a new record, a changed one, again — so that records
+/// that keep changing never crowd out new ones, nor a backlog of new ones the
+/// retries. Within a source, records go in `order_by` order.
+pub(crate) fn compose_due(due: Vec<Due>, limit: usize, order_by: &str) -> Vec<Due> {
+    let mut chosen = if due.len() <= limit {
+        due
+    } else {
+        let mut sources: Vec<std::collections::VecDeque<Due>> = Vec::new();
+        for found in [Found::Retry, Found::New, Found::Changed] {
+            let mut source: Vec<Due> = due.iter().filter(|d| d.found == found).cloned().collect();
+            sort_due(&mut source, order_by);
+            sources.push(source.into());
+        }
+        drop(due);
+        let mut chosen = Vec::with_capacity(limit);
+        while chosen.len() < limit && sources.iter().any(|s| !s.is_empty()) {
+            for source in sources.iter_mut() {
+                if chosen.len() == limit {
+                    break;
+                }
+                if let Some(d) = source.pop_front() {
+                    chosen.push(d);
+                }
+            }
+        }
+        chosen
+    };
+    sort_due(&mut chosen, order_by);
+    chosen
 }
 
 /// Due records in `order_by` order, ties broken by key.

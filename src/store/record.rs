@@ -120,28 +120,49 @@ pub const FINGERPRINT_PREFIX: &str = "fp-";
 /// length only, so the store can fingerprint a row without reading its BLOBs. Stable
 /// across ferry versions (FNV-1a): it is stored in `sync_tracking`.
 pub fn fingerprint(record: &Record, blob_fields: &[&str]) -> u64 {
-    let mut fields: Vec<(String, &Value)> = record
-        .iter()
-        .filter(|(_, v)| !v.is_null())
-        .map(|(k, v)| (k.to_lowercase(), v))
+    fingerprint_fields(record.iter().map(|(name, value)| {
+        let part = if blob_fields.iter().any(|b| b.eq_ignore_ascii_case(name)) {
+            match value {
+                Value::Null => Part::Value(value),
+                Value::String(s) => Part::Length(s.len() as u64),
+                other => match decode_bytes(other) {
+                    Some(Ok(bytes)) => Part::Length(bytes.len() as u64),
+                    _ => Part::Length(other.to_string().len() as u64),
+                },
+            }
+        } else {
+            Part::Value(value)
+        };
+        (name.as_str(), part)
+    }))
+}
+
+/// A field as [`fingerprint_fields`] takes it.
+pub enum Part<'a> {
+    Value(&'a Value),
+    /// A blob field, by its length in bytes (SQLite's `octet_length`).
+    Length(u64),
+}
+
+/// [`fingerprint`] over fields given one by one: the SQLite store passes a blob's
+/// length without reading the blob.
+pub fn fingerprint_fields<'a>(fields: impl IntoIterator<Item = (&'a str, Part<'a>)>) -> u64 {
+    let mut fields: Vec<(String, Part<'a>)> = fields
+        .into_iter()
+        .filter(|(_, part)| !matches!(part, Part::Value(Value::Null)))
+        .map(|(name, part)| (name.to_lowercase(), part))
         .collect();
     fields.sort_by(|a, b| a.0.cmp(&b.0));
     let mut hash = Fnv::new();
-    for (name, value) in fields {
+    for (name, part) in fields {
         hash.write(name.as_bytes());
         hash.write(&[0]);
-        if blob_fields.iter().any(|b| b.eq_ignore_ascii_case(&name)) {
-            let len = match value {
-                Value::String(s) => s.len() as u64,
-                other => match decode_bytes(other) {
-                    Some(Ok(bytes)) => bytes.len() as u64,
-                    _ => other.to_string().len() as u64,
-                },
-            };
-            hash.write(b"#len");
-            hash.write(&len.to_le_bytes());
-        } else {
-            canonical_value(value, &mut hash);
+        match part {
+            Part::Length(len) => {
+                hash.write(b"#len");
+                hash.write(&len.to_le_bytes());
+            }
+            Part::Value(value) => canonical_value(value, &mut hash),
         }
         hash.write(&[0xff]);
     }

@@ -24,17 +24,24 @@ use serde_json::{Map, Value};
 use super::record::{self, Key, Record};
 use super::time::parse_timestamp;
 use super::{
-    atomic, find, key_for_write, now_ms, Counts, Due, DueQuery, Merge, Millis, Status, Store,
-    StoreError, Summary, Tombstone, Tracking,
+    atomic, find, key_for_write, now_ms, Claim, ClaimState, Counts, Due, DueQuery, Found, Merge,
+    Millis, Status, Store, StoreError, Summary, Tombstone, Tracking,
 };
 use crate::config::{Backend, Collection};
 
 /// ferry's schema migrations, applied in order and recorded in `ferry_schema`.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "0001_sync_tracking",
-    include_str!("../../migrations/0001_sync_tracking.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "0001_sync_tracking",
+        include_str!("../../migrations/0001_sync_tracking.sql"),
+    ),
+    (
+        2,
+        "0002_claims",
+        include_str!("../../migrations/0002_claims.sql"),
+    ),
+];
 
 /// The seed `000_…` tables, created with exactly that seed's columns.
 const SEED_000_TABLES: &[(&str, &str)] = &[
@@ -81,10 +88,19 @@ const SEED_000_TABLES: &[(&str, &str)] = &[
 /// Untracked rows read per batch, in batches: a batch is the first `limit` of a
 /// window this many times bigger, taken in insertion order and sorted by `order_by`.
 const NEW_RECORDS_WINDOW: i64 = 4;
+/// Rows a sweep reads per chunk (a quarter of it for collections with BLOBs, whose
+/// other columns are read, their BLOBs only measured).
+const SWEEP_CHUNK: i64 = 2_000;
+/// A paced sweep rests at least this long between two chunks (ms) …
+const SWEEP_PAUSE: Millis = 200;
+/// … and at least this many times as long as the chunk took: a sweep of a large,
+/// busy table takes a few percent of a core, not a whole one.
+const SWEEP_DUTY: Millis = 20;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const TRACKING_COLUMNS: &str = "s.local_id, s.remote_id, s.sync_date, s.sync_status, \
-     s.error_message, s.attempts, s.next_attempt_at, s.version, s.last_http_status, s.bytes_sent";
+     s.error_message, s.attempts, s.next_attempt_at, s.version, s.last_http_status, s.bytes_sent, \
+     s.claim_key, s.claim_version, s.claim_body_hash, s.claim_state, s.created";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Layout {
@@ -123,6 +139,38 @@ pub struct SqliteStore {
     conn: Connection,
     collections: Vec<Collection>,
     tables: HashMap<String, Table>,
+    /// A sweep per collection (see [`Sweep`]).
+    sweeps: HashMap<String, Sweep>,
+    /// `PRAGMA data_version` when last looked at: it moves when another connection
+    /// commits, and then every collection is swept.
+    data_version: Option<i64>,
+}
+
+/// A walk through a collection's table, a chunk at a time, comparing every row with
+/// its tracking row. The watermarks find new rows and forward changes cheaply; a sweep
+/// finds the rest — a row inserted below the rowid watermark, an `updated_at` that
+/// went backwards or was never set, a key used again for another record. It runs
+/// after ferry opens the store and after another process writes, paced so that a
+/// large, busy table costs a few percent of a core; an idle store is never swept.
+#[derive(Debug, Default)]
+struct Sweep {
+    active: bool,
+    /// Another process wrote while this sweep ran: go round once more.
+    again: bool,
+    /// Where the next chunk starts (a rowid, or a key for a table without rowids).
+    cursor: Option<SqlValue>,
+    /// A paced sweep's next chunk is not read before this time.
+    next_at: Millis,
+}
+
+/// One row as a sweep reads it.
+struct Swept {
+    position: SqlValue,
+    key: Option<Key>,
+    version: String,
+    tracking: Option<Tracking>,
+    /// The tracking row's status is one ferry knows.
+    status_known: bool,
 }
 
 fn ident(name: &str) -> String {
@@ -165,6 +213,8 @@ impl SqliteStore {
             conn,
             collections: collections.to_vec(),
             tables: HashMap::new(),
+            sweeps: HashMap::new(),
+            data_version: None,
         };
         store.migrate()?;
         for collection in collections {
@@ -214,6 +264,9 @@ impl SqliteStore {
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(err(op()))?;
+            if version == 2 {
+                retype_adopted_tracking(&tx).map_err(err(op()))?;
+            }
             tx.execute_batch(sql).map_err(err(op()))?;
             tx.execute(
                 "INSERT INTO ferry_schema (version, name, applied_at) VALUES (?1, ?2, ?3)",
@@ -596,6 +649,7 @@ impl SqliteStore {
         &self,
         collection: &str,
         query: &DueQuery,
+        sweep: &mut Sweep,
         updates: &mut Vec<(&'static str, Vec<SqlValue>)>,
     ) -> Result<Vec<Due>, StoreError> {
         let table = self.table(collection)?;
@@ -604,31 +658,7 @@ impl SqliteStore {
         let op = |what: &str| format!("finding {what} records of {name}");
         let limit = query.limit as i64;
         let mut due: Vec<Due> = Vec::new();
-        let width = table.select_width();
-        let row_to_due = |row: &Row<'_>| -> rusqlite::Result<Option<Due>> {
-            // Layout: rowid, record columns, version, tracking columns.
-            let Some(key) = table.key_from_row(row, 1)? else {
-                return Ok(None);
-            };
-            let record = table.record_from_row(row, 1)?;
-            // SQLite's own text of the version, the same text the changed-records
-            // query compares with, so the two can never disagree.
-            let version: Option<String> = match row.get_ref(1 + width)? {
-                ValueRef::Null => None,
-                ValueRef::Text(t) | ValueRef::Blob(t) => {
-                    Some(String::from_utf8_lossy(t).into_owned())
-                }
-                ValueRef::Integer(i) => Some(i.to_string()),
-                ValueRef::Real(f) => Some(f.to_string()),
-            };
-            let tracking = tracking_from_row(&name, row, 2 + width)?;
-            Ok(Some(Due {
-                key,
-                record: Some(record),
-                version,
-                tracking,
-            }))
-        };
+        let row_to_due = |row: &Row<'_>, found: Found| table.due_from_row(&name, row, found);
 
         // 1. Retries that are due, found through the tracking index.
         let retry_keys: Vec<SqlValue> = self
@@ -643,41 +673,7 @@ impl SqliteStore {
                     .collect()
             })
             .map_err(StoreError::sqlite(&path, op("retry")))?;
-        if !retry_keys.is_empty() {
-            let sql = table.due_sql(&format!("{} = ?2", table.key_expr), "");
-            let mut stmt = self
-                .conn
-                .prepare_cached(&sql)
-                .map_err(StoreError::sqlite(&path, op("retry")))?;
-            let mut orphans = Vec::new();
-            for key in &retry_keys {
-                match stmt.query_row(params![name, key], row_to_due).optional() {
-                    Ok(Some(Some(d))) => due.push(d),
-                    Ok(_) => orphans.push(key.clone()),
-                    Err(e) => return Err(StoreError::sqlite(&path, op("retry"))(e)),
-                }
-            }
-            drop(stmt);
-            // Tracked records deleted since: handed back without a record.
-            for key in orphans {
-                let row = self
-                    .conn
-                    .prepare_cached(&format!(
-                        "SELECT {TRACKING_COLUMNS} FROM sync_tracking AS s WHERE s.table_name = ?1 AND s.local_id = ?2"
-                    ))
-                    .and_then(|mut s| s.query_row(params![name, key], |r| tracking_from_row(&name, r, 0)).optional())
-                    .map_err(StoreError::sqlite(&path, op("retry")))?
-                    .flatten();
-                if let Some(row) = row {
-                    due.push(Due {
-                        key: row.key.clone(),
-                        record: None,
-                        version: None,
-                        tracking: Some(row),
-                    });
-                }
-            }
-        }
+        due.extend(self.due_by_key(table, &retry_keys, Found::Retry)?);
 
         // 2. Records never tried: only rows above the watermark are read.
         let (mut watermark, watermark_key, changed_watermark) = self.watermarks(&name)?;
@@ -718,7 +714,7 @@ impl SqliteStore {
             .prepare_cached(&sql)
             .and_then(|mut s| {
                 s.query_map(params![name, watermark, window], |row| {
-                    Ok((row.get::<_, i64>(0)?, row_to_due(row)?))
+                    Ok((row.get::<_, i64>(0)?, row_to_due(row, Found::New)?))
                 })?
                 .filter_map(|r| r.map(|(rowid, d)| d.map(|d| (rowid, d))).transpose())
                 .collect()
@@ -777,9 +773,11 @@ impl SqliteStore {
                 .conn
                 .prepare_cached(&sql)
                 .and_then(|mut s| {
-                    s.query_map(params![name, from, limit], row_to_due)?
-                        .filter_map(Result::transpose)
-                        .collect()
+                    s.query_map(params![name, from, limit], |row| {
+                        row_to_due(row, Found::Changed)
+                    })?
+                    .filter_map(Result::transpose)
+                    .collect()
                 })
                 .map_err(StoreError::sqlite(&path, op("changed")))?;
             if (changed.len() as i64) < limit {
@@ -812,12 +810,182 @@ impl SqliteStore {
             due.extend(changed);
         }
 
-        // One entry per key, in order_by order, at most `limit`.
+        // 4. What the watermarks cannot see: rows inserted below the rowid watermark, an
+        // `updated_at` that went backwards or is missing, a key used again for another
+        // record. Swept a chunk at a time after another process wrote.
+        if sweep.active && (!query.pace || query.now >= sweep.next_at) {
+            let started = std::time::Instant::now();
+            let mut found = Vec::new();
+            loop {
+                let done = self.sweep_chunk(table, query, sweep, &mut found, updates)?;
+                if done {
+                    if sweep.again {
+                        sweep.again = false;
+                        sweep.cursor = None;
+                    } else {
+                        sweep.active = false;
+                    }
+                }
+                // Unpaced (a one-shot pass): go on until the sweep ends or a batch is
+                // found; paced (the daemon): one chunk now, the next after a pause.
+                if query.pace || !sweep.active || found.len() >= query.limit {
+                    break;
+                }
+            }
+            let spent = started.elapsed().as_millis() as Millis;
+            sweep.next_at = query.now + (spent * SWEEP_DUTY).max(SWEEP_PAUSE);
+            due.extend(found);
+        }
+
+        // One entry per key: a retry before a new record before a changed one.
         let mut seen = std::collections::HashSet::new();
         due.retain(|d| seen.insert(d.key.clone()));
-        super::sort_due(&mut due, table.collection.order_by().as_str());
-        due.truncate(query.limit);
+        // Drop what is delivered at the version it has now (the SQL compares
+        // updated_at; a record without one is compared by its content here).
+        due.retain(|d| {
+            d.found != Found::Changed
+                || d.tracking
+                    .as_ref()
+                    .is_none_or(|t| t.version.as_deref() != Some(d.version.as_str()))
+        });
+        Ok(super::compose_due(
+            due,
+            query.limit,
+            table.collection.order_by().as_str(),
+        ))
+    }
+
+    /// The full rows of `keys` as due records (`Found` as given); a tracked record
+    /// deleted since comes without its record.
+    fn due_by_key(
+        &self,
+        table: &Table,
+        keys: &[SqlValue],
+        found: Found,
+    ) -> Result<Vec<Due>, StoreError> {
+        let name = table.collection_name();
+        let path = &self.path;
+        let op = || format!("reading records of {name} to deliver");
+        let mut due = Vec::new();
+        if keys.is_empty() {
+            return Ok(due);
+        }
+        let sql = table.due_sql(&format!("{} = ?2", table.key_expr), "");
+        let mut stmt = self
+            .conn
+            .prepare_cached(&sql)
+            .map_err(StoreError::sqlite(path, op()))?;
+        let mut orphans = Vec::new();
+        for key in keys {
+            match stmt
+                .query_row(params![name, key], |row| {
+                    table.due_from_row(name, row, found)
+                })
+                .optional()
+            {
+                Ok(Some(Some(d))) => due.push(d),
+                Ok(_) => orphans.push(key.clone()),
+                Err(e) => return Err(StoreError::sqlite(path, op())(e)),
+            }
+        }
+        drop(stmt);
+        // Tracked records deleted since: handed back without a record.
+        for key in orphans {
+            let row = self
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT {TRACKING_COLUMNS} FROM sync_tracking AS s WHERE s.table_name = ?1 AND s.local_id = ?2"
+                ))
+                .and_then(|mut s| s.query_row(params![name, key], |r| tracking_from_row(name, r, 0)).optional())
+                .map_err(StoreError::sqlite(path, op()))?
+                .flatten();
+            if let Some(row) = row {
+                due.push(Due {
+                    key: row.key.clone(),
+                    record: None,
+                    version: String::new(),
+                    tracking: Some(row),
+                    found,
+                });
+            }
+        }
         Ok(due)
+    }
+
+    /// One chunk of a sweep: the rows after the cursor, each compared with its
+    /// tracking row without reading its BLOBs. Untracked rows and rows delivered at
+    /// another version are added to `found`; a delivery the seed service recorded
+    /// without a version is given the record's version now (so a later change shows);
+    /// a status ferry does not know is made pending. Returns whether the sweep reached
+    /// the end of the table.
+    fn sweep_chunk(
+        &self,
+        table: &Table,
+        query: &DueQuery,
+        sweep: &mut Sweep,
+        found: &mut Vec<Due>,
+        updates: &mut Vec<(&'static str, Vec<SqlValue>)>,
+    ) -> Result<bool, StoreError> {
+        let name = table.collection_name();
+        let path = &self.path;
+        let op = || format!("sweeping {name} for records to deliver");
+        let chunk = if table.collection.blob_fields.is_empty() {
+            SWEEP_CHUNK
+        } else {
+            SWEEP_CHUNK / 4
+        };
+        let cursor = sweep.cursor.clone().unwrap_or(SqlValue::Null);
+        let mut last: Option<SqlValue> = None;
+        let mut rows = 0i64;
+        let mut new_keys = Vec::new();
+        let mut changed_keys = Vec::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached(&table.sweep_sql(sweep.cursor.is_none()))
+                .map_err(StoreError::sqlite(path, op()))?;
+            let mut cursor_rows = stmt
+                .query(params![name, cursor, chunk])
+                .map_err(StoreError::sqlite(path, op()))?;
+            while let Some(row) = cursor_rows.next().map_err(StoreError::sqlite(path, op()))? {
+                rows += 1;
+                let swept = table
+                    .swept_from_row(name, row)
+                    .map_err(StoreError::sqlite(path, op()))?;
+                last = Some(swept.position);
+                let Some(key) = swept.key else { continue };
+                match swept.tracking {
+                    None => new_keys.push(key_to_sql(&key)),
+                    Some(t) if !swept.status_known => {
+                        updates.push((
+                            "UPDATE sync_tracking SET sync_status = 'pending', next_attempt_at = 0
+                              WHERE table_name = ?1 AND local_id = ?2",
+                            vec![SqlValue::Text(name.to_string()), key_to_sql(&t.key)],
+                        ));
+                    }
+                    Some(t) if t.status == Status::Success => match &t.version {
+                        None => updates.push((
+                            "UPDATE sync_tracking SET version = ?3
+                              WHERE table_name = ?1 AND local_id = ?2 AND version IS NULL",
+                            vec![
+                                SqlValue::Text(name.to_string()),
+                                key_to_sql(&t.key),
+                                SqlValue::Text(swept.version),
+                            ],
+                        )),
+                        Some(v) if *v != swept.version && query.include_changed => {
+                            changed_keys.push(key_to_sql(&key));
+                        }
+                        Some(_) => {}
+                    },
+                    Some(_) => {}
+                }
+            }
+        }
+        found.extend(self.due_by_key(table, &new_keys, Found::New)?);
+        found.extend(self.due_by_key(table, &changed_keys, Found::Changed)?);
+        sweep.cursor = last;
+        Ok(rows < chunk)
     }
 
     fn table(&self, collection: &str) -> Result<&Table, StoreError> {
@@ -931,14 +1099,18 @@ fn exec_tracking(conn: &Connection, path: &Path, rows: &[Tracking]) -> Result<()
     let mut stmt = conn
                 .prepare_cached(
                     "INSERT INTO sync_tracking (table_name, local_id, remote_id, sync_date, sync_status,
-                        error_message, attempts, next_attempt_at, version, last_http_status, bytes_sent)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                        error_message, attempts, next_attempt_at, version, last_http_status, bytes_sent,
+                        claim_key, claim_version, claim_body_hash, claim_state, created)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
                      ON CONFLICT (table_name, local_id) DO UPDATE SET
                         remote_id = excluded.remote_id, sync_date = excluded.sync_date,
                         sync_status = excluded.sync_status, error_message = excluded.error_message,
                         attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at,
                         version = excluded.version, last_http_status = excluded.last_http_status,
-                        bytes_sent = excluded.bytes_sent",
+                        bytes_sent = excluded.bytes_sent, claim_key = excluded.claim_key,
+                        claim_version = excluded.claim_version,
+                        claim_body_hash = excluded.claim_body_hash, claim_state = excluded.claim_state,
+                        created = excluded.created",
                 )
                 .map_err(StoreError::sqlite(path, op()))?;
     for row in rows {
@@ -960,6 +1132,11 @@ fn exec_tracking(conn: &Connection, path: &Path, rows: &[Tracking]) -> Result<()
             row.version,
             row.last_http_status,
             i64::try_from(row.bytes_sent).unwrap_or(i64::MAX),
+            row.claim.as_ref().map(|c| c.key.as_str()),
+            row.claim.as_ref().map(|c| c.version.as_str()),
+            row.claim.as_ref().map(|c| format!("{:016x}", c.body_hash)),
+            row.claim.as_ref().map(|c| c.state.as_str()),
+            row.created,
         ])
         .map_err(|e| {
             StoreError::sqlite(
@@ -969,6 +1146,80 @@ fn exec_tracking(conn: &Connection, path: &Path, rows: &[Tracking]) -> Result<()
         })?;
     }
 
+    Ok(())
+}
+
+/// A `sync_tracking` adopted from the seed sync service declares `local_id` and
+/// `remote_id` INTEGER, and SQLite's integer affinity turns a text key such as `'007'`
+/// into 7 — another record. Such a table is rebuilt with the columns untyped, as ferry
+/// creates them; its rows (integers) and their ids are kept.
+fn retype_adopted_tracking(tx: &Connection) -> rusqlite::Result<()> {
+    let columns: Vec<(String, String)> = tx
+        .prepare("SELECT name, type FROM pragma_table_info('sync_tracking') ORDER BY cid")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let typed = |name: &str| {
+        columns
+            .iter()
+            .any(|(c, t)| c.eq_ignore_ascii_case(name) && !t.is_empty())
+    };
+    if !typed("local_id") && !typed("remote_id") {
+        return Ok(());
+    }
+    // Columns other than ferry's and the seed's are kept too, untyped.
+    let known = [
+        "id",
+        "table_name",
+        "local_id",
+        "remote_id",
+        "sync_date",
+        "sync_status",
+        "error_message",
+        "attempts",
+        "next_attempt_at",
+        "version",
+        "last_http_status",
+        "bytes_sent",
+    ];
+    let extra: Vec<&String> = columns
+        .iter()
+        .map(|(c, _)| c)
+        .filter(|c| !known.iter().any(|k| k.eq_ignore_ascii_case(c)))
+        .collect();
+    let mut ddl = String::from(
+        "CREATE TABLE ferry_sync_tracking_retyped (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            table_name TEXT NOT NULL,
+            local_id NOT NULL,
+            remote_id,
+            sync_date TEXT NOT NULL,
+            sync_status TEXT NOT NULL,
+            error_message TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at INTEGER,
+            version TEXT,
+            last_http_status INTEGER,
+            bytes_sent INTEGER NOT NULL DEFAULT 0",
+    );
+    for column in &extra {
+        ddl.push_str(&format!(",\n            {}", ident(column)));
+    }
+    ddl.push_str(",\n            UNIQUE (table_name, local_id))");
+    let list = known
+        .iter()
+        .map(|c| c.to_string())
+        .chain(extra.iter().map(|c| ident(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    tx.execute_batch(&format!(
+        "{ddl};
+         INSERT INTO ferry_sync_tracking_retyped ({list}) SELECT {list} FROM sync_tracking;
+         DROP TABLE sync_tracking;
+         ALTER TABLE ferry_sync_tracking_retyped RENAME TO sync_tracking;
+         CREATE INDEX IF NOT EXISTS ferry_sync_tracking_due
+             ON sync_tracking (table_name, sync_status, next_attempt_at);"
+    ))?;
+    tracing::info!("sync_tracking: local_id and remote_id no longer typed INTEGER, so text keys such as '007' stay text");
     Ok(())
 }
 
@@ -1001,6 +1252,16 @@ fn key_from_sql(value: ValueRef<'_>) -> Option<Key> {
         ValueRef::Integer(i) => Some(Key::Int(i)),
         ValueRef::Real(f) => Some(Key::Text(f.to_string())),
         ValueRef::Text(t) | ValueRef::Blob(t) => Some(Key::parse(&String::from_utf8_lossy(t))),
+    }
+}
+
+/// A value as SQLite's `CAST(x AS TEXT)` spells it; `None` for NULL.
+fn sql_text(value: ValueRef<'_>) -> Option<String> {
+    match value {
+        ValueRef::Null => None,
+        ValueRef::Text(t) | ValueRef::Blob(t) => Some(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Integer(i) => Some(i.to_string()),
+        ValueRef::Real(f) => Some(f.to_string()),
     }
 }
 
@@ -1074,10 +1335,7 @@ impl Table {
     /// `join`: LEFT JOIN, or CROSS JOIN to make SQLite read the collection's table
     /// first (by its own index) rather than every delivered tracking row.
     fn due_sql_join(&self, join: &str, condition: &str, tail: &str) -> String {
-        let version = self
-            .updated_expr
-            .as_deref()
-            .map_or("NULL".to_string(), |e| format!("CAST({e} AS TEXT)"));
+        let version = self.version_sql();
         let rowid = if self.has_rowid { "t.rowid" } else { "0" };
         format!(
             "SELECT {rowid}, {}, {version}, {TRACKING_COLUMNS} FROM {} AS t \
@@ -1127,6 +1385,158 @@ impl Table {
             ),
             &format!("ORDER BY +{}, +{} LIMIT ?3", self.order_expr, self.key_expr),
         )
+    }
+
+    /// A due record from a row laid out as `due_sql` selects it: rowid, record
+    /// columns, `updated_at` as text, tracking columns.
+    fn due_from_row(
+        &self,
+        collection: &str,
+        row: &Row<'_>,
+        found: Found,
+    ) -> rusqlite::Result<Option<Due>> {
+        let Some(key) = self.key_from_row(row, 1)? else {
+            return Ok(None);
+        };
+        let record = self.record_from_row(row, 1)?;
+        let width = self.select_width();
+        // SQLite's own text of `updated_at`, the same text the changed-records query
+        // compares with, so the two can never disagree; without one, the content.
+        let version = match sql_text(row.get_ref(1 + width)?) {
+            Some(text) => text,
+            None => {
+                record::fingerprint_version(record::fingerprint(&record, &self.blob_field_names()))
+            }
+        };
+        let tracking = tracking_from_row(collection, row, 2 + width)?;
+        Ok(Some(Due {
+            key,
+            record: Some(record),
+            version,
+            tracking,
+            found,
+        }))
+    }
+
+    fn blob_field_names(&self) -> Vec<&str> {
+        self.collection
+            .blob_fields
+            .iter()
+            .map(|f| f.as_str())
+            .collect()
+    }
+
+    /// `CAST(updated_at AS TEXT)`, or NULL for collections without one.
+    fn version_sql(&self) -> String {
+        self.updated_expr
+            .as_deref()
+            .map_or("NULL".to_string(), |e| format!("CAST({e} AS TEXT)"))
+    }
+
+    /// A sweep's chunk: the rows after the cursor (?2; the first chunk has none) in
+    /// rowid order (key order without rowids), at most ?3, BLOB columns measured
+    /// rather than read, each with its tracking row.
+    fn sweep_sql(&self, first: bool) -> String {
+        let position = if self.has_rowid {
+            "t.rowid".to_string()
+        } else {
+            self.key_expr.clone()
+        };
+        let select = match self.layout {
+            Layout::Document => "t.key, t.record".to_string(),
+            Layout::Columns => self
+                .columns
+                .iter()
+                .map(|c| {
+                    if self.is_blob_field(c) {
+                        format!("octet_length(t.{})", ident(c))
+                    } else {
+                        format!("t.{}", ident(c))
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        let after = if first {
+            "?2 IS NULL".to_string()
+        } else {
+            format!("{position} > ?2")
+        };
+        format!(
+            "SELECT {position}, {select}, {}, {TRACKING_COLUMNS} FROM {} AS t \
+             LEFT JOIN sync_tracking AS s ON s.table_name = ?1 AND s.local_id = {} \
+             WHERE {after} ORDER BY {position} LIMIT ?3",
+            self.version_sql(),
+            self.name,
+            self.probe_expr
+        )
+    }
+
+    fn is_blob_field(&self, column: &str) -> bool {
+        self.collection
+            .blob_fields
+            .iter()
+            .any(|f| f.as_str().eq_ignore_ascii_case(column))
+    }
+
+    /// A row as `sweep_sql` selects it.
+    fn swept_from_row(&self, collection: &str, row: &Row<'_>) -> rusqlite::Result<Swept> {
+        let position: SqlValue = row.get(0)?;
+        let key = self.key_from_row(row, 1)?;
+        let width = self.select_width();
+        let version = match sql_text(row.get_ref(1 + width)?) {
+            Some(text) => text,
+            None => {
+                let fingerprint = match self.layout {
+                    Layout::Document => record::fingerprint(
+                        &self.record_from_row(row, 1)?,
+                        &self.blob_field_names(),
+                    ),
+                    Layout::Columns => {
+                        let mut values = Vec::with_capacity(self.columns.len());
+                        for (i, column) in self.columns.iter().enumerate() {
+                            values.push((column, self.is_blob_field(column), row.get_ref(1 + i)?));
+                        }
+                        let values: Vec<(&String, bool, Value)> = values
+                            .into_iter()
+                            .map(|(c, blob, v)| {
+                                let value = if blob {
+                                    match v {
+                                        ValueRef::Integer(n) => Value::from(n),
+                                        _ => Value::Null,
+                                    }
+                                } else {
+                                    json_from_sql(v)
+                                };
+                                (c, blob, value)
+                            })
+                            .collect();
+                        record::fingerprint_fields(values.iter().map(|(c, blob, v)| {
+                            let part = match (blob, v) {
+                                (true, Value::Number(n)) => {
+                                    record::Part::Length(n.as_u64().unwrap_or(0))
+                                }
+                                _ => record::Part::Value(v),
+                            };
+                            (c.as_str(), part)
+                        }))
+                    }
+                };
+                record::fingerprint_version(fingerprint)
+            }
+        };
+        let offset = 2 + width;
+        let status_known = match row.get_ref(offset + 3)? {
+            ValueRef::Null => true,
+            other => sql_text(other).is_some_and(|s| Status::parse(&s).is_some()),
+        };
+        Ok(Swept {
+            position,
+            key,
+            version,
+            tracking: tracking_from_row(collection, row, offset)?,
+            status_known,
+        })
     }
 
     fn delete_sql(&self) -> String {
@@ -1205,6 +1615,20 @@ fn tracking_from_row(
             .get::<_, Option<i64>>(offset + 9)?
             .and_then(|n| u64::try_from(n).ok())
             .unwrap_or(0),
+        claim: match text(10)? {
+            Some(key) => Some(Claim {
+                key,
+                version: text(11)?.unwrap_or_default(),
+                body_hash: text(12)?
+                    .and_then(|h| u64::from_str_radix(&h, 16).ok())
+                    .unwrap_or(0),
+                state: ClaimState::parse(text(13)?.as_deref().unwrap_or("")),
+            }),
+            None => None,
+        },
+        created: row
+            .get::<_, Option<i64>>(offset + 14)?
+            .is_some_and(|n| n != 0),
     }))
 }
 
@@ -1327,11 +1751,36 @@ impl Store for SqliteStore {
         // row that was not read.
         let path = self.path.clone();
         let op = || format!("finding records of {collection} to deliver");
+        self.table(collection)?;
+        // Another process wrote since the last look (or this is the first): sweep.
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(StoreError::sqlite(&path, "reading data_version"))?;
+        if self.data_version != Some(version) {
+            self.data_version = Some(version);
+            for collection in &self.collections {
+                let sweep = self
+                    .sweeps
+                    .entry(collection.name.as_str().to_string())
+                    .or_default();
+                if sweep.active {
+                    sweep.again = true;
+                } else {
+                    *sweep = Sweep {
+                        active: true,
+                        ..Sweep::default()
+                    };
+                }
+            }
+        }
+        let mut sweep = self.sweeps.remove(collection).unwrap_or_default();
         self.conn
             .execute_batch("BEGIN")
             .map_err(StoreError::sqlite(&path, op()))?;
         let mut updates = Vec::new();
-        let result = self.due_in_snapshot(collection, query, &mut updates);
+        let result = self.due_in_snapshot(collection, query, &mut sweep, &mut updates);
+        self.sweeps.insert(collection.to_string(), sweep);
         let ended = self
             .conn
             .execute_batch(if result.is_ok() { "COMMIT" } else { "ROLLBACK" });
@@ -1859,6 +2308,7 @@ mod tests {
             limit: 10,
             include_changed: true,
             full_scan: false,
+            pace: false,
         };
         let due = store.due("evenement", &query).unwrap();
         let keys: Vec<String> = due.iter().map(|d| d.key.to_string()).collect();

@@ -96,6 +96,23 @@ impl JsonBody {
         }
     }
 
+    /// FNV-1a of the body's bytes, without putting them in one buffer: a claimed
+    /// attempt records it, to tell a retry with the same body from a changed one.
+    pub fn hash(&self) -> u64 {
+        let mut hash = crate::store::record::Fnv::new();
+        for segment in &self.segments {
+            match segment {
+                Segment::Owned(bytes) => hash.write(bytes),
+                Segment::Slice { field, start, end } => {
+                    if let Some(Value::String(text)) = self.payload.get(field) {
+                        hash.write(&text.as_bytes()[*start..*end]);
+                    }
+                }
+            }
+        }
+        hash.finish()
+    }
+
     /// One buffer: for small payloads, and for tests.
     pub fn to_vec(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.len);
@@ -143,6 +160,9 @@ mod tests {
         let body = JsonBody::new(payload).unwrap();
         assert_eq!(body.len(), expected.len());
         assert_eq!(body.to_vec(), expected);
+        let mut whole = crate::store::record::Fnv::new();
+        whole.write(&expected);
+        assert_eq!(body.hash(), whole.finish());
         assert!(
             body.segments
                 .iter()

@@ -7,7 +7,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use reqwest::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{
+    HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER,
+};
 use reqwest::Method;
 
 use super::plan::{self, Outcome};
@@ -92,7 +94,10 @@ impl Client {
             .pool_max_idle_per_host(max_concurrent)
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::limited(5));
+            // A redirect is an answer to record (`failed`, naming the target), never a
+            // detour: following one turns a POST into a GET (301, 302) or sends the
+            // record where nobody configured it to go (SPEC §5).
+            .redirect(reqwest::redirect::Policy::none());
         if let Some(path) = &remote.ca_file {
             let shown = path.display();
             let pem = std::fs::read(path).map_err(|e| {
@@ -158,11 +163,18 @@ impl Client {
             Err(err) => return self.transport_failure(&err),
         };
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let headers = plan::AnswerHeaders {
+            retry_after: header(RETRY_AFTER.as_str()),
+            location: header(LOCATION.as_str()),
+            replayed: header("idempotent-replayed").is_some_and(|v| v.eq_ignore_ascii_case("true")),
+        };
         let mut answer = Vec::new();
         loop {
             match response.chunk().await {
@@ -182,7 +194,7 @@ impl Client {
         plan::classify(
             status,
             &answer,
-            retry_after.as_deref(),
+            &headers,
             &request.remote_id_pointer,
             now_ms(),
             bytes,
@@ -191,22 +203,19 @@ impl Client {
 
     /// No answer: say why in words `ferry diagnose` can group by.
     fn transport_failure(&self, err: &reqwest::Error) -> Outcome {
-        if err.is_redirect() {
-            return Outcome::Failed {
-                status: None,
-                error: format!("too many redirects (a redirect loop?): {}", chain(err)),
-            };
-        }
         if err.is_builder() {
-            return Outcome::Failed {
-                status: None,
-                error: format!("the request cannot be built: {}", chain(err)),
-            };
+            return Outcome::refused(format!("the request cannot be built: {}", chain(err)));
         }
         let text = chain(err);
         let lower = text.to_ascii_lowercase();
-        let error = if err.is_timeout() {
+        // Failing to connect means nothing was sent; any later failure (a timeout
+        // waiting for the answer, a connection reset) may come after the server
+        // acted on the request.
+        let connecting = err.is_connect();
+        let error = if err.is_timeout() && !connecting {
             format!("timeout: no answer within {:?}", self.timeout)
+        } else if err.is_timeout() {
+            format!("timeout: could not connect within {:?}", self.timeout)
         } else if io_kind(err) == Some(std::io::ErrorKind::ConnectionRefused)
             || lower.contains("connection refused")
         {
@@ -226,6 +235,7 @@ impl Client {
             error,
             retry_after: None,
             transport: true,
+            maybe_processed: !connecting,
         }
     }
 }

@@ -23,7 +23,7 @@ use reqwest::Method;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::config::{Collection, Config, SyncMode, Updates};
+use crate::config::{Collection, Config, SyncMode};
 use crate::store::{now_ms, Due, DueQuery, Millis, Store, StoreError, Tracking};
 use changes::ChangeWatch;
 use client::{Client, Request};
@@ -350,8 +350,9 @@ impl Engine {
             let query = DueQuery {
                 now: Millis::MAX,
                 limit: 1,
-                include_changed: collection.updates() != Updates::Ignore,
+                include_changed: collection.sends_changes(),
                 full_scan: false,
+                pace: false,
             };
             let name = collection.name.as_str().to_string();
             if !self
@@ -378,30 +379,26 @@ impl Engine {
             let query = DueQuery {
                 now,
                 limit,
-                include_changed: collection.updates() != Updates::Ignore,
+                include_changed: collection.sends_changes(),
                 full_scan: true,
+                pace: false,
             };
             let name = collection.name.as_str().to_string();
             let due = self.store.call(move |s| s.due(&name, &query)).await?;
             for d in due {
-                let (method, path) = match plan::action(&d, &collection, now) {
-                    Action::Post | Action::Defer(_) => {
-                        ("POST", collection.endpoint.as_str().to_string())
-                    }
-                    Action::Put(remote) => ("PUT", put_path(&collection, &remote)),
-                    Action::Abandon => continue,
+                // A change held back for a moment goes out within a second: listed.
+                let action = plan::action(&d, &collection, now + plan::MIN_UPDATE_INTERVAL);
+                let Some(request) =
+                    plan::request_for(&d, &action, &collection, self.config.device_id())
+                else {
+                    continue;
                 };
                 planned.push(Planned {
                     collection: collection.name.as_str().to_string(),
-                    method,
-                    path,
+                    method: request.method,
+                    path: request.path,
                     key: d.key.to_string(),
-                    idempotency_key: plan::idempotency_key(
-                        self.config.device_id(),
-                        collection.name.as_str(),
-                        &d.key,
-                        plan::attempt_version(&d).as_deref(),
-                    ),
+                    idempotency_key: request.idempotency_key,
                 });
             }
         }
@@ -558,6 +555,10 @@ impl Engine {
     ) -> Result<(Tally, Option<Millis>), SyncError> {
         let mut total = Tally::default();
         let name = lane.collection.name.as_str().to_string();
+        let policy = plan::RetryPolicy {
+            failed_every: self.config.sync.retry_failed_every.get(),
+            max_delay: self.config.sync.max_retry_delay.get(),
+        };
         loop {
             let now = now_ms();
             if *shutdown.borrow() {
@@ -583,8 +584,9 @@ impl Engine {
                 } else {
                     self.batch_limit(&lane.collection)
                 },
-                include_changed: lane.collection.updates() != Updates::Ignore,
+                include_changed: lane.collection.sends_changes(),
                 full_scan,
+                pace: !single_pass,
             };
             let query_name = name.clone();
             let due = self.store.call(move |s| s.due(&query_name, &query)).await?;
@@ -592,10 +594,12 @@ impl Engine {
             if due.is_empty() {
                 return Ok((total, None));
             }
+            let mut tally = Tally::default();
             let mut rows: Vec<Tracking> = Vec::new();
             let mut forget: Vec<crate::store::Key> = Vec::new();
-            let mut sends: Vec<(Due, Action)> = Vec::new();
+            let mut sends: Vec<Prepared> = Vec::new();
             let mut deferred: Option<Millis> = None;
+            let device_id = self.config.device_id();
             for d in due {
                 match plan::action(&d, &lane.collection, now) {
                     Action::Abandon => match plan::abandoned(&d, now) {
@@ -605,7 +609,29 @@ impl Engine {
                     Action::Defer(at) => {
                         deferred = Some(deferred.map_or(at, |d: Millis| d.min(at)))
                     }
-                    action => sends.push((d, action)),
+                    Action::Skip => {}
+                    Action::Refuse(error) => {
+                        tally.failed += 1;
+                        tracing::warn!(collection = %name, local_id = %d.key, "{name} {}: {error}", d.key);
+                        rows.push(plan::refused(&d, &name, &error, now, policy));
+                    }
+                    action @ (Action::Create | Action::Put(_)) => {
+                        match Prepared::new(d, action, &lane.collection, device_id) {
+                            Ok(prepared) => sends.push(prepared),
+                            Err((d, attempt, outcome)) => {
+                                tally.failed += 1;
+                                rows.push(plan::after(
+                                    &d,
+                                    &lane.collection,
+                                    &attempt,
+                                    &outcome,
+                                    now,
+                                    policy,
+                                    self.random(),
+                                ));
+                            }
+                        }
+                    }
                 }
             }
             if !forget.is_empty() {
@@ -614,14 +640,43 @@ impl Engine {
                     .call(move |s| s.delete_tracking(&forget_name, &forget))
                     .await?;
             }
-            let batch = self
+            // Creates are claimed before any leaves: from here on, a crash, a reload
+            // or a change of the record cannot make their retries use another key.
+            let claims: Vec<Tracking> = sends
+                .iter()
+                .filter(|p| p.attempt.action == Action::Create)
+                .map(|p| plan::claim(&p.due, &name, &p.attempt, now))
+                .collect();
+            if !claims.is_empty() {
+                self.store.call(move |s| s.write_tracking(&claims)).await?;
+                lane.beat.step();
+            }
+            let (batch, unsent) = self
                 .send_batch(&lane.collection, sends, shutdown, &lane.beat)
                 .await;
-            let mut tally = Tally::default();
+            // Creates that never left give their claim back: nothing can have been
+            // stored, and a claim would pin a key for nothing.
+            let mut unclaim: Vec<crate::store::Key> = Vec::new();
+            for p in unsent {
+                if p.attempt.action != Action::Create {
+                    continue;
+                }
+                match &p.due.tracking {
+                    Some(previous) => rows.push(previous.clone()),
+                    None => unclaim.push(p.due.key.clone()),
+                }
+            }
+            if !unclaim.is_empty() {
+                let unclaim_name = name.clone();
+                self.store
+                    .call(move |s| s.delete_tracking(&unclaim_name, &unclaim))
+                    .await?;
+            }
             let mut unhealthy = 0usize;
             let mut retry_after: Option<Duration> = None;
             let now = now_ms();
-            for (d, outcome) in &batch {
+            for (p, outcome) in &batch {
+                let d = &p.due;
                 match outcome {
                     Outcome::Delivered { .. } => tally.delivered += 1,
                     Outcome::Retry {
@@ -631,7 +686,7 @@ impl Engine {
                         unhealthy += 1;
                         retry_after = retry_after.max(*after);
                     }
-                    Outcome::Failed { error, status } => {
+                    Outcome::Failed { error, status, .. } => {
                         tally.failed += 1;
                         tracing::warn!(
                             collection = %name,
@@ -657,12 +712,15 @@ impl Engine {
                 } else {
                     tracing::debug!(collection = %name, local_id = %d.key, "{name} {}: {outcome:?}", d.key);
                 }
-                let random = self.random();
-                let policy = plan::RetryPolicy {
-                    failed_every: self.config.sync.retry_failed_every.get(),
-                    max_delay: self.config.sync.max_retry_delay.get(),
-                };
-                rows.push(plan::after(d, &name, outcome, now, policy, random));
+                rows.push(plan::after(
+                    d,
+                    &lane.collection,
+                    &p.attempt,
+                    outcome,
+                    now,
+                    policy,
+                    self.random(),
+                ));
             }
             if !rows.is_empty() {
                 self.store.call(move |s| s.write_tracking(&rows)).await?;
@@ -700,12 +758,14 @@ impl Engine {
                 };
                 tally.paused = true;
             }
+            let progressed = !batch.is_empty() || tally.failed > 0;
             total.add(&tally);
-            if single_pass && (tally.paused || batch.is_empty()) {
+            if single_pass && (tally.paused || !progressed) {
                 return Ok((total, deferred));
             }
-            if batch.is_empty() {
-                // Everything due was held back (changed too recently) or abandoned.
+            if !progressed {
+                // Everything due was held back (changed too recently), skipped or
+                // abandoned.
                 return Ok((total, deferred));
             }
         }
@@ -713,70 +773,73 @@ impl Engine {
 
     /// Sends a batch, first attempts in order; stops starting new requests when the
     /// server looks down or a stop is asked for. Returns the outcome of every request
-    /// that finished; records whose request never started or never finished are left
-    /// as they were, due again.
+    /// that finished, and the records whose request never started. A request still in
+    /// flight when the stop's grace ran out is in neither: its outcome is unknown, and
+    /// its record stays as it was (a create stays claimed).
     async fn send_batch(
         &self,
         collection: &Collection,
-        sends: Vec<(Due, Action)>,
+        sends: Vec<Prepared>,
         shutdown: &watch::Receiver<bool>,
         beat: &Beat,
-    ) -> Vec<(Due, Outcome)> {
+    ) -> (Vec<(Prepared, Outcome)>, Vec<Prepared>) {
         let mut results = Vec::with_capacity(sends.len());
-        let mut tasks: JoinSet<(Due, Outcome)> = JoinSet::new();
+        let mut tasks: JoinSet<(Prepared, Outcome)> = JoinSet::new();
         let mut queue = sends.into_iter();
         let mut consecutive_unhealthy = 0usize;
         let mut stop_starting = false;
         let mut shutdown = shutdown.clone();
-        let device_id = self.config.device_id().to_string();
+        let pointer = collection.remote_id.as_str().to_string();
+        let trip_after = TRIP_AFTER.max(self.config.remote.max_concurrent as usize);
         loop {
             // Start as many as the global limit allows.
-            while !stop_starting && !*shutdown.borrow() {
-                let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
-                    break;
+            while !stop_starting && !*shutdown.borrow() && queue.len() > 0 {
+                let permit = match Arc::clone(&self.in_flight).try_acquire_owned() {
+                    Ok(permit) => permit,
+                    Err(_) if tasks.is_empty() => {
+                        // Other collections hold every permit: wait for one and keep
+                        // it (a permit given back and taken again by nobody would
+                        // leave every lane waiting on the others).
+                        tokio::select! {
+                            permit = Arc::clone(&self.in_flight).acquire_owned() => match permit {
+                                Ok(permit) => permit,
+                                Err(_) => break,
+                            },
+                            Ok(()) = shutdown.changed() => break,
+                        }
+                    }
+                    Err(_) => break,
                 };
-                let Some((due, action)) = queue.next() else {
+                let Some(mut prepared) = queue.next() else {
                     break;
                 };
                 let client = Arc::clone(&self.client);
-                let collection = collection.clone();
-                let device_id = device_id.clone();
+                let pointer = pointer.clone();
                 tasks.spawn(async move {
-                    let mut due = due;
-                    // The record moves into the request; tracking needs only the rest.
-                    let record = due.record.take();
-                    let outcome =
-                        match build_request(record, &due, &action, &collection, &device_id) {
-                            Ok(request) => client.send(request).await,
-                            Err(outcome) => outcome,
-                        };
+                    let outcome = match prepared.take_request(&pointer) {
+                        Some(request) => client.send(request).await,
+                        None => plan::Outcome::refused("the request was already sent"),
+                    };
                     drop(permit);
-                    (due, outcome)
+                    (prepared, outcome)
                 });
             }
             if tasks.is_empty() {
-                if stop_starting || *shutdown.borrow() || queue.len() == 0 {
-                    break;
-                }
-                // Other collections hold every permit: wait for one.
-                if let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await {
-                    drop(permit);
-                }
-                continue;
+                break;
             }
             tokio::select! {
                 finished = tasks.join_next() => {
-                    let Some(Ok((due, outcome))) = finished else { continue };
+                    let Some(Ok((prepared, outcome))) = finished else { continue };
                     beat.step();
                     if outcome.is_unhealthy() {
                         consecutive_unhealthy += 1;
-                        if consecutive_unhealthy >= TRIP_AFTER.max(self.config.remote.max_concurrent as usize) {
+                        if consecutive_unhealthy >= trip_after {
                             stop_starting = true;
                         }
                     } else {
                         consecutive_unhealthy = 0;
                     }
-                    results.push((due, outcome));
+                    results.push((prepared, outcome));
                 }
                 Ok(()) = shutdown.changed() => {
                     // Stop: let what is in flight finish, for a while.
@@ -792,61 +855,75 @@ impl Engine {
                 }
             }
         }
-        results
+        (results, queue.collect())
     }
 }
 
-fn put_path(collection: &Collection, remote_id: &crate::store::Key) -> String {
-    let id: String = remote_id
-        .to_string()
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect();
-    format!(
-        "{}/{id}",
-        collection.endpoint.as_str().trim_end_matches('/')
-    )
+/// A request ready to go, with what is needed to read its outcome.
+struct Prepared {
+    due: Due,
+    attempt: plan::Attempt,
+    plan: plan::RequestPlan,
+    body: Option<body::JsonBody>,
 }
 
-/// The request for a due record, or the outcome that makes sending it pointless.
-fn build_request(
-    record: Option<crate::store::Record>,
-    due: &Due,
-    action: &Action,
-    collection: &Collection,
-    device_id: &str,
-) -> Result<Request, Outcome> {
-    let record = record.ok_or_else(|| Outcome::Failed {
-        status: None,
-        error: "the record was deleted before it was delivered".into(),
-    })?;
-    let body = body::JsonBody::new(plan::payload(record, collection, device_id)).map_err(|e| {
-        Outcome::Failed {
-            status: None,
-            error: format!("the payload cannot be built: {e}"),
+impl Prepared {
+    /// The request for `action` on `due`; the record moves into its body. Or, when no
+    /// body can be built, the row's inputs and the outcome that says why.
+    #[allow(clippy::result_large_err)]
+    fn new(
+        mut due: Due,
+        action: Action,
+        collection: &Collection,
+        device_id: &str,
+    ) -> Result<Prepared, (Due, plan::Attempt, Outcome)> {
+        let Some(request) = plan::request_for(&due, &action, collection, device_id) else {
+            unreachable!("only creates and updates are prepared")
+        };
+        let mut attempt = plan::Attempt {
+            action,
+            idempotency_key: request.idempotency_key.clone(),
+            version: due.version.clone(),
+            body_hash: 0,
+        };
+        let Some(record) = due.record.take() else {
+            return Err((
+                due,
+                attempt,
+                Outcome::refused("the record was deleted before it was delivered"),
+            ));
+        };
+        match body::JsonBody::new(plan::payload(record, collection, device_id)) {
+            Ok(body) => {
+                attempt.body_hash = body.hash();
+                Ok(Prepared {
+                    due,
+                    attempt,
+                    plan: request,
+                    body: Some(body),
+                })
+            }
+            Err(e) => Err((
+                due,
+                attempt,
+                Outcome::refused(format!("the payload cannot be built: {e}")),
+            )),
         }
-    })?;
-    let (method, path) = match action {
-        Action::Put(remote_id) => (Method::PUT, put_path(collection, remote_id)),
-        _ => (Method::POST, collection.endpoint.as_str().to_string()),
-    };
-    Ok(Request {
-        method,
-        path,
-        body,
-        idempotency_key: plan::idempotency_key(
-            device_id,
-            collection.name.as_str(),
-            &due.key,
-            plan::attempt_version(due).as_deref(),
-        ),
-        remote_id_pointer: collection.remote_id.as_str().to_string(),
-    })
+    }
+
+    fn take_request(&mut self, remote_id_pointer: &str) -> Option<Request> {
+        Some(Request {
+            method: if self.plan.method == "PUT" {
+                Method::PUT
+            } else {
+                Method::POST
+            },
+            path: self.plan.path.clone(),
+            body: self.body.take()?,
+            idempotency_key: self.plan.idempotency_key.clone(),
+            remote_id_pointer: remote_id_pointer.to_string(),
+        })
+    }
 }
 
 /// Continuous mode: tells the collection loops (through `changes`) when another

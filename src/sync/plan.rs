@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{Collection, Updates};
 use crate::store::record::{self, Key, Record};
-use crate::store::{rfc3339, Due, Millis, Status, Tracking};
+use crate::store::{rfc3339, Claim, ClaimState, Due, Millis, Status, Tracking};
 
 /// The first retry waits up to this long, doubling per attempt, up to
 /// `sync.max_retry_delay`.
@@ -28,17 +28,29 @@ pub enum Outcome {
         status: u16,
         remote_id: Option<Key>,
         bytes: u64,
+        /// The server said it answered from its memory of the Idempotency-Key
+        /// (`Idempotent-Replayed: true`): it holds what the key was first sent with.
+        replayed: bool,
     },
-    /// Worth trying again later: connection errors, timeouts, 408, 425, 429, 5xx.
+    /// Worth trying again later: connection errors, timeouts, 408, 409, 425, 429, 5xx.
     Retry {
         status: Option<u16>,
         error: String,
         retry_after: Option<Duration>,
         /// No answer at all (refused, reset, timed out): the server may be down.
         transport: bool,
+        /// The server may have acted on the request (no answer after it was sent, a
+        /// 5xx, a 409 "still in progress"): a create stays claimed.
+        maybe_processed: bool,
     },
-    /// The server refused this record for good (other 4xx), or it cannot be sent.
-    Failed { status: Option<u16>, error: String },
+    /// The server refused this record for good (other 4xx, 3xx), or it cannot be sent.
+    Failed {
+        status: Option<u16>,
+        error: String,
+        /// An id the answer carried all the same (a 422 for a reused Idempotency-Key
+        /// may name what the key created).
+        remote_id: Option<Key>,
+    },
 }
 
 impl Outcome {
@@ -46,13 +58,31 @@ impl Outcome {
     pub fn is_unhealthy(&self) -> bool {
         matches!(self, Outcome::Retry { .. })
     }
+
+    /// A refusal that is not the server's (the payload cannot be built, …).
+    pub fn refused(error: impl Into<String>) -> Outcome {
+        Outcome::Failed {
+            status: None,
+            error: error.into(),
+            remote_id: None,
+        }
+    }
+}
+
+/// What an answer carried besides its status and body.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AnswerHeaders {
+    pub retry_after: Option<String>,
+    pub location: Option<String>,
+    /// `Idempotent-Replayed: true`.
+    pub replayed: bool,
 }
 
 /// What a server's answer means (SPEC §5). `body` is the start of the answer.
 pub fn classify(
     status: u16,
     body: &[u8],
-    retry_after: Option<&str>,
+    headers: &AnswerHeaders,
     remote_id: &str,
     now: Millis,
     bytes: u64,
@@ -62,12 +92,36 @@ pub fn classify(
             status,
             remote_id: remote_id_from(body, remote_id),
             bytes,
+            replayed: headers.replayed,
         },
-        408 | 425 | 429 | 500..=599 => Outcome::Retry {
+        // Not acted on (408 timeout reading the request, 425 too early, 429 slow
+        // down) or maybe acted on (409: the first request with this key is still in
+        // progress; 5xx: it may have failed after storing).
+        408 | 409 | 425 | 429 | 500..=599 => Outcome::Retry {
             status: Some(status),
             error: http_error(status, body),
-            retry_after: retry_after.and_then(|v| parse_retry_after(v, now)),
+            retry_after: headers
+                .retry_after
+                .as_deref()
+                .and_then(|v| parse_retry_after(v, now)),
             transport: false,
+            maybe_processed: status == 409 || status >= 500,
+        },
+        // A redirect is never followed: it would turn the POST into a GET (301, 302)
+        // or send the record where nobody configured it to go.
+        300..=399 => Outcome::Failed {
+            status: Some(status),
+            error: match headers.location.as_deref() {
+                Some(target) => format!(
+                    "HTTP {status}: remote.url redirects to {target}; ferry does not follow redirects: \
+                     fix remote.url or the collection's endpoint, then `ferry retry`"
+                ),
+                None => format!(
+                    "HTTP {status}: a redirect without a Location; ferry does not follow redirects: \
+                     check remote.url and the collection's endpoint, then `ferry retry`"
+                ),
+            },
+            remote_id: None,
         },
         413 => Outcome::Failed {
             status: Some(413),
@@ -75,10 +129,12 @@ pub fn classify(
                 "HTTP 413: the record ({bytes} bytes as JSON) is larger than the server accepts: {}",
                 body_excerpt(body)
             ),
+            remote_id: None,
         },
         _ => Outcome::Failed {
             status: Some(status),
             error: http_error(status, body),
+            remote_id: remote_id_from(body, remote_id),
         },
     }
 }
@@ -170,13 +226,19 @@ pub fn probe_delay(failures: u32, random: f64) -> Duration {
 /// What to do with a due record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    Post,
+    /// `POST <endpoint>`: the server creates the record (or, with `updates = "post"`, a
+    /// new version of it).
+    Create,
     /// `PUT <endpoint>/<remote_id>`.
     Put(Key),
     /// Changed too recently: send its latest state at this time instead.
     Defer(Millis),
     /// Deleted before its delivery was settled: nothing to send.
     Abandon,
+    /// Nothing to send: delivered at this version, or its changes are ignored.
+    Skip,
+    /// It cannot be sent as things stand; the tracking row says why (`failed`).
+    Refuse(String),
 }
 
 pub fn action(due: &Due, collection: &Collection, now: Millis) -> Action {
@@ -184,34 +246,145 @@ pub fn action(due: &Due, collection: &Collection, now: Millis) -> Action {
         return Action::Abandon;
     }
     let Some(tracking) = &due.tracking else {
-        return Action::Post;
+        return Action::Create;
     };
+    if let Some(claim) = &tracking.claim {
+        // A create whose outcome is unknown is settled first, under its own key —
+        // except that with `updates = "post"` every version is a create of its own.
+        if collection.updates() != Updates::Post || claim.version == due.version {
+            return Action::Create;
+        }
+    }
     if tracking.status == Status::Success {
+        match tracking.version.as_deref() {
+            // The seed service's deliveries carry no version: delivered as it is.
+            None => return Action::Skip,
+            Some(v) if v == due.version => return Action::Skip,
+            Some(_) => {}
+        }
+        if collection.updated_at.is_some() && collection.updates() == Updates::Ignore {
+            return Action::Skip;
+        }
         let last = crate::store::time::parse_timestamp(&tracking.sync_date).unwrap_or(0);
         if now - last < MIN_UPDATE_INTERVAL {
             return Action::Defer(last + MIN_UPDATE_INTERVAL);
         }
     }
-    // A remote id is only ever learnt from a success: the server has the record.
-    match (collection.updates(), &tracking.remote_id) {
-        (Updates::Put, Some(remote_id)) => Action::Put(remote_id.clone()),
-        _ => Action::Post,
+    if collection.updated_at.is_none() {
+        // Append-only: records do not change. Other content under a delivered key is
+        // another record (the key was used again after a deletion).
+        return Action::Create;
+    }
+    if !tracking.created && tracking.remote_id.is_none() {
+        return Action::Create;
+    }
+    match collection.updates() {
+        Updates::Post => Action::Create,
+        Updates::Ignore => Action::Skip,
+        Updates::Put => match &tracking.remote_id {
+            Some(remote_id) => Action::Put(remote_id.clone()),
+            None => Action::Refuse(format!(
+                "cannot send this update with PUT: when the record was created, the server's \
+                 answer had no id at {:?} (collections[{}].remote_id); set remote_id to where the \
+                 answer holds the id, or updates = \"post\", then `ferry retry`",
+                collection.remote_id.as_str(),
+                collection.name.as_str()
+            )),
+        },
     }
 }
 
-/// The `Idempotency-Key`: `<device_id>:<collection>:<key>[:<version>]`, the same on
-/// every retry of the same version, so a server that saw a request whose answer was
-/// lost recognises it.
+/// A request to make: its method, path (after the base URL) and Idempotency-Key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestPlan {
+    pub method: &'static str,
+    pub path: String,
+    pub idempotency_key: String,
+}
+
+/// The request for `action` on `due` — shared by sending and `ferry sync --dry-run`.
+/// A create reuses the key of a claimed attempt whose outcome is unknown.
+pub fn request_for(
+    due: &Due,
+    action: &Action,
+    collection: &Collection,
+    device_id: &str,
+) -> Option<RequestPlan> {
+    let fresh_key = || {
+        idempotency_key(
+            device_id,
+            collection.name.as_str(),
+            &due.key,
+            Some(due.version.as_str()),
+        )
+    };
+    match action {
+        Action::Create => Some(RequestPlan {
+            method: "POST",
+            path: collection.endpoint.as_str().to_string(),
+            idempotency_key: match pinned_claim(due, collection) {
+                Some(claim) => claim.key.clone(),
+                None => fresh_key(),
+            },
+        }),
+        Action::Put(remote_id) => Some(RequestPlan {
+            method: "PUT",
+            path: put_path(collection, remote_id),
+            idempotency_key: fresh_key(),
+        }),
+        Action::Defer(_) | Action::Abandon | Action::Skip | Action::Refuse(_) => None,
+    }
+}
+
+/// The claim a create of `due` must reuse, if any.
+pub fn pinned_claim<'a>(due: &'a Due, collection: &Collection) -> Option<&'a Claim> {
+    let claim = due.tracking.as_ref()?.claim.as_ref()?;
+    (collection.updates() != Updates::Post || claim.version == due.version).then_some(claim)
+}
+
+/// `<endpoint>/<remote_id>`, the id percent-encoded.
+pub fn put_path(collection: &Collection, remote_id: &Key) -> String {
+    format!(
+        "{}/{}",
+        collection.endpoint.as_str().trim_end_matches('/'),
+        percent_encode(&remote_id.to_string())
+    )
+}
+
+/// Every byte but RFC 3986's unreserved characters as `%XX`.
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(byte as char)
+            }
+            other => out.push_str(&format!("%{other:02X}")),
+        }
+    }
+    out
+}
+
+/// The `Idempotency-Key`: `<device_id>:<collection>:<key>:<version>`, each part
+/// percent-encoded (so `:` inside a part cannot join two keys into one, and the
+/// header is always a valid value), the same on every retry of the same version.
 pub fn idempotency_key(
     device_id: &str,
     collection: &str,
     key: &Key,
     version: Option<&str>,
 ) -> String {
-    match version {
-        Some(version) => format!("{device_id}:{collection}:{key}:{version}"),
-        None => format!("{device_id}:{collection}:{key}"),
+    let mut out = format!(
+        "{}:{}:{}",
+        percent_encode(device_id),
+        percent_encode(collection),
+        percent_encode(&key.to_string())
+    );
+    if let Some(version) = version.filter(|v| !v.is_empty()) {
+        out.push(':');
+        out.push_str(&percent_encode(version));
     }
+    out
 }
 
 /// The body sent for a record: its fields, plus `device_id`, plus `extra` (a record's
@@ -246,19 +419,67 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
 }
 
-/// The tracking row after `outcome` for the record in `due`.
+/// One request as sent: what [`after`] needs to read its outcome.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attempt {
+    pub action: Action,
+    pub idempotency_key: String,
+    /// The version of the record the body carried.
+    pub version: String,
+    /// FNV-1a of the body's bytes.
+    pub body_hash: u64,
+}
+
+/// The tracking row written before a create is sent: the attempt is claimed, so that
+/// whatever happens next (a crash, a reload, the record changing) its retries reuse
+/// its Idempotency-Key. A claim already there (an earlier attempt whose outcome is
+/// unknown) is kept as it is: it says what the server may hold.
+pub fn claim(due: &Due, collection: &str, attempt: &Attempt, now: Millis) -> Tracking {
+    let mut row = due
+        .tracking
+        .clone()
+        .unwrap_or_else(|| Tracking::new(collection, due.key.clone(), now));
+    let earlier = row
+        .claim
+        .as_ref()
+        .filter(|c| c.key == attempt.idempotency_key)
+        .cloned();
+    row.claim = Some(match earlier {
+        Some(mut claim) => {
+            claim.state = ClaimState::Unsure;
+            claim
+        }
+        None => Claim {
+            key: attempt.idempotency_key.clone(),
+            version: attempt.version.clone(),
+            body_hash: attempt.body_hash,
+            state: ClaimState::Sending,
+        },
+    });
+    row
+}
+
+/// The tracking row after `outcome` of `attempt` for the record in `due` (whose
+/// tracking is as it was before the attempt's claim).
+#[allow(clippy::too_many_arguments)]
 pub fn after(
     due: &Due,
-    collection: &str,
+    collection: &Collection,
+    attempt: &Attempt,
     outcome: &Outcome,
     now: Millis,
     policy: RetryPolicy,
     random: f64,
 ) -> Tracking {
+    let name = collection.name.as_str();
     let previous = due.tracking.as_ref();
-    let version = attempt_version(due);
-    let same_version =
-        previous.is_some_and(|t| t.version == version && t.status != Status::Success);
+    // The claim this attempt was made under, if it reused an earlier one's key.
+    let pinned = previous
+        .and_then(|t| t.claim.as_ref())
+        .filter(|c| c.key == attempt.idempotency_key);
+    let same_version = previous.is_some_and(|t| {
+        t.status != Status::Success && t.version.as_deref() == Some(&attempt.version)
+    });
     let attempts = if same_version {
         previous.map_or(0, |t| t.attempts) + 1
     } else {
@@ -266,29 +487,75 @@ pub fn after(
     };
     let mut row = previous
         .cloned()
-        .unwrap_or_else(|| Tracking::new(collection, due.key.clone(), now));
+        .unwrap_or_else(|| Tracking::new(name, due.key.clone(), now));
     row.attempts = attempts;
     row.sync_date = rfc3339(now);
+    let is_create = attempt.action == Action::Create;
+    // The body differs from the claimed attempt's: the record changed meanwhile.
+    let body_changed = pinned.is_some_and(|c| c.body_hash != attempt.body_hash);
     match outcome {
         Outcome::Delivered {
             status,
             remote_id,
             bytes,
+            replayed,
         } => {
+            row.status = Status::Success;
+            if remote_id.is_some() || is_create {
+                // A create's answer names the new record (or nothing).
+                row.remote_id = remote_id
+                    .clone()
+                    .or(row.remote_id.take().filter(|_| !is_create));
+            }
+            row.error_message = None;
+            row.next_attempt_at = None;
+            // After a changed retry of a claimed create, the server may hold the
+            // claimed version (a replay; a server that keeps keys but not bodies) or
+            // this one. Where an update follows, assume the older: the update then
+            // brings the latest state whichever it holds.
+            row.version = Some(match pinned {
+                Some(claim)
+                    if body_changed
+                        && (*replayed
+                            || (collection.updated_at.is_some()
+                                && collection.updates() == Updates::Put)) =>
+                {
+                    claim.version.clone()
+                }
+                _ => attempt.version.clone(),
+            });
+            row.last_http_status = Some(*status);
+            row.bytes_sent = row.bytes_sent.saturating_add(*bytes);
+            row.created = true;
+            row.claim = None;
+        }
+        // A 422 to a changed retry of a claimed create: the key was used before with
+        // another body (the IETF Idempotency-Key draft) — the server holds the claimed
+        // attempt. Settled as that; the latest state follows as an update.
+        Outcome::Failed {
+            status: Some(422),
+            remote_id,
+            ..
+        } if is_create && body_changed => {
+            let Some(claim) = pinned else {
+                unreachable!("body_changed implies a pinned claim")
+            };
             row.status = Status::Success;
             if remote_id.is_some() {
                 row.remote_id = remote_id.clone();
             }
             row.error_message = None;
             row.next_attempt_at = None;
-            row.version = version.clone();
-            row.last_http_status = Some(*status);
-            row.bytes_sent = row.bytes_sent.saturating_add(*bytes);
+            row.version = Some(claim.version.clone());
+            row.last_http_status = Some(422);
+            row.created = true;
+            row.claim = None;
         }
         Outcome::Retry {
             status,
             error,
             retry_after,
+            maybe_processed,
             ..
         } => {
             // An update being retried is pending again: `stats` shows it outstanding.
@@ -297,53 +564,88 @@ pub fn after(
             let wait = retry_after
                 .unwrap_or_else(|| backoff(attempts, RETRY_BASE, policy.max_delay, random));
             row.next_attempt_at = Some(now + wait.as_millis() as Millis);
-            row.version = version.clone();
+            row.version = Some(attempt.version.clone());
             row.last_http_status = *status;
+            row.claim = settle_claim(is_create, pinned, attempt, *maybe_processed);
         }
-        Outcome::Failed { status, error } => {
+        Outcome::Failed { status, error, .. } => {
             row.status = Status::Failed;
             row.error_message = Some(error.clone());
             row.next_attempt_at =
                 Some(now.saturating_add(policy.failed_every.as_millis() as Millis));
-            row.version = version.clone();
+            row.version = Some(attempt.version.clone());
             row.last_http_status = *status;
+            // A refusal means the request was not acted on; an earlier attempt
+            // whose outcome is unknown still may have been.
+            row.claim = settle_claim(is_create, pinned, attempt, false);
         }
     }
     row
 }
 
-/// A record deleted before its delivery was settled. Never delivered (no remote id):
-/// its row is forgotten (`None`), so a record written later under the same key is
-/// new. Delivered before: the server keeps the last version it got (deletions are not
-/// sent), so the row says success again.
+/// The claim a create leaves after an answer that did not settle it: kept while the
+/// server may hold the record (this attempt or an earlier one may have been acted
+/// on), dropped when nothing can have been created.
+fn settle_claim(
+    is_create: bool,
+    pinned: Option<&Claim>,
+    attempt: &Attempt,
+    maybe_processed: bool,
+) -> Option<Claim> {
+    if !is_create {
+        return None;
+    }
+    match pinned {
+        Some(claim) => Some(Claim {
+            state: ClaimState::Unsure,
+            ..claim.clone()
+        }),
+        None if maybe_processed => Some(Claim {
+            key: attempt.idempotency_key.clone(),
+            version: attempt.version.clone(),
+            body_hash: attempt.body_hash,
+            state: ClaimState::Unsure,
+        }),
+        None => None,
+    }
+}
+
+/// The tracking row of a record that cannot be sent as things stand.
+pub fn refused(
+    due: &Due,
+    collection: &str,
+    error: &str,
+    now: Millis,
+    policy: RetryPolicy,
+) -> Tracking {
+    let mut row = due
+        .tracking
+        .clone()
+        .unwrap_or_else(|| Tracking::new(collection, due.key.clone(), now));
+    row.status = Status::Failed;
+    row.sync_date = rfc3339(now);
+    row.error_message = Some(error.to_string());
+    row.next_attempt_at = Some(now.saturating_add(policy.failed_every.as_millis() as Millis));
+    row.last_http_status = None;
+    row
+}
+
+/// A record deleted before its delivery was settled. Never delivered (the server
+/// holds nothing of it): its row is forgotten (`None`), so a record written later
+/// under the same key is new. Delivered before: the server keeps the last version it
+/// got (deletions are not sent), so the row says success again.
 pub fn abandoned(due: &Due, now: Millis) -> Option<Tracking> {
     let row = due.tracking.as_ref()?;
-    row.remote_id.as_ref()?;
+    if !row.created && row.remote_id.is_none() {
+        return None;
+    }
     let mut row = row.clone();
     row.status = Status::Success;
     row.sync_date = rfc3339(now);
     row.error_message = None;
     row.next_attempt_at = None;
+    row.claim = None;
     Some(row)
-}
-
-/// The version a request for `due` is made for, and recorded as delivered on success.
-/// After an attempt whose outcome is unknown (no answer: the server may have stored
-/// it), the record keeps the version of that attempt, so the retry carries the same
-/// Idempotency-Key even if the record changed meanwhile; the newer state follows as
-/// an update once the first is settled.
-pub fn attempt_version(due: &Due) -> Option<String> {
-    match &due.tracking {
-        Some(t)
-            if t.status == Status::Pending
-                && t.attempts > 0
-                && t.last_http_status.is_none()
-                && t.version.is_some() =>
-        {
-            t.version.clone()
-        }
-        _ => due.version.clone(),
-    }
 }
 
 /// A small, fast pseudo-random source for jitter (xorshift64*), seeded per process.

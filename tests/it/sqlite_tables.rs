@@ -191,6 +191,7 @@ fn deliver_all(
             limit: 250,
             include_changed: false,
             full_scan,
+            pace: false,
         };
         full_scan = false;
         let due = store.due(collection, &query).unwrap();

@@ -17,6 +17,7 @@ fn query(now: i64) -> DueQuery {
         limit: 1000,
         include_changed: true,
         full_scan: false,
+        pace: false,
     }
 }
 
@@ -215,7 +216,7 @@ fn due_comes_in_order_by_order_with_a_limit(backend: Backend) {
     assert_eq!(keys(&due), ["k3", "k1", "k5", "k0", "k4", "k2"]);
     assert!(due
         .iter()
-        .all(|d| d.tracking.is_none() && d.version.as_deref() == Some("t1")));
+        .all(|d| d.tracking.is_none() && d.version == "t1"));
     let first_two = store
         .due(
             "items",
@@ -294,7 +295,7 @@ fn tracking_transitions(backend: Backend) {
         .unwrap();
     let due = store.due("items", &query(10_000)).unwrap();
     assert_eq!(keys(&due), ["a"]);
-    assert_eq!(due[0].version.as_deref(), Some("v2"));
+    assert_eq!(due[0].version, "v2");
     assert_eq!(
         due[0].tracking.as_ref().map(|t| t.status),
         Some(Status::Success)

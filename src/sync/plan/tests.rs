@@ -16,13 +16,18 @@ fn collection(extra_toml: &str) -> Collection {
         .remove(0)
 }
 
-fn due(key: i64, version: Option<&str>, tracking: Option<Tracking>) -> Due {
+fn due(key: i64, version: &str, tracking: Option<Tracking>) -> Due {
     Due {
         key: Key::Int(key),
         record: Some(serde_json::from_value(json!({"id": key})).unwrap()),
-        version: version.map(str::to_string),
+        version: version.to_string(),
         tracking,
+        found: crate::store::Found::New,
     }
+}
+
+fn headers() -> AnswerHeaders {
+    AnswerHeaders::default()
 }
 
 #[test]
@@ -30,7 +35,7 @@ fn answers_are_classified_as_the_spec_says() {
     let ok = classify(
         201,
         r#"{"id": 123, "message": "créé"}"#.as_bytes(),
-        None,
+        &headers(),
         "/id",
         0,
         10,
@@ -40,34 +45,50 @@ fn answers_are_classified_as_the_spec_says() {
         Outcome::Delivered {
             status: 201,
             remote_id: Some(Key::Int(123)),
-            bytes: 10
+            bytes: 10,
+            replayed: false,
         }
     );
-    for status in [408, 425, 429, 500, 502, 503, 504, 599] {
-        assert!(
-            matches!(
-                classify(status, b"", None, "/id", 0, 1),
-                Outcome::Retry {
-                    transport: false,
-                    ..
-                }
-            ),
-            "{status}"
-        );
+    for status in [408, 409, 425, 429, 500, 502, 503, 504, 599] {
+        let Outcome::Retry {
+            transport,
+            maybe_processed,
+            ..
+        } = classify(status, b"", &headers(), "/id", 0, 1)
+        else {
+            panic!("{status} is retried");
+        };
+        assert!(!transport, "{status}");
+        // 409: the first request under this key is still being processed; a 5xx
+        // may come after the server stored the record.
+        assert_eq!(maybe_processed, status == 409 || status >= 500, "{status}");
     }
-    for status in [400, 401, 403, 404, 409, 410, 422, 451] {
+    for status in [
+        300, 301, 302, 303, 307, 308, 400, 401, 403, 404, 410, 422, 451,
+    ] {
         assert!(
             matches!(
-                classify(status, b"", None, "/id", 0, 1),
+                classify(status, b"", &headers(), "/id", 0, 1),
                 Outcome::Failed { .. }
             ),
             "{status}"
         );
     }
+    let moved = AnswerHeaders {
+        location: Some("http://server/api/evenements/".into()),
+        ..headers()
+    };
+    let Outcome::Failed { error, .. } = classify(301, b"", &moved, "/id", 0, 1) else {
+        panic!()
+    };
+    assert!(
+        error.starts_with("HTTP 301: remote.url redirects to http://server/api/evenements/"),
+        "{error}"
+    );
     let Outcome::Failed { error, .. } = classify(
         422,
         b"{\"error\":\n  \"capteur is required\"}",
-        None,
+        &headers(),
         "/id",
         0,
         1,
@@ -75,7 +96,7 @@ fn answers_are_classified_as_the_spec_says() {
         panic!()
     };
     assert_eq!(error, "HTTP 422: {\"error\": \"capteur is required\"}");
-    let Outcome::Failed { error, .. } = classify(413, b"too big", None, "/id", 0, 900) else {
+    let Outcome::Failed { error, .. } = classify(413, b"too big", &headers(), "/id", 0, 900) else {
         panic!()
     };
     assert!(
@@ -137,25 +158,35 @@ fn backoff_is_capped_exponential_with_full_jitter() {
 fn actions_follow_updates_and_throttle_fast_changes() {
     let put = collection("updated_at = \"u\"\nupdates = \"put\"\n");
     let post = collection("updated_at = \"u\"\nupdates = \"post\"\n");
+    let ignore = collection("updated_at = \"u\"\nupdates = \"ignore\"\n");
     let now = 1_000_000;
-    assert_eq!(action(&due(1, Some("v1"), None), &put, now), Action::Post);
+    assert_eq!(action(&due(1, "v1", None), &put, now), Action::Create);
     let mut delivered = Tracking::new("c", Key::Int(1), now - 5_000);
     delivered.status = Status::Success;
+    delivered.created = true;
     delivered.remote_id = Some(Key::Int(99));
     delivered.version = Some("v1".into());
     delivered.sync_date = rfc3339(now - 5_000);
     assert_eq!(
-        action(&due(1, Some("v2"), Some(delivered.clone())), &put, now),
+        action(&due(1, "v1", Some(delivered.clone())), &put, now),
+        Action::Skip
+    );
+    assert_eq!(
+        action(&due(1, "v2", Some(delivered.clone())), &put, now),
         Action::Put(Key::Int(99))
     );
     assert_eq!(
-        action(&due(1, Some("v2"), Some(delivered.clone())), &post, now),
-        Action::Post
+        action(&due(1, "v2", Some(delivered.clone())), &post, now),
+        Action::Create
+    );
+    assert_eq!(
+        action(&due(1, "v2", Some(delivered.clone())), &ignore, now),
+        Action::Skip
     );
     // Delivered 300 ms ago: the latest state goes out when a second has passed.
     delivered.sync_date = rfc3339(now - 300);
     assert_eq!(
-        action(&due(1, Some("v3"), Some(delivered.clone())), &put, now),
+        action(&due(1, "v3", Some(delivered.clone())), &put, now),
         Action::Defer(now + 700)
     );
     // An update whose first try failed is still a PUT: the server has the record.
@@ -163,18 +194,52 @@ fn actions_follow_updates_and_throttle_fast_changes() {
     retrying.status = Status::Pending;
     retrying.version = Some("v3".into());
     assert_eq!(
-        action(&due(1, Some("v3"), Some(retrying)), &put, now),
+        action(&due(1, "v3", Some(retrying)), &put, now),
         Action::Put(Key::Int(99))
     );
+    // Created without an id, then changed: an update cannot be PUT — said, not
+    // turned into a second create; and still refused when that refusal is retried.
+    let mut no_id = delivered.clone();
+    no_id.remote_id = None;
+    no_id.sync_date = rfc3339(now - 5_000);
+    let Action::Refuse(why) = action(&due(1, "v2", Some(no_id.clone())), &put, now) else {
+        panic!("refused");
+    };
+    assert!(why.contains("no id at \"/id\""), "{why}");
+    no_id.status = Status::Failed;
+    assert!(matches!(
+        action(&due(1, "v2", Some(no_id)), &put, now),
+        Action::Refuse(_)
+    ));
     let deleted = Due {
         record: None,
-        ..due(1, None, None)
+        ..due(1, "", None)
     };
     assert_eq!(action(&deleted, &put, now), Action::Abandon);
 }
 
 #[test]
-fn idempotency_keys_are_stable_per_version() {
+fn a_delivered_key_with_other_content_in_an_append_only_collection_is_a_new_record() {
+    let events = collection("");
+    let now = 1_000_000;
+    let mut delivered = Tracking::new("c", Key::Int(7), 0);
+    delivered.status = Status::Success;
+    delivered.created = true;
+    delivered.remote_id = Some(Key::Int(70));
+    delivered.version = Some("fp-0000000000000001".into());
+    let same = due(7, "fp-0000000000000001", Some(delivered.clone()));
+    assert_eq!(action(&same, &events, now), Action::Skip);
+    let reused = due(7, "fp-0000000000000002", Some(delivered));
+    assert_eq!(action(&reused, &events, now), Action::Create);
+    // Its key differs from the first record's: the server does not answer it from
+    // the old one's.
+    let first = request_for(&same, &Action::Create, &events, "pi").unwrap();
+    let second = request_for(&reused, &Action::Create, &events, "pi").unwrap();
+    assert_ne!(first.idempotency_key, second.idempotency_key);
+}
+
+#[test]
+fn idempotency_keys_are_stable_per_version_and_unambiguous() {
     assert_eq!(
         idempotency_key("pi", "evenement", &Key::Int(42), None),
         "pi:evenement:42"
@@ -186,8 +251,21 @@ fn idempotency_keys_are_stable_per_version() {
             &Key::parse("a"),
             Some("2026-01-01 10:00:00")
         ),
-        "pi:downloads:a:2026-01-01 10:00:00"
+        "pi:downloads:a:2026-01-01%2010%3A00%3A00"
     );
+    // Two records whose parts joined by ':' would read alike get different keys.
+    assert_ne!(
+        idempotency_key("pi", "c", &Key::parse("a"), Some("b:c")),
+        idempotency_key("pi", "c", &Key::parse("a:b"), Some("c"))
+    );
+    // Every key is a valid header value, whatever the key holds.
+    for text in ["é", "a\nb", "tab\there", "\u{7f}"] {
+        let key = idempotency_key("salon-ü", "c", &Key::parse(text), Some(text));
+        assert!(
+            reqwest::header::HeaderValue::from_str(&key).is_ok(),
+            "{key:?}"
+        );
+    }
 }
 
 #[test]
@@ -204,56 +282,111 @@ fn payloads_carry_device_extra_and_base64_blobs() {
     );
 }
 
+const POLICY: RetryPolicy = RetryPolicy {
+    failed_every: Duration::from_secs(3600),
+    max_delay: CAP,
+};
+
+fn attempt(d: &Due, c: &Collection, body_hash: u64) -> Attempt {
+    let action = action(d, c, 1_000_000_000);
+    let request = request_for(d, &action, c, "pi").unwrap();
+    Attempt {
+        action,
+        idempotency_key: request.idempotency_key,
+        version: d.version.clone(),
+        body_hash,
+    }
+}
+
+fn no_answer() -> Outcome {
+    Outcome::Retry {
+        status: None,
+        error: "timeout".into(),
+        retry_after: None,
+        transport: true,
+        maybe_processed: true,
+    }
+}
+
+fn created(id: i64) -> Outcome {
+    Outcome::Delivered {
+        status: 201,
+        remote_id: Some(Key::Int(id)),
+        bytes: 40,
+        replayed: false,
+    }
+}
+
 #[test]
 fn tracking_follows_outcomes() {
+    let c = collection("updated_at = \"u\"\n");
     let now = 10_000;
-    let every = RetryPolicy {
-        failed_every: Duration::from_secs(3600),
-        max_delay: CAP,
-    };
-    let first = due(1, Some("v1"), None);
-    let retry = Outcome::Retry {
-        status: Some(503),
-        error: "HTTP 503".into(),
+    let first = due(1, "v1", None);
+    let busy = Outcome::Retry {
+        status: Some(429),
+        error: "HTTP 429".into(),
         retry_after: None,
         transport: false,
+        maybe_processed: false,
     };
-    let row = after(&first, "c", &retry, now, every, 0.5);
+    let row = after(&first, &c, &attempt(&first, &c, 1), &busy, now, POLICY, 0.5);
     assert_eq!(
         (row.status, row.attempts, row.next_attempt_at),
         (Status::Pending, 1, Some(now + 500))
     );
     assert_eq!(row.version.as_deref(), Some("v1"));
+    assert_eq!(row.claim, None, "a 429 was not acted on: nothing to settle");
 
-    let second = due(1, Some("v1"), Some(row));
+    let second = due(1, "v1", Some(row));
     let slow = Outcome::Retry {
         status: Some(429),
         error: "HTTP 429".into(),
         retry_after: Some(Duration::from_secs(30)),
         transport: false,
+        maybe_processed: false,
     };
-    let row = after(&second, "c", &slow, now, every, 0.5);
+    let row = after(
+        &second,
+        &c,
+        &attempt(&second, &c, 1),
+        &slow,
+        now,
+        POLICY,
+        0.5,
+    );
     assert_eq!((row.attempts, row.next_attempt_at), (2, Some(now + 30_000)));
 
-    let third = due(1, Some("v1"), Some(row));
+    let third = due(1, "v1", Some(row));
     let refused = Outcome::Failed {
         status: Some(422),
         error: "HTTP 422: no".into(),
+        remote_id: None,
     };
-    let row = after(&third, "c", &refused, now, every, 0.5);
+    let row = after(
+        &third,
+        &c,
+        &attempt(&third, &c, 1),
+        &refused,
+        now,
+        POLICY,
+        0.5,
+    );
     assert_eq!(
         (row.status, row.attempts, row.next_attempt_at),
         (Status::Failed, 3, Some(now + 3_600_000))
     );
     assert_eq!(row.error_message.as_deref(), Some("HTTP 422: no"));
 
-    let fourth = due(1, Some("v1"), Some(row));
-    let ok = Outcome::Delivered {
-        status: 201,
-        remote_id: Some(Key::Int(5)),
-        bytes: 40,
-    };
-    let row = after(&fourth, "c", &ok, now, every, 0.5);
+    let fourth = due(1, "v1", Some(row));
+    let row = after(
+        &fourth,
+        &c,
+        &attempt(&fourth, &c, 1),
+        &created(5),
+        now,
+        POLICY,
+        0.5,
+    );
     assert_eq!(
         (row.status, row.attempts, row.error_message.clone()),
         (Status::Success, 4, None)
@@ -262,10 +395,20 @@ fn tracking_follows_outcomes() {
         (row.remote_id.clone(), row.bytes_sent, row.next_attempt_at),
         (Some(Key::Int(5)), 40, None)
     );
+    assert!(row.created);
 
     // A new version starts counting attempts again and keeps the remote id.
-    let update = due(1, Some("v2"), Some(row));
-    let row = after(&update, "c", &retry, now, every, 0.0);
+    let put = collection("updated_at = \"u\"\nupdates = \"put\"\n");
+    let update = due(1, "v2", Some(row));
+    let row = after(
+        &update,
+        &put,
+        &attempt(&update, &put, 2),
+        &busy,
+        now,
+        POLICY,
+        0.0,
+    );
     assert_eq!(
         (row.status, row.attempts, row.remote_id.clone()),
         (Status::Pending, 1, Some(Key::Int(5)))
@@ -274,14 +417,15 @@ fn tracking_follows_outcomes() {
     // Deleted before any delivery: the row is forgotten; after one: success again.
     let never_sent = Due {
         record: None,
-        ..due(2, None, Some(Tracking::new("c", Key::Int(2), 0)))
+        ..due(2, "", Some(Tracking::new("c", Key::Int(2), 0)))
     };
     assert_eq!(abandoned(&never_sent, now), None);
     let mut sent = Tracking::new("c", Key::Int(2), 0);
     sent.remote_id = Some(Key::Int(9));
+    sent.created = true;
     let was_sent = Due {
         record: None,
-        ..due(2, None, Some(sent))
+        ..due(2, "", Some(sent))
     };
     assert_eq!(
         abandoned(&was_sent, now).map(|r| r.status),
@@ -289,48 +433,197 @@ fn tracking_follows_outcomes() {
     );
 }
 
+/// The claim's life: a create is claimed before it leaves; an answer that leaves its
+/// fate unknown keeps the key pinned through later answers of every kind, a crash, and
+/// changes of the record, until a definite answer settles it.
 #[test]
-fn an_unanswered_attempt_keeps_its_idempotency_key_when_the_record_changes() {
-    let now = 10_000;
-    let policy = RetryPolicy {
-        failed_every: Duration::from_secs(3600),
-        max_delay: CAP,
-    };
-    let no_answer = Outcome::Retry {
-        status: None,
-        error: "timeout".into(),
-        retry_after: None,
-        transport: true,
-    };
-    let row = after(&due(1, Some("v1"), None), "c", &no_answer, now, policy, 0.5);
-    // The record moved to v2 meanwhile: the retry still says v1 (the server may have it).
-    let retry = due(1, Some("v2"), Some(row));
-    assert_eq!(attempt_version(&retry).as_deref(), Some("v1"));
-    let ok = Outcome::Delivered {
-        status: 201,
-        remote_id: Some(Key::Int(5)),
-        bytes: 1,
-    };
-    let row = after(&retry, "c", &ok, now, policy, 0.5);
-    assert_eq!(
-        row.version.as_deref(),
-        Some("v1"),
-        "v1 is what the server has"
-    );
-    // v2 then goes out as an update.
+fn a_claimed_create_keeps_its_key_until_a_definite_answer() {
     let put = collection("updated_at = \"u\"\nupdates = \"put\"\n");
-    let later = due(1, Some("v2"), Some(row));
-    assert_eq!(action(&later, &put, now + 5_000), Action::Put(Key::Int(5)));
-    // After a definite answer (a 503), the next try is for the record's version.
-    let busy = Outcome::Retry {
-        status: Some(503),
-        error: "HTTP 503".into(),
-        retry_after: None,
-        transport: false,
-    };
-    let row = after(&due(1, Some("v1"), None), "c", &busy, now, policy, 0.5);
+    let now = 10_000;
+    let first = due(1, "v1", None);
+    let a1 = attempt(&first, &put, 11);
+    let claimed = claim(&first, "c", &a1, now);
+    let c1 = claimed.claim.clone().unwrap();
     assert_eq!(
-        attempt_version(&due(1, Some("v2"), Some(row))).as_deref(),
-        Some("v2")
+        (c1.key.as_str(), c1.version.as_str(), c1.body_hash, c1.state),
+        (a1.idempotency_key.as_str(), "v1", 11, ClaimState::Sending)
     );
+    // A crash now: the next process finds the claim; the record moved to v2 meanwhile.
+    let after_crash = due(1, "v2", Some(claimed));
+    assert_eq!(action(&after_crash, &put, now), Action::Create);
+    let a2 = attempt(&after_crash, &put, 22);
+    assert_eq!(
+        a2.idempotency_key, a1.idempotency_key,
+        "the key stays pinned"
+    );
+    // Answers that leave it unknown, or say nothing was done this time, keep the pin.
+    let mut row = after(&after_crash, &put, &a2, &no_answer(), now, POLICY, 0.5);
+    for outcome in [
+        Outcome::Retry {
+            status: Some(503),
+            error: "HTTP 503".into(),
+            retry_after: None,
+            transport: false,
+            maybe_processed: true,
+        },
+        Outcome::Retry {
+            status: Some(429),
+            error: "HTTP 429".into(),
+            retry_after: None,
+            transport: false,
+            maybe_processed: false,
+        },
+        Outcome::Failed {
+            status: Some(400),
+            error: "HTTP 400".into(),
+            remote_id: None,
+        },
+        Outcome::Retry {
+            status: Some(409),
+            error: "HTTP 409".into(),
+            retry_after: None,
+            transport: false,
+            maybe_processed: true,
+        },
+    ] {
+        let next = due(1, "v3", Some(row));
+        let a = attempt(&next, &put, 33);
+        assert_eq!(a.idempotency_key, a1.idempotency_key, "after {outcome:?}");
+        row = after(&next, &put, &a, &outcome, now, POLICY, 0.5);
+        let claim = row.claim.clone().expect("still claimed");
+        assert_eq!(
+            (claim.version.as_str(), claim.state),
+            ("v1", ClaimState::Unsure)
+        );
+    }
+    // Settled by a 2xx to a changed body: for a PUT collection the server may hold v1
+    // (a replay) — recorded as such, so v3 follows as an update.
+    let last = due(1, "v3", Some(row));
+    let a = attempt(&last, &put, 33);
+    let row = after(&last, &put, &a, &created(5), now, POLICY, 0.5);
+    assert_eq!(row.claim, None);
+    assert_eq!(row.version.as_deref(), Some("v1"));
+    let later = due(1, "v3", Some(row));
+    assert_eq!(action(&later, &put, now + 5_000), Action::Put(Key::Int(5)));
+}
+
+#[test]
+fn a_422_to_a_changed_retry_of_a_claimed_create_means_the_server_has_it() {
+    let put = collection("updated_at = \"u\"\nupdates = \"put\"\n");
+    let now = 10_000;
+    let first = due(1, "v1", None);
+    let unsure = after(
+        &first,
+        &put,
+        &attempt(&first, &put, 11),
+        &no_answer(),
+        now,
+        POLICY,
+        0.5,
+    );
+    let retry = due(1, "v2", Some(unsure.clone()));
+    let reused = Outcome::Failed {
+        status: Some(422),
+        error: "HTTP 422: Idempotency-Key reused with another body".into(),
+        remote_id: Some(Key::Int(8)),
+    };
+    let row = after(
+        &retry,
+        &put,
+        &attempt(&retry, &put, 22),
+        &reused,
+        now,
+        POLICY,
+        0.5,
+    );
+    assert_eq!(
+        (
+            row.status,
+            row.version.as_deref(),
+            row.remote_id.clone(),
+            row.claim.clone()
+        ),
+        (Status::Success, Some("v1"), Some(Key::Int(8)), None)
+    );
+    assert_eq!(
+        action(&due(1, "v2", Some(row)), &put, now + 5_000),
+        Action::Put(Key::Int(8)),
+        "the latest state follows as an update, never as a second create"
+    );
+    // The same body refused: a genuine refusal, still claimed.
+    let same = due(1, "v1", Some(unsure));
+    let row = after(
+        &same,
+        &put,
+        &attempt(&same, &put, 11),
+        &reused,
+        now,
+        POLICY,
+        0.5,
+    );
+    assert_eq!(row.status, Status::Failed);
+    assert!(row.claim.is_some());
+}
+
+#[test]
+fn a_definite_refusal_of_a_first_attempt_leaves_nothing_claimed() {
+    let c = collection("updated_at = \"u\"\n");
+    let first = due(1, "v1", None);
+    for outcome in [
+        Outcome::Failed {
+            status: Some(301),
+            error: "HTTP 301".into(),
+            remote_id: None,
+        },
+        Outcome::Retry {
+            status: None,
+            error: "connection refused".into(),
+            retry_after: None,
+            transport: true,
+            maybe_processed: false,
+        },
+    ] {
+        let row = after(
+            &first,
+            &c,
+            &attempt(&first, &c, 1),
+            &outcome,
+            0,
+            POLICY,
+            0.5,
+        );
+        assert_eq!(row.claim, None, "{outcome:?}");
+    }
+    let row = after(
+        &first,
+        &c,
+        &attempt(&first, &c, 1),
+        &no_answer(),
+        0,
+        POLICY,
+        0.5,
+    );
+    assert!(row.claim.is_some());
+}
+
+#[test]
+fn with_updates_post_each_version_is_its_own_create() {
+    let post = collection("updated_at = \"u\"\nupdates = \"post\"\n");
+    let first = due(1, "v1", None);
+    let row = after(
+        &first,
+        &post,
+        &attempt(&first, &post, 1),
+        &no_answer(),
+        0,
+        POLICY,
+        0.5,
+    );
+    // Same version: its key is pinned; a new version is a create of its own.
+    let same = due(1, "v1", Some(row.clone()));
+    let newer = due(1, "v2", Some(row));
+    let a_same = attempt(&same, &post, 1);
+    let a_newer = attempt(&newer, &post, 2);
+    assert_ne!(a_same.idempotency_key, a_newer.idempotency_key);
+    assert!(a_newer.idempotency_key.ends_with(":v2"));
 }
