@@ -833,7 +833,9 @@ impl SqliteStore {
                 }
             }
             let spent = started.elapsed().as_millis() as Millis;
-            sweep.next_at = query.now + (spent * SWEEP_DUTY).max(SWEEP_PAUSE);
+            sweep.next_at = query
+                .now
+                .saturating_add((spent * SWEEP_DUTY).max(SWEEP_PAUSE));
             due.extend(found);
         }
 
@@ -939,6 +941,7 @@ impl SqliteStore {
         let mut rows = 0i64;
         let mut new_keys = Vec::new();
         let mut changed_keys = Vec::new();
+        let mut retry_keys = Vec::new();
         {
             let mut stmt = self
                 .conn
@@ -957,6 +960,7 @@ impl SqliteStore {
                 match swept.tracking {
                     None => new_keys.push(key_to_sql(&key)),
                     Some(t) if !swept.status_known => {
+                        retry_keys.push(key_to_sql(&key));
                         updates.push((
                             "UPDATE sync_tracking SET sync_status = 'pending', next_attempt_at = 0
                               WHERE table_name = ?1 AND local_id = ?2",
@@ -982,6 +986,7 @@ impl SqliteStore {
                 }
             }
         }
+        found.extend(self.due_by_key(table, &retry_keys, Found::Retry)?);
         found.extend(self.due_by_key(table, &new_keys, Found::New)?);
         found.extend(self.due_by_key(table, &changed_keys, Found::Changed)?);
         sweep.cursor = last;
@@ -1775,6 +1780,13 @@ impl Store for SqliteStore {
             }
         }
         let mut sweep = self.sweeps.remove(collection).unwrap_or_default();
+        if query.full_scan && !sweep.active {
+            // The periodic safety net (and a one-shot pass) sweeps the whole table.
+            sweep = Sweep {
+                active: true,
+                ..Sweep::default()
+            };
+        }
         self.conn
             .execute_batch("BEGIN")
             .map_err(StoreError::sqlite(&path, op()))?;

@@ -347,11 +347,12 @@ impl Engine {
     /// Whether anything is left to deliver (pending, failed, or never tried), now or later.
     pub async fn undelivered(&self, only: Option<&str>) -> Result<bool, SyncError> {
         for collection in self.collections(only)? {
+            // Everything, as the pass that just ended saw it: its sweep too.
             let query = DueQuery {
                 now: Millis::MAX,
                 limit: 1,
                 include_changed: collection.sends_changes(),
-                full_scan: false,
+                full_scan: true,
                 pace: false,
             };
             let name = collection.name.as_str().to_string();

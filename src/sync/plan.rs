@@ -262,7 +262,12 @@ pub fn action(due: &Due, collection: &Collection, now: Millis) -> Action {
             Some(v) if v == due.version => return Action::Skip,
             Some(_) => {}
         }
-        if collection.updated_at.is_some() && collection.updates() == Updates::Ignore {
+        if collection.updated_at.is_none() {
+            // Append-only: records do not change. Other content under a delivered key
+            // is another record (the key was used again after a deletion).
+            return Action::Create;
+        }
+        if collection.updates() == Updates::Ignore {
             return Action::Skip;
         }
         let last = crate::store::time::parse_timestamp(&tracking.sync_date).unwrap_or(0);
@@ -271,8 +276,6 @@ pub fn action(due: &Due, collection: &Collection, now: Millis) -> Action {
         }
     }
     if collection.updated_at.is_none() {
-        // Append-only: records do not change. Other content under a delivered key is
-        // another record (the key was used again after a deletion).
         return Action::Create;
     }
     if !tracking.created && tracking.remote_id.is_none() {

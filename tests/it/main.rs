@@ -3,6 +3,7 @@
 mod support;
 
 mod cli;
+mod every_path;
 mod migrate;
 mod operator;
 mod server;

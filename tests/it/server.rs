@@ -38,6 +38,12 @@ pub enum Fault {
     HugeBody,
     /// Answer 201, one byte a second.
     Trickle,
+    /// Answer this 3xx with `Location: <path>/` (a trailing-slash redirect, as
+    /// Django's APPEND_SLASH or an nginx rule makes).
+    Moved(u16),
+    /// Store the record, then answer nothing until the client gives up (or is killed):
+    /// a crash while the answer is awaited.
+    StoreThenHang,
 }
 
 /// Every way of failing, for "a server failing in all the ways above".
@@ -70,6 +76,11 @@ pub struct Faults {
     pub hang_for: Duration,
     /// Added to every answer.
     pub delay: Duration,
+    /// Keep Idempotency-Keys as the IETF draft says: the same key with another body is
+    /// answered 422 (naming the id the key created), not replayed.
+    pub strict_idempotency: bool,
+    /// Answer creates without an id.
+    pub no_remote_id: bool,
 }
 
 impl Default for Faults {
@@ -84,6 +95,8 @@ impl Default for Faults {
             max_body: None,
             hang_for: Duration::from_secs(3),
             delay: Duration::ZERO,
+            strict_idempotency: false,
+            no_remote_id: false,
         }
     }
 }
@@ -97,6 +110,8 @@ pub struct Stored {
     pub authorization: Option<String>,
     pub body: Value,
     pub at: std::time::Instant,
+    /// The id the server gave (for a POST) or was addressed by (a PUT).
+    pub id: String,
 }
 
 #[derive(Default)]
@@ -107,7 +122,10 @@ struct State {
     requests: u64,
     refused_while_down: u64,
     stored: Vec<Stored>,
-    answers: HashMap<String, (u16, String)>,
+    /// By Idempotency-Key: the first answer, and the body it was for.
+    answers: HashMap<String, (u16, String, Vec<u8>)>,
+    /// GET requests (a followed redirect turns a POST into one).
+    gets: u64,
     /// Faults injected so far, by kind.
     injected: HashMap<String, u64>,
 }
@@ -154,6 +172,29 @@ impl TestServer {
 
     pub fn requests(&self) -> u64 {
         self.state.lock().unwrap().requests
+    }
+
+    /// GET requests received: a client that followed a redirect sent them.
+    pub fn gets(&self) -> u64 {
+        self.state.lock().unwrap().gets
+    }
+
+    /// Rows as a server that applies PUTs would hold them: the latest body for each
+    /// id, by record key. A record stored twice appears twice.
+    pub fn rows(&self, path: &str) -> Vec<(String, Value)> {
+        let mut rows: Vec<(String, String, Value)> = Vec::new();
+        for s in self.stored() {
+            if s.method == "POST" && s.path == path {
+                let id = s.id.clone();
+                rows.push((id, s.key.clone(), s.body.clone()));
+            } else if s.method == "PUT" && s.path.starts_with(&format!("{path}/")) {
+                let id = s.path.rsplit('/').next().unwrap_or("").to_string();
+                if let Some(row) = rows.iter_mut().find(|r| r.0 == id) {
+                    row.2 = s.body.clone();
+                }
+            }
+        }
+        rows.into_iter().map(|(_, key, body)| (key, body)).collect()
     }
 
     pub fn refused_while_down(&self) -> u64 {
@@ -330,7 +371,12 @@ async fn respond(socket: &mut TcpStream, status: u16, body: &str, extra: &str) -
     let reason = match status {
         200 => "OK",
         201 => "Created",
+        301 => "Moved Permanently",
         302 => "Found",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        409 => "Conflict",
+        422 => "Unprocessable Content",
         400 => "Bad Request",
         413 => "Payload Too Large",
         429 => "Too Many Requests",
@@ -433,6 +479,11 @@ fn decide(state: &Mutex<State>, request: &Parsed) -> (Plan, Duration) {
     let mut state = state.lock().unwrap();
     state.requests += 1;
     let delay = state.faults.delay;
+    if request.method == "GET" {
+        // A list endpoint, as a redirect target often is: 200 and nothing stored.
+        state.gets += 1;
+        return (Plan::Answer(200, "[]".into(), String::new()), delay);
+    }
     let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
     let key = match state.faults.key_fields.iter().find_map(|f| body.get(f)) {
         Some(Value::String(s)) => s.clone(),
@@ -485,6 +536,12 @@ fn decide(state: &Mutex<State>, request: &Parsed) -> (Plan, Duration) {
         // Taken first (below), then the huge answer.
         Fault::HugeBody => None,
         Fault::Trickle => Some(Plan::Trickle),
+        Fault::Moved(status) => Some(Plan::Answer(
+            *status,
+            String::new(),
+            format!("location: {}/\r\n", request.path.trim_end_matches('/')),
+        )),
+        Fault::StoreThenHang => None,
     };
     if let Some(fault) = &fault {
         *state.injected.entry(format!("{fault:?}")).or_default() += 1;
@@ -496,7 +553,16 @@ fn decide(state: &Mutex<State>, request: &Parsed) -> (Plan, Duration) {
     let idempotency_key = request.headers.get("idempotency-key").cloned();
     if state.faults.honour_idempotency {
         if let Some(known) = idempotency_key.as_ref().and_then(|k| state.answers.get(k)) {
-            let (status, answer) = known.clone();
+            let (status, answer, first_body) = known.clone();
+            if state.faults.strict_idempotency && first_body != request.body {
+                let id = serde_json::from_str::<Value>(&answer)
+                    .ok()
+                    .and_then(|a| a.get("id").cloned())
+                    .unwrap_or(Value::Null);
+                let refusal =
+                    json!({"error": "Idempotency-Key reused with another body", "id": id});
+                return (Plan::Answer(422, refusal.to_string(), String::new()), delay);
+            }
             return (
                 Plan::Answer(status, answer, "idempotent-replayed: true\r\n".into()),
                 delay,
@@ -513,7 +579,11 @@ fn decide(state: &Mutex<State>, request: &Parsed) -> (Plan, Duration) {
         state.next_id += 1;
         (201, id.to_string())
     };
-    let answer = json!({"id": id.parse::<u64>().map_or(Value::String(id.clone()), Value::from), "message": "stored"}).to_string();
+    let answer = if state.faults.no_remote_id && request.method == "POST" {
+        json!({"message": "stored"}).to_string()
+    } else {
+        json!({"id": id.parse::<u64>().map_or(Value::String(id.clone()), Value::from), "message": "stored"}).to_string()
+    };
     state.stored.push(Stored {
         method: request.method.clone(),
         path: request.path.clone(),
@@ -522,12 +592,16 @@ fn decide(state: &Mutex<State>, request: &Parsed) -> (Plan, Duration) {
         authorization: request.headers.get("authorization").cloned(),
         body,
         at: std::time::Instant::now(),
+        id: id.clone(),
     });
     if let Some(k) = idempotency_key {
-        state.answers.insert(k, (status, answer.clone()));
+        state
+            .answers
+            .insert(k, (status, answer.clone(), request.body.clone()));
     }
     match fault {
         Some(Fault::LostAck) => return (Plan::LostAck, delay),
+        Some(Fault::StoreThenHang) => return (Plan::Hang(state.faults.hang_for), delay),
         Some(Fault::HugeBody) => return (Plan::HugeBody, delay),
         _ => {}
     }

@@ -17,14 +17,14 @@ use crate::support::{ferry_bin, record, Fixture};
 const EVENTS: &str =
     "[[collections]]\nname = \"events\"\nkey = \"id\"\nendpoint = \"/api/events\"\n";
 
-fn tables(server: &TestServer, remote: &str, sync: &str) -> String {
+pub(crate) fn tables(server: &TestServer, remote: &str, sync: &str) -> String {
     format!(
         "[remote]\nurl = \"{}\"\n{remote}\n[sync]\n{sync}\n",
         server.url
     )
 }
 
-fn fixture(
+pub(crate) fn fixture(
     backend: Backend,
     server: &TestServer,
     remote: &str,
@@ -45,7 +45,7 @@ fn put_events(fx: &Fixture, ids: std::ops::Range<i64>) {
 }
 
 /// Counts tracking rows by status.
-fn statuses(fx: &Fixture, collection: &str) -> (usize, usize, usize) {
+pub(crate) fn statuses(fx: &Fixture, collection: &str) -> (usize, usize, usize) {
     let mut store = fx.open();
     let (mut success, mut pending, mut failed) = (0, 0, 0);
     let mut after: Option<Key> = None;
@@ -197,7 +197,7 @@ fn a_server_that_is_down_is_probed_gently_and_nothing_is_marked_failed() {
     assert_eq!(statuses(&fx, "events"), (300, 0, 0));
 }
 
-fn spawn_run(fx: &Fixture) -> Child {
+pub(crate) fn spawn_run(fx: &Fixture) -> Child {
     Command::new(ferry_bin())
         .arg("--config")
         .arg(&fx.config_path)
@@ -210,7 +210,7 @@ fn spawn_run(fx: &Fixture) -> Child {
         .expect("ferry run starts")
 }
 
-fn terminate(child: &mut Child) -> (Option<i32>, Duration) {
+pub(crate) fn terminate(child: &mut Child) -> (Option<i32>, Duration) {
     let started = Instant::now();
     unsafe {
         libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
