@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry::config::Backend;
-use ferry::store::{Key, Status, Store};
+use ferry::store::{Key, Status};
 use serde_json::{json, Value};
 
 use crate::server::{Fault, Faults, TestServer};
