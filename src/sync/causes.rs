@@ -7,6 +7,9 @@ use crate::store::Tracking;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Cause {
+    Redirect,
+    NoRemoteId,
+    InProgress,
     Auth,
     NotFound,
     TooLarge,
@@ -28,12 +31,15 @@ impl Cause {
             .unwrap_or("")
             .to_ascii_lowercase();
         match row.last_http_status {
+            Some(300..=399) => Cause::Redirect,
+            Some(409) => Cause::InProgress,
             Some(401 | 403) => Cause::Auth,
             Some(404) => Cause::NotFound,
             Some(413) => Cause::TooLarge,
             Some(429) => Cause::RateLimited,
             Some(500..=599) => Cause::ServerError,
             Some(400..=499) => Cause::Payload,
+            _ if message.starts_with("cannot send this update with put") => Cause::NoRemoteId,
             _ if message.starts_with("timeout") => Cause::Timeout,
             _ if message.starts_with("connection refused")
                 || message.starts_with("connection error")
@@ -50,6 +56,15 @@ impl Cause {
 
     pub fn label(self) -> &'static str {
         match self {
+            Cause::Redirect => {
+                "HTTP 3xx (remote.url or an endpoint redirects; ferry does not follow redirects)"
+            }
+            Cause::NoRemoteId => {
+                "updates cannot be PUT (the server's answer to the create had no id)"
+            }
+            Cause::InProgress => {
+                "HTTP 409 (the server is still processing an earlier request with the same Idempotency-Key)"
+            }
             Cause::Auth => "HTTP 401/403 (the server refuses ferry's credentials)",
             Cause::NotFound => "HTTP 404 (no such endpoint)",
             Cause::TooLarge => "HTTP 413 (record too large for the server)",
@@ -82,6 +97,15 @@ impl Cause {
             |t| t.display().to_string(),
         );
         match self {
+            Cause::Redirect => format!(
+                "set remote.url in {file} (now {url}) or collections[{collection}].endpoint to the address the redirect names (below), then {retry}"
+            ),
+            Cause::NoRemoteId => format!(
+                "set collections[{collection}].remote_id in {file} to the JSON pointer of the id in the server's answer (like \"/id\" or \"/data/id\"), or updates = \"post\", then {retry}"
+            ),
+            Cause::InProgress => {
+                "nothing: ferry asks again with the same key, and the server answers once it is done".to_string()
+            }
             Cause::Auth => format!("check {token} (one line, mode 600), then `ferry retry`"),
             Cause::NotFound => format!(
                 "check collections[{collection}].endpoint in {file} against the server's API, then {retry}"
@@ -138,6 +162,15 @@ mod tests {
     #[test]
     fn causes_come_from_the_status_or_the_error() {
         assert_eq!(Cause::of(&row(Some(401), "HTTP 401")), Cause::Auth);
+        assert_eq!(
+            Cause::of(&row(Some(301), "HTTP 301: remote.url redirects to /a/")),
+            Cause::Redirect
+        );
+        assert_eq!(Cause::of(&row(Some(409), "HTTP 409")), Cause::InProgress);
+        assert_eq!(
+            Cause::of(&row(None, "cannot send this update with PUT: …")),
+            Cause::NoRemoteId
+        );
         assert_eq!(Cause::of(&row(Some(422), "HTTP 422: x")), Cause::Payload);
         assert_eq!(Cause::of(&row(Some(503), "HTTP 503")), Cause::ServerError);
         assert_eq!(
