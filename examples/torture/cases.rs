@@ -16,7 +16,12 @@ use crate::support::{spawn_ferry, BoxError, Ferry, Jitter};
 use crate::{Run, Tally};
 
 const EVENTS: &str =
-    "[[collections]]\nname = \"events\"\nkey = \"id\"\nendpoint = \"/api/events\"\n";
+    "[[collections]]\nname = \"events\"\nkey = \"id\"\nendpoint = \"/api/events\"\n\
+     [[collections]]\nname = \"jobs\"\nkey = \"id\"\nupdated_at = \"updated_at\"\n\
+     endpoint = \"/api/jobs\"\nupdates = \"put\"\n";
+
+/// How many download jobs a kill loop's writer keeps moving.
+const JOBS: u64 = 40;
 
 /// Writes `dir/ferry.toml` for `backend`, with the state beside it.
 fn config(
@@ -93,6 +98,49 @@ fn deliver_rest(run: &Run, config: &Path) -> Result<bool, BoxError> {
     Ok(false)
 }
 
+/// A download job as the writer leaves it at `step`: its progress moves, and so does
+/// its `updated_at`.
+fn job(id: u64, step: u64) -> Result<Record, BoxError> {
+    Ok(serde_json::from_value(json!({
+        "id": format!("job-{id}"), "progress": step % 101,
+        "updated_at": format!("2026-11-22T10:00:00.000Z#{step:09}"),
+    }))?)
+}
+
+/// Checks the jobs: each on the server once (per the PUTs it got), in the state the
+/// store holds now.
+fn account_jobs(
+    tally: &mut Tally,
+    server: &TestServer,
+    config: &Path,
+    case: &str,
+) -> Result<(), BoxError> {
+    let mut store = store::open(&load(config)?)?;
+    let jobs = store.list("jobs", None, 100_000)?;
+    let rows = server.rows("/api/jobs");
+    let (mut lost, mut duplicated, mut stale) = (0u64, 0u64, 0u64);
+    for job in &jobs {
+        let id = job.get("id").and_then(|v| v.as_str()).unwrap_or_default();
+        let held: Vec<_> = rows.iter().filter(|(key, _)| key == id).collect();
+        match held.as_slice() {
+            [] => lost += 1,
+            [(_, body)] if body.get("progress") == job.get("progress") => {}
+            [_] => stale += 1,
+            _ => duplicated += held.len() as u64 - 1,
+        }
+    }
+    println!(
+        "  {case}: {} jobs, {lost} lost, {duplicated} duplicated, {stale} not in their latest state",
+        jobs.len()
+    );
+    tally.written += jobs.len() as u64;
+    tally.delivered += jobs.len() as u64 - lost;
+    tally.lost += lost;
+    tally.duplicated += duplicated;
+    tally.stale += stale;
+    Ok(())
+}
+
 /// Counts what the server has of ids `0..written`.
 fn account(tally: &mut Tally, server: &TestServer, written: u64, case: &str) {
     let keys = server.keys("/api/events");
@@ -121,7 +169,8 @@ struct Writer {
 }
 
 impl Writer {
-    fn start(config: &Path, backend: &str, first: u64) -> Result<Writer, BoxError> {
+    /// `jobs`: move download jobs too.
+    fn start(config: &Path, backend: &str, first: u64, jobs: bool) -> Result<Writer, BoxError> {
         let stop = Arc::new(AtomicBool::new(false));
         let next = Arc::new(AtomicU64::new(first));
         let gate = Arc::new(Mutex::new(()));
@@ -130,6 +179,7 @@ impl Writer {
         let (stop2, next2, gate2) = (Arc::clone(&stop), Arc::clone(&next), Arc::clone(&gate));
         let thread = std::thread::spawn(move || -> Result<(), String> {
             let mut jitter = Jitter::new(first + 7);
+            let mut step = 0u64;
             let conn = if sqlite {
                 let conn = rusqlite::Connection::open(&config.storage.sqlite_path)
                     .map_err(|e| e.to_string())?;
@@ -149,6 +199,17 @@ impl Writer {
                 let _paused = gate2.lock().map_err(|_| "gate poisoned")?;
                 let from = next2.load(Ordering::Relaxed);
                 let count = jitter.between(1, 6);
+                // Now and then, download jobs move on instead: mutable records,
+                // their progress changing while ferry is killed around them.
+                step += 1;
+                let moved: Vec<Record> = if jobs && step % 2 == 0 {
+                    (0..jitter.between(1, 4))
+                        .map(|_| job(jitter.between(0, JOBS), step))
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| e.to_string())?
+                } else {
+                    Vec::new()
+                };
                 let written = if let Some(conn) = &conn {
                     (|| -> Result<(), BoxError> {
                         let tx = conn.unchecked_transaction()?;
@@ -156,6 +217,16 @@ impl Writer {
                             tx.execute(
                                 "INSERT INTO events (key, record) VALUES (?1, ?2)",
                                 rusqlite::params![i as i64, serde_json::to_string(&record(i)?)?],
+                            )?;
+                        }
+                        for job in &moved {
+                            tx.execute(
+                                "INSERT INTO jobs (key, record) VALUES (?1, ?2)
+                                 ON CONFLICT (key) DO UPDATE SET record = excluded.record",
+                                rusqlite::params![
+                                    job.get("id").and_then(|v| v.as_str()),
+                                    serde_json::to_string(job)?
+                                ],
                             )?;
                         }
                         tx.commit()?;
@@ -167,6 +238,9 @@ impl Writer {
                             .map(record)
                             .collect::<Result<Vec<_>, _>>()?;
                         store.put_many("events", records)?;
+                        if !moved.is_empty() {
+                            store.put_many("jobs", moved.clone())?;
+                        }
                         Ok(())
                     })()
                 } else {
@@ -211,7 +285,7 @@ pub fn kill_loop(run: &Run, backend: &str, tally: &mut Tally) -> Result<(), BoxE
     });
     let config = config(&dir, backend, &server.url, "", "mode = \"continuous\"")?;
     drop(store::open(&load(&config)?)?);
-    let writer = Writer::start(&config, backend, 0)?;
+    let writer = Writer::start(&config, backend, 0, true)?;
     let mut jitter = Jitter::new(backend.len() as u64 * 31);
     for k in 0..run.kills {
         if k % 10 == 0 {
@@ -234,6 +308,7 @@ pub fn kill_loop(run: &Run, backend: &str, tally: &mut Tally) -> Result<(), BoxE
         format!("{backend}: everything delivered after the kills"),
     );
     account(tally, &server, written, &format!("kill loop, {backend}"));
+    account_jobs(tally, &server, &config, &format!("kill loop, {backend}, jobs"))?;
     Ok(())
 }
 
@@ -407,7 +482,7 @@ pub fn crash_snapshots(run: &Run, backend: &str, tally: &mut Tally) -> Result<()
     });
     let config = config(&dir, backend, &server.url, "", "mode = \"continuous\"")?;
     drop(store::open(&load(&config)?)?);
-    let writer = Writer::start(&config, backend, 0)?;
+    let writer = Writer::start(&config, backend, 0, false)?;
     let child = spawn_ferry(&run.ferry, &config, &["run"], &[], &dir.join("ferry.log"))?;
     let mut jitter = Jitter::new(77);
     let mut copies = Vec::new();
@@ -511,7 +586,7 @@ fn full_disk_on(run: &Run, backend: &str, dir: &Path, tally: &mut Tally) -> Resu
     });
     let config = config(dir, backend, &server.url, "", "mode = \"continuous\"")?;
     drop(store::open(&load(&config)?)?);
-    let writer = Writer::start(&config, backend, 0)?;
+    let writer = Writer::start(&config, backend, 0, false)?;
     let log = dir.join("ferry.log");
     let child = spawn_ferry(&run.ferry, &config, &["run"], &[], &log)?;
     std::thread::sleep(Duration::from_secs(1));

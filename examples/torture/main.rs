@@ -40,6 +40,8 @@ pub struct Tally {
     pub delivered: u64,
     pub lost: u64,
     pub duplicated: u64,
+    /// Mutable records the server holds in an older state than the store.
+    pub stale: u64,
     /// Checks that failed: any is a bug.
     pub failures: Vec<String>,
 }
@@ -152,7 +154,7 @@ fn run() -> Result<bool, BoxError> {
         "(the whole run took {:.0} s)",
         started.elapsed().as_secs_f64()
     );
-    let ok = tally.failures.is_empty() && tally.lost == 0 && tally.duplicated == 0;
+    let ok = tally.failures.is_empty() && tally.lost == 0 && tally.duplicated == 0 && tally.stale == 0;
     if !ok {
         println!("\nFAILED checks:");
         for failure in &tally.failures {
@@ -181,6 +183,10 @@ fn print_table(tally: &Tally) {
     println!(
         "| records duplicated (at an idempotent server) | **{}** |",
         tally.duplicated
+    );
+    println!(
+        "| mutable records not in their latest state | **{}** |",
+        tally.stale
     );
     println!("| failed checks | {} |", tally.failures.len());
     println!();
