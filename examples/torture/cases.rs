@@ -202,7 +202,7 @@ impl Writer {
                 // Now and then, download jobs move on instead: mutable records,
                 // their progress changing while ferry is killed around them.
                 step += 1;
-                let moved: Vec<Record> = if jobs && step % 2 == 0 {
+                let moved: Vec<Record> = if jobs && step.is_multiple_of(2) {
                     (0..jitter.between(1, 4))
                         .map(|_| job(jitter.between(0, JOBS), step))
                         .collect::<Result<_, _>>()
@@ -308,7 +308,12 @@ pub fn kill_loop(run: &Run, backend: &str, tally: &mut Tally) -> Result<(), BoxE
         format!("{backend}: everything delivered after the kills"),
     );
     account(tally, &server, written, &format!("kill loop, {backend}"));
-    account_jobs(tally, &server, &config, &format!("kill loop, {backend}, jobs"))?;
+    account_jobs(
+        tally,
+        &server,
+        &config,
+        &format!("kill loop, {backend}, jobs"),
+    )?;
     Ok(())
 }
 

@@ -154,7 +154,8 @@ fn run() -> Result<bool, BoxError> {
         "(the whole run took {:.0} s)",
         started.elapsed().as_secs_f64()
     );
-    let ok = tally.failures.is_empty() && tally.lost == 0 && tally.duplicated == 0 && tally.stale == 0;
+    let ok =
+        tally.failures.is_empty() && tally.lost == 0 && tally.duplicated == 0 && tally.stale == 0;
     if !ok {
         println!("\nFAILED checks:");
         for failure in &tally.failures {

@@ -294,7 +294,8 @@ pub trait Store: Send {
     fn apply_merge(&mut self, collection: &str, merge: &Merge) -> Result<(), StoreError>;
 
     /// When the earliest pending or failed record of a collection may be tried again
-    /// (Unix ms; 0 means now), read from an index, not by scanning.
+    /// (Unix ms; 0 means now), read from an index, not by scanning — or when the
+    /// store wants to be asked again for work it is finding (a sweep under way).
     fn next_attempt_at(&mut self, collection: &str) -> Result<Option<Millis>, StoreError>;
 
     /// A value that changes when another process writes to the store (SQLite's

@@ -2081,7 +2081,13 @@ impl Store for SqliteStore {
                 .map_err(StoreError::sqlite(&self.path, format!("reading retry times of {collection}")))?;
             earliest = earliest.into_iter().chain(at).min();
         }
-        Ok(earliest)
+        // A sweep under way goes on at its own pace.
+        let sweep_at = self
+            .sweeps
+            .get(collection)
+            .filter(|s| s.active)
+            .map(|s| s.next_at);
+        Ok(earliest.into_iter().chain(sweep_at).min())
     }
 
     fn release_memory(&mut self) {

@@ -27,7 +27,7 @@ use crate::config::{Collection, Config, SyncMode};
 use crate::store::{now_ms, Due, DueQuery, Millis, Store, StoreError, Tracking};
 use changes::ChangeWatch;
 use client::{Client, Request};
-use plan::{Action, Jitter, Outcome};
+use plan::{Action, Health, Jitter, Outcome};
 
 /// How long in-flight requests may finish after a stop is asked for (SPEC §5).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -119,17 +119,6 @@ impl Tally {
         self.failed += other.failed;
         self.paused |= other.paused;
     }
-}
-
-/// A collection's health as its loop sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Health {
-    Up,
-    /// No answer lately: wait until `until`, then probe with one request.
-    Down {
-        failures: u32,
-        until: Millis,
-    },
 }
 
 struct Lane {
@@ -511,16 +500,13 @@ impl Engine {
                 .call(move |s| s.next_attempt_at(&query_name))
                 .await
                 .unwrap_or(None);
-            let mut wake = lane.next_full_scan;
-            for candidate in [retry_at, deferred, periodic.then_some(next_pass)]
-                .into_iter()
-                .flatten()
-            {
-                wake = wake.min(candidate);
-            }
-            if let Health::Down { until, .. } = lane.health {
-                wake = wake.max(until);
-            }
+            let wake = plan::next_wake(
+                lane.next_full_scan,
+                retry_at,
+                deferred,
+                periodic.then_some(next_pass),
+                lane.health,
+            );
             // Never spin: wait at least a little, whatever the arithmetic says.
             let wait = Duration::from_millis(u64::try_from(wake - now).unwrap_or(0).max(50));
             if wait >= IDLE_RELEASE_AFTER {
@@ -734,31 +720,29 @@ impl Engine {
                 self.activity.generation.fetch_add(1, Ordering::Relaxed);
                 self.activity.changed.notify_one();
             }
-            // Health: any answer that is not a server problem means it is up.
-            let answered_well = batch.len() > unhealthy;
-            if answered_well {
-                if let Health::Down { .. } = lane.health {
+            let health = plan::health_after(
+                lane.health,
+                batch.len(),
+                unhealthy,
+                retry_after,
+                now,
+                self.random(),
+            );
+            match (lane.health, health) {
+                (Health::Down { .. }, Health::Up) => {
                     tracing::info!(collection = %name, "{name}: the server answers again");
                 }
-                lane.health = Health::Up;
-            } else if unhealthy > 0 {
-                let failures = match lane.health {
-                    Health::Down { failures, .. } => failures + 1,
-                    Health::Up => 1,
-                };
-                let mut pause = plan::probe_delay(failures, self.random());
-                if let Some(after) = retry_after {
-                    pause = pause.max(after);
-                }
-                if failures == 1 {
+                (Health::Up, Health::Down { .. }) => {
                     tracing::warn!(collection = %name, "{name}: the server is not answering; pausing, then probing");
                 }
-                lane.health = Health::Down {
-                    failures,
-                    until: now + pause.as_millis() as Millis,
-                };
-                tally.paused = true;
+                _ => {}
             }
+            if let Health::Down { .. } = health {
+                if unhealthy > 0 && batch.len() == unhealthy {
+                    tally.paused = true;
+                }
+            }
+            lane.health = health;
             let progressed = !batch.is_empty() || tally.failed > 0;
             total.add(&tally);
             if single_pass && (tally.paused || !progressed) {

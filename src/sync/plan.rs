@@ -223,6 +223,67 @@ pub fn probe_delay(failures: u32, random: f64) -> Duration {
     window / 2 + (window / 2).mul_f64(random.clamp(0.0, 1.0))
 }
 
+/// A collection's server, as its loop sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    Up,
+    /// No answer lately: wait until `until`, then probe with one request.
+    Down {
+        failures: u32,
+        until: Millis,
+    },
+}
+
+/// What a batch's answers say of the server: `sent` requests finished, `unhealthy` of
+/// them without an answer that shows it up (no answer, 5xx, 429 …), the longest
+/// `Retry-After` among them. Any good answer means it is up; a batch of nothing but
+/// bad ones means it is down, and the next probe waits longer each time (at least
+/// as long as the server asked).
+pub fn health_after(
+    health: Health,
+    sent: usize,
+    unhealthy: usize,
+    retry_after: Option<Duration>,
+    now: Millis,
+    random: f64,
+) -> Health {
+    if sent > unhealthy {
+        return Health::Up;
+    }
+    if unhealthy == 0 {
+        return health;
+    }
+    let failures = match health {
+        Health::Down { failures, .. } => failures + 1,
+        Health::Up => 1,
+    };
+    let pause = probe_delay(failures, random).max(retry_after.unwrap_or_default());
+    Health::Down {
+        failures,
+        until: now + pause.as_millis() as Millis,
+    }
+}
+
+/// When a collection's loop next looks for work, at the earliest of: the next full
+/// scan, a retry falling due (or the store's own next step), a change held back, the
+/// next periodic pass — but not before a server that is down may be probed.
+pub fn next_wake(
+    next_full_scan: Millis,
+    retry_at: Option<Millis>,
+    deferred: Option<Millis>,
+    next_pass: Option<Millis>,
+    health: Health,
+) -> Millis {
+    let mut wake = next_full_scan;
+    for candidate in [retry_at, deferred, next_pass].into_iter().flatten() {
+        wake = wake.min(candidate);
+    }
+    if let Health::Down { until, .. } = health {
+        wake = wake.max(until);
+    }
+    wake
+}
+
 /// What to do with a due record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {

@@ -627,3 +627,44 @@ fn with_updates_post_each_version_is_its_own_create() {
     assert_ne!(a_same.idempotency_key, a_newer.idempotency_key);
     assert!(a_newer.idempotency_key.ends_with(":v2"));
 }
+
+#[test]
+fn a_server_is_down_after_a_batch_of_bad_answers_and_up_after_one_good() {
+    let now = 1_000;
+    assert_eq!(health_after(Health::Up, 4, 3, None, now, 0.0), Health::Up);
+    let down = health_after(Health::Up, 4, 4, None, now, 0.0);
+    assert_eq!(
+        down,
+        Health::Down {
+            failures: 1,
+            until: now + 500
+        }
+    );
+    // Longer each time, and never sooner than the server asked.
+    let Health::Down { failures, until } = health_after(down, 1, 1, None, now, 1.0) else {
+        panic!()
+    };
+    assert_eq!((failures, until), (2, now + 2_000));
+    let Health::Down { until, .. } =
+        health_after(down, 1, 1, Some(Duration::from_secs(30)), now, 0.0)
+    else {
+        panic!()
+    };
+    assert_eq!(until, now + 30_000);
+    // Nothing sent: nothing learnt.
+    assert_eq!(health_after(down, 0, 0, None, now, 0.0), down);
+    assert_eq!(health_after(down, 2, 1, None, now, 0.0), Health::Up);
+}
+
+#[test]
+fn a_loop_wakes_at_its_earliest_reason_but_not_before_a_probe_is_due() {
+    let up = Health::Up;
+    assert_eq!(next_wake(10_000, None, None, None, up), 10_000);
+    assert_eq!(next_wake(10_000, Some(300), Some(500), Some(700), up), 300);
+    assert_eq!(next_wake(10_000, None, Some(500), Some(200), up), 200);
+    let down = Health::Down {
+        failures: 3,
+        until: 4_000,
+    };
+    assert_eq!(next_wake(10_000, Some(300), None, None, down), 4_000);
+}
