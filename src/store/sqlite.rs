@@ -130,6 +130,9 @@ struct Table {
     /// What `SELECT` lists to rebuild a record.
     select_list: String,
     has_rowid: bool,
+    /// Whether a deleted row's key can be taken by a new row (false for an INTEGER
+    /// PRIMARY KEY with AUTOINCREMENT).
+    keys_reused: bool,
     /// Why ferry may not write to this table, if it may not.
     read_only: Option<String>,
 }
@@ -167,7 +170,8 @@ struct Sweep {
 struct Swept {
     position: SqlValue,
     key: Option<Key>,
-    version: String,
+    /// Computed only for a row delivered before: its version now.
+    version: Option<String>,
     tracking: Option<Tracking>,
     /// The tracking row's status is one ferry knows.
     status_known: bool,
@@ -446,6 +450,24 @@ impl SqliteStore {
             .conn
             .prepare(&format!("SELECT rowid FROM {quoted} LIMIT 0"))
             .is_ok();
+        let ddl: String = self
+            .conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                [&table_name],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()
+            .map_err(self.err(format!("reading the definition of {table_name}")))?
+            .flatten()
+            .unwrap_or_default();
+        let autoincrement = layout == Layout::Columns
+            && ddl.to_ascii_uppercase().contains("AUTOINCREMENT")
+            && types
+                .get(&key_column)
+                .is_some_and(|t| t.eq_ignore_ascii_case("INTEGER"))
+            && pk_columns.len() == 1
+            && pk_columns[0].eq_ignore_ascii_case(&key_column);
         let key_unique = layout == Layout::Document
             || (pk_columns.len() == 1 && pk_columns[0].eq_ignore_ascii_case(&key_column))
             || self.has_unique_index(&table_name, &key_column)?;
@@ -471,6 +493,7 @@ impl SqliteStore {
             updated_expr,
             select_list,
             has_rowid,
+            keys_reused: !autoincrement,
             read_only,
         })
     }
@@ -817,7 +840,7 @@ impl SqliteStore {
             let started = std::time::Instant::now();
             let mut found = Vec::new();
             loop {
-                let done = self.sweep_chunk(table, query, sweep, &mut found, updates)?;
+                let done = self.sweep_chunk(table, query, watermark, sweep, &mut found, updates)?;
                 if done {
                     if sweep.again {
                         sweep.again = false;
@@ -920,10 +943,12 @@ impl SqliteStore {
     /// without a version is given the record's version now (so a later change shows);
     /// a status ferry does not know is made pending. Returns whether the sweep reached
     /// the end of the table.
+    #[allow(clippy::too_many_arguments)]
     fn sweep_chunk(
         &self,
         table: &Table,
         query: &DueQuery,
+        watermark: i64,
         sweep: &mut Sweep,
         found: &mut Vec<Due>,
         updates: &mut Vec<(&'static str, Vec<SqlValue>)>,
@@ -955,9 +980,13 @@ impl SqliteStore {
                 let swept = table
                     .swept_from_row(name, row)
                     .map_err(StoreError::sqlite(path, op()))?;
+                let above_watermark = table.has_rowid
+                    && matches!(swept.position, SqlValue::Integer(rowid) if rowid > watermark);
                 last = Some(swept.position);
                 let Some(key) = swept.key else { continue };
                 match swept.tracking {
+                    // Above the watermark, new rows are the watermark's to find.
+                    None if above_watermark => {}
                     None => new_keys.push(key_to_sql(&key)),
                     Some(t) if !swept.status_known => {
                         retry_keys.push(key_to_sql(&key));
@@ -967,20 +996,20 @@ impl SqliteStore {
                             vec![SqlValue::Text(name.to_string()), key_to_sql(&t.key)],
                         ));
                     }
-                    Some(t) if t.status == Status::Success => match &t.version {
-                        None => updates.push((
+                    Some(t) if t.status == Status::Success => match (&t.version, swept.version) {
+                        (None, Some(now)) => updates.push((
                             "UPDATE sync_tracking SET version = ?3
                               WHERE table_name = ?1 AND local_id = ?2 AND version IS NULL",
                             vec![
                                 SqlValue::Text(name.to_string()),
                                 key_to_sql(&t.key),
-                                SqlValue::Text(swept.version),
+                                SqlValue::Text(now),
                             ],
                         )),
-                        Some(v) if *v != swept.version && query.include_changed => {
+                        (Some(v), Some(now)) if *v != now && query.include_changed => {
                             changed_keys.push(key_to_sql(&key));
                         }
-                        Some(_) => {}
+                        _ => {}
                     },
                     Some(_) => {}
                 }
@@ -1489,7 +1518,37 @@ impl Table {
         let position: SqlValue = row.get(0)?;
         let key = self.key_from_row(row, 1)?;
         let width = self.select_width();
-        let version = match sql_text(row.get_ref(1 + width)?) {
+        let offset = 2 + width;
+        let tracking = tracking_from_row(collection, row, offset)?;
+        let status_known = match row.get_ref(offset + 3)? {
+            ValueRef::Null => true,
+            other => sql_text(other).is_some_and(|s| Status::parse(&s).is_some()),
+        };
+        let delivered = tracking
+            .as_ref()
+            .is_some_and(|t| t.status == Status::Success);
+        // A record's content is compared where it can name another record: not in a
+        // table whose keys are never used twice (AUTOINCREMENT), where a change of an
+        // append-only record is an edit, ignored as `updates = "ignore"` says.
+        let compared = self.updated_expr.is_some() || self.keys_reused;
+        let version = if delivered && compared {
+            Some(self.swept_version(row)?)
+        } else {
+            None
+        };
+        Ok(Swept {
+            position,
+            key,
+            version,
+            tracking,
+            status_known,
+        })
+    }
+
+    /// The version of a row as `sweep_sql` selects it.
+    fn swept_version(&self, row: &Row<'_>) -> rusqlite::Result<String> {
+        let width = self.select_width();
+        Ok(match sql_text(row.get_ref(1 + width)?) {
             Some(text) => text,
             None => {
                 let fingerprint = match self.layout {
@@ -1529,18 +1588,6 @@ impl Table {
                 };
                 record::fingerprint_version(fingerprint)
             }
-        };
-        let offset = 2 + width;
-        let status_known = match row.get_ref(offset + 3)? {
-            ValueRef::Null => true,
-            other => sql_text(other).is_some_and(|s| Status::parse(&s).is_some()),
-        };
-        Ok(Swept {
-            position,
-            key,
-            version,
-            tracking: tracking_from_row(collection, row, offset)?,
-            status_known,
         })
     }
 

@@ -556,3 +556,39 @@ fn a_status_ferry_does_not_know_is_tried_again() {
     assert_eq!(sync_once(&fx).status.code(), Some(0));
     assert_eq!(server.keys("/api/evenements").len(), 2);
 }
+
+#[test]
+fn an_edited_event_in_a_table_whose_keys_are_never_reused_is_not_sent_again() {
+    // Seed 003's table: AUTOINCREMENT, so a changed row is an edit, not a new event;
+    // an append-only collection ignores edits.
+    let server = TestServer::start(Faults {
+        key_fields: vec!["id_evenement".into()],
+        ..Faults::default()
+    });
+    let fx = fixture(
+        Backend::Sqlite,
+        &server,
+        "",
+        "",
+        "[[collections]]\nname = \"evenement\"\nkey = \"id_evenement\"\nendpoint = \"/api/evenements\"\n",
+    );
+    std::fs::create_dir_all(fx.path("state")).unwrap();
+    let db = rusqlite::Connection::open(fx.path("state/ferry.db")).unwrap();
+    db.execute_batch(
+        "CREATE TABLE evenement (id_evenement INTEGER PRIMARY KEY AUTOINCREMENT, date TEXT, capteur TEXT);
+         INSERT INTO evenement (date, capteur) VALUES ('2026-12-01 10:00', 'PIR');",
+    )
+    .unwrap();
+    assert_eq!(sync_once(&fx).status.code(), Some(0));
+    db.execute(
+        "UPDATE evenement SET capteur = 'PIR-2' WHERE id_evenement = 1",
+        [],
+    )
+    .unwrap();
+    assert_eq!(sync_once(&fx).status.code(), Some(0));
+    assert_eq!(
+        server.stored().len(),
+        1,
+        "the edit was not sent as a new event"
+    );
+}
