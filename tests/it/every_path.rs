@@ -278,10 +278,10 @@ fn a_409_is_tried_again_soon_not_failed() {
     }
 }
 
-#[test]
-fn a_key_used_again_after_its_record_was_deleted_is_a_new_record() {
-    // Seed 003's events table without AUTOINCREMENT: purge the delivered rows and the
-    // next event takes id 1 again.
+/// Seed 003's setting: a server that names records by `id_evenement`, a collection
+/// on the `evenement` table, and that table made by the other program with `sql`
+/// (the schema and its first rows) before ferry first opens the store.
+fn seed_003_events(sql: &str) -> (TestServer, Fixture, rusqlite::Connection) {
     let server = TestServer::start(Faults {
         key_fields: vec!["id_evenement".into()],
         ..Faults::default()
@@ -295,11 +295,18 @@ fn a_key_used_again_after_its_record_was_deleted_is_a_new_record() {
     );
     std::fs::create_dir_all(fx.path("state")).unwrap();
     let db = rusqlite::Connection::open(fx.path("state/ferry.db")).unwrap();
-    db.execute_batch(
+    db.execute_batch(sql).unwrap();
+    (server, fx, db)
+}
+
+#[test]
+fn a_key_used_again_after_its_record_was_deleted_is_a_new_record() {
+    // Seed 003's events table without AUTOINCREMENT: purge the delivered rows and the
+    // next event takes id 1 again.
+    let (server, fx, db) = seed_003_events(
         "CREATE TABLE evenement (id_evenement INTEGER PRIMARY KEY, date TEXT, capteur TEXT);
          INSERT INTO evenement (date, capteur) VALUES ('2026-12-01 10:00', 'PIR'), ('2026-12-01 10:05', 'PIR');",
-    )
-    .unwrap();
+    );
     assert_eq!(sync_once(&fx).status.code(), Some(0));
     db.execute_batch(
         "DELETE FROM evenement;
@@ -561,24 +568,10 @@ fn a_status_ferry_does_not_know_is_tried_again() {
 fn an_edited_event_in_a_table_whose_keys_are_never_reused_is_not_sent_again() {
     // Seed 003's table: AUTOINCREMENT, so a changed row is an edit, not a new event;
     // an append-only collection ignores edits.
-    let server = TestServer::start(Faults {
-        key_fields: vec!["id_evenement".into()],
-        ..Faults::default()
-    });
-    let fx = fixture(
-        Backend::Sqlite,
-        &server,
-        "",
-        "",
-        "[[collections]]\nname = \"evenement\"\nkey = \"id_evenement\"\nendpoint = \"/api/evenements\"\n",
-    );
-    std::fs::create_dir_all(fx.path("state")).unwrap();
-    let db = rusqlite::Connection::open(fx.path("state/ferry.db")).unwrap();
-    db.execute_batch(
+    let (server, fx, db) = seed_003_events(
         "CREATE TABLE evenement (id_evenement INTEGER PRIMARY KEY AUTOINCREMENT, date TEXT, capteur TEXT);
          INSERT INTO evenement (date, capteur) VALUES ('2026-12-01 10:00', 'PIR');",
-    )
-    .unwrap();
+    );
     assert_eq!(sync_once(&fx).status.code(), Some(0));
     db.execute(
         "UPDATE evenement SET capteur = 'PIR-2' WHERE id_evenement = 1",
