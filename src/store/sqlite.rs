@@ -116,6 +116,9 @@ struct Table {
     has_rowid: bool,
     /// Why ferry may not write to this table, if it may not.
     read_only: Option<String>,
+    /// ferry made this table (`ferry_collections.created_by_ferry`): a field without a
+    /// column gets one. Another program's table keeps its columns.
+    created_by_ferry: bool,
 }
 
 pub struct SqliteStore {
@@ -123,6 +126,9 @@ pub struct SqliteStore {
     conn: Connection,
     collections: Vec<Collection>,
     tables: HashMap<String, Table>,
+    /// `PRAGMA schema_version` when `tables` was read: a column added since (by another
+    /// ferry process, or by hand) makes the tables be read again before they are used.
+    schema_version: i64,
 }
 
 fn ident(name: &str) -> String {
@@ -165,15 +171,39 @@ impl SqliteStore {
             conn,
             collections: collections.to_vec(),
             tables: HashMap::new(),
+            schema_version: 0,
         };
         store.migrate()?;
-        for collection in collections {
-            let table = store.prepare_table(collection)?;
-            store
-                .tables
+        store.prepare_tables()?;
+        Ok(store)
+    }
+
+    /// Reads every collection's table (creating missing ones) and remembers the schema
+    /// version they were read at.
+    fn prepare_tables(&mut self) -> Result<(), StoreError> {
+        for collection in self.collections.clone() {
+            let table = self.prepare_table(&collection)?;
+            self.tables
                 .insert(collection.name.as_str().to_string(), table);
         }
-        Ok(store)
+        self.schema_version = self.read_schema_version()?;
+        Ok(())
+    }
+
+    fn read_schema_version(&self) -> Result<i64, StoreError> {
+        self.conn
+            .query_row("PRAGMA schema_version", [], |r| r.get(0))
+            .map_err(self.err("reading the schema version"))
+    }
+
+    /// Reads the tables again if their columns may have changed since (a column ferry
+    /// added from another process, or one added by hand), so that a record is read and
+    /// written with every column it has.
+    fn refresh_tables(&mut self) -> Result<(), StoreError> {
+        if self.read_schema_version()? != self.schema_version {
+            self.prepare_tables()?;
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -280,15 +310,17 @@ impl SqliteStore {
                 name.to_string()
             }
         };
-        let layout: Option<String> = self
+        let registered: Option<(String, bool)> = self
             .conn
             .query_row(
-                "SELECT layout FROM ferry_collections WHERE name = ?1",
+                "SELECT layout, created_by_ferry FROM ferry_collections WHERE name = ?1",
                 [name],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0)),
             )
             .optional()
             .map_err(self.err("reading ferry_collections"))?;
+        let created_by_ferry = registered.as_ref().is_some_and(|(_, ours)| *ours);
+        let layout = registered.map(|(layout, _)| layout);
         if layout.is_none() {
             self.conn
                 .execute(
@@ -419,6 +451,7 @@ impl SqliteStore {
             select_list,
             has_rowid,
             read_only,
+            created_by_ferry,
         })
     }
 
@@ -491,12 +524,14 @@ impl SqliteStore {
     }
 
     /// The statements that write `records` (replace semantics), all checked before
-    /// anything is written: a bad record fails the call with nothing written.
+    /// anything is written: a bad record fails the call with nothing written. A field
+    /// without a column gets one (`added_columns`) in a table ferry made; another
+    /// program's table keeps its columns, and the record is refused with what to do.
     fn record_writes(
         &self,
         collection: &str,
         records: &[Record],
-    ) -> Result<Vec<RecordWrite>, StoreError> {
+    ) -> Result<RecordWrites, StoreError> {
         let table = self.table(collection)?;
         let name = table.collection_name().to_string();
         if let Some(reason) = &table.read_only {
@@ -513,6 +548,8 @@ impl SqliteStore {
             message,
         };
         let mut rows: Vec<(Key, Vec<String>, Vec<SqlValue>)> = Vec::with_capacity(records.len());
+        // Columns to add, in the order first met; SQLite's column names ignore case.
+        let mut added: Vec<String> = Vec::new();
         for record in records {
             super::check_bytes(&table.collection, record)?;
             let key = key_for_write(&table.collection, record)?;
@@ -530,17 +567,37 @@ impl SqliteStore {
                     let mut columns = Vec::with_capacity(record.len());
                     let mut values = Vec::with_capacity(record.len());
                     for (field, value) in record {
-                        let Some(column) =
-                            table.columns.iter().find(|c| c.eq_ignore_ascii_case(field))
-                        else {
-                            return Err(invalid(Some(&key), format!(
-                                "field {field:?} has no column in table {} (ferry does not change another \
-                                 program's columns); its columns are: {}",
-                                table.name,
-                                table.columns.join(", ")
-                            )));
+                        let known = table
+                            .columns
+                            .iter()
+                            .chain(&added)
+                            .find(|c| c.eq_ignore_ascii_case(field));
+                        let column = match known {
+                            Some(column) => column.clone(),
+                            // Absent and null are the same field: a null needs no column.
+                            None if value.is_null() => continue,
+                            // ferry's own table (the seed 000 `downloads`, say) grows
+                            // with the records put into it.
+                            None if table.created_by_ferry => {
+                                added.push(field.clone());
+                                field.clone()
+                            }
+                            None => {
+                                return Err(invalid(Some(&key), format!(
+                                    "field {field:?} has no column in table {} of {}, a table another program \
+                                     made (ferry does not change its columns; its columns are: {}). To keep the \
+                                     field, add the column — sqlite3 {} 'ALTER TABLE {} ADD COLUMN {}' — and try \
+                                     again; or leave the field out of the record",
+                                    table.name,
+                                    self.path.display(),
+                                    table.columns.join(", "),
+                                    self.path.display(),
+                                    table.name,
+                                    ident(field),
+                                )));
+                            }
                         };
-                        columns.push(column.clone());
+                        columns.push(column);
                         values.push(
                             sql_from_json(value).map_err(|m| {
                                 invalid(Some(&key), format!("field {field:?}: {m}"))
@@ -564,6 +621,7 @@ impl SqliteStore {
                     let updates: Vec<String> = table
                         .columns
                         .iter()
+                        .chain(&added)
                         .filter(|c| *c != &table.key_column)
                         .map(|c| format!("{0} = excluded.{0}", ident(c)))
                         .collect();
@@ -580,14 +638,21 @@ impl SqliteStore {
                 }
             }
         };
-        Ok(rows
+        let writes = rows
             .into_iter()
             .map(|(key, columns, values)| RecordWrite {
                 sql: statement(&columns),
                 key,
                 values,
             })
-            .collect())
+            .collect();
+        Ok(RecordWrites {
+            add_columns: added
+                .iter()
+                .map(|c| format!("ALTER TABLE {} ADD COLUMN {}", table.name, ident(c)))
+                .collect(),
+            writes,
+        })
     }
 
     /// The reads of [`Store::due`], all in the caller's read snapshot; watermark
@@ -851,12 +916,26 @@ struct RecordWrite {
     values: Vec<SqlValue>,
 }
 
+/// The writes of a batch of records: the columns a table ferry made gains first (in
+/// the same transaction, so a failed write leaves the table as it was), then the rows.
+struct RecordWrites {
+    add_columns: Vec<String>,
+    writes: Vec<RecordWrite>,
+}
+
 fn exec_record_writes(
     conn: &Connection,
     path: &Path,
     collection: &str,
-    writes: &[RecordWrite],
+    batch: &RecordWrites,
 ) -> Result<(), StoreError> {
+    for alter in &batch.add_columns {
+        conn.execute_batch(alter).map_err(StoreError::sqlite(
+            path,
+            format!("adding a column for a new field of {collection} ({alter})"),
+        ))?;
+    }
+    let writes = &batch.writes;
     // A record written again is no longer deleted; most collections have no
     // tombstone at all, and then there is nothing to clear.
     let has_tombstones: bool = conn
@@ -1221,14 +1300,20 @@ impl Store for SqliteStore {
     }
 
     fn put_many(&mut self, collection: &str, records: Vec<Record>) -> Result<(), StoreError> {
+        self.refresh_tables()?;
         let writes = self.record_writes(collection, &records)?;
         self.transaction(&format!("writing records of {collection}"), |conn, path| {
             exec_record_writes(conn, path, collection, &writes)?;
             exec_mark(conn, path, collection)
-        })
+        })?;
+        if !writes.add_columns.is_empty() {
+            self.prepare_tables()?;
+        }
+        Ok(())
     }
 
     fn get(&mut self, collection: &str, key: &Key) -> Result<Option<Record>, StoreError> {
+        self.refresh_tables()?;
         let table = self.table(collection)?;
         let sql = format!(
             "SELECT {} FROM {} AS t WHERE {} = ?1",
@@ -1252,6 +1337,7 @@ impl Store for SqliteStore {
         after: Option<&Key>,
         limit: usize,
     ) -> Result<Vec<Record>, StoreError> {
+        self.refresh_tables()?;
         let table = self.table(collection)?;
         let sql = format!(
             "SELECT {} FROM {} AS t WHERE ?1 IS NULL OR {} > ?1 ORDER BY {2} LIMIT ?2",
@@ -1414,6 +1500,7 @@ impl Store for SqliteStore {
     }
 
     fn apply_merge(&mut self, collection: &str, merge: &Merge) -> Result<(), StoreError> {
+        self.refresh_tables()?;
         let writes = self.record_writes(collection, &merge.upserts)?;
         let delete_sql = self.table(collection)?.delete_sql();
         self.transaction(&format!("migrating {collection}"), |conn, path| {
@@ -1423,7 +1510,11 @@ impl Store for SqliteStore {
                 exec_delete(conn, path, &delete_sql, collection, key)?;
             }
             exec_mark(conn, path, collection)
-        })
+        })?;
+        if !writes.add_columns.is_empty() {
+            self.prepare_tables()?;
+        }
+        Ok(())
     }
 
     fn summary(&mut self, collection: &str) -> Result<Summary, StoreError> {

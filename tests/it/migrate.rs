@@ -603,3 +603,44 @@ fn reset_tracking_is_not_undone_by_the_next_start() {
         None
     );
 }
+
+/// Seed 000's JSON records carry fields its SQLite schema lacks (`uid`): switching the
+/// service to SQLite brings them over whole, into the `downloads` table ferry makes.
+#[test]
+fn the_seed_000_service_switching_to_sqlite_keeps_fields_its_schema_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_dir = dir.path().join("tmp");
+    std::fs::create_dir_all(&json_dir).unwrap();
+    std::fs::write(
+        json_dir.join("active_downloads.json"),
+        r#"{"a1": {"id": "a1", "torrent_name": "film.mkv", "status": "downloading", "progress": 42.5,
+                    "uid": "u-1001", "hash": "9f86d081", "updated_at": "2026-02-10 09:05:00"}}"#,
+    )
+    .unwrap();
+    let ini = dir.path().join("config.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "[BDD]\nsql = true\ndb_path = {}/plex_service.db\n[storage]\njson_dir = {}\nbackups_dir = {}/backups\n",
+            dir.path().display(),
+            json_dir.display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let ferry = |args: &[&str]| crate::support::ferry_command(&ini, args, None);
+    let out = ferry(&["migrate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ferry(&["get", "downloads", "a1"]);
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&got["uid"], &got["hash"]),
+        (&json!("u-1001"), &json!("9f86d081"))
+    );
+    assert_eq!(got["progress"], json!(42.5));
+    assert!(String::from_utf8_lossy(&ferry(&["migrate"]).stdout).contains("nothing to migrate"));
+}
