@@ -604,6 +604,72 @@ fn reset_tracking_is_not_undone_by_the_next_start() {
     );
 }
 
+/// The seed 000 service's downloads, with its file name, in a Fixture.
+const DOWNLOADS: &str =
+    "[[collections]]\nname = \"downloads\"\nkey = \"id\"\nupdated_at = \"updated_at\"\n\
+    endpoint = \"/api/downloads\"\njson_file = \"active_downloads.json\"\n";
+
+fn job(id: &str, status: &str, updated_at: &str) -> ferry::store::Record {
+    record(
+        json!({"id": id, "torrent_name": format!("{id}.mkv"), "status": status,
+        "progress": 50.0, "updated_at": updated_at}),
+    )
+}
+
+/// Keys and `status` of every download in a store.
+fn statuses(config: &Config) -> BTreeMap<String, String> {
+    store::open(config)
+        .unwrap()
+        .list("downloads", None, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["status"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Seed programs write local time without a zone. With TZ=Europe/Paris a JSON record
+/// stamped `17:30` (16:30 UTC) is older than a SQLite one stamped `16:45Z`; read as
+/// UTC it would look newer and overwrite it. The same files under TZ=UTC: the JSON
+/// record is newer, and wins.
+#[test]
+fn a_local_time_without_a_zone_is_read_in_the_machines_time_zone() {
+    for (tz, winner) in [("Europe/Paris", "sqlite"), ("UTC", "json")] {
+        let fx = Fixture::with_collections(Backend::Sqlite, DOWNLOADS);
+        let json_side = with_backend(&fx.config, Backend::Json);
+        fx.open()
+            .put("downloads", job("x", "sqlite", "2026-02-10T16:45:00Z"))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        store::open(&json_side)
+            .unwrap()
+            .put("downloads", job("x", "json", "2026-02-10 17:30:00"))
+            .unwrap();
+        let out = Command::new(ferry_bin())
+            .arg("--config")
+            .arg(&fx.config_path)
+            .arg("migrate")
+            .env("TZ", tz)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            statuses(&fx.config)["x"],
+            winner,
+            "TZ={tz}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
 /// Seed 000's JSON records carry fields its SQLite schema lacks (`uid`): switching the
 /// service to SQLite brings them over whole, into the `downloads` table ferry makes.
 #[test]
