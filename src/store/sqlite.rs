@@ -5,15 +5,17 @@
 //! become bytes, text that is not UTF-8 becomes bytes rather than being mangled. ferry
 //! never changes its columns; it may add an index on the `updated_at` column so that
 //! finding changed records does not read the whole table. A missing table is created:
-//! the seed `000_…` `downloads` and `seeds` with exactly that seed's columns, any other
-//! as a document table (`key`, `record` holding the record as JSON), which round-trips
-//! every JSON value exactly.
+//! the seed `000_…` `downloads` and `seeds` with exactly that seed's columns (a table
+//! ferry made gains an untyped column for a field a record brings), any other as a
+//! document table (`key`, `record` holding the record as JSON), which round-trips every
+//! JSON value exactly. `ferry_meta` holds the store's identity, `ferry_baseline*` the
+//! start-up migration's baseline (see `migrate.rs`).
 //!
 //! Finding work stays cheap as a table grows: every row at or below a rowid watermark
 //! has a tracking row, so new records are read from above it; retries come from an
 //! index on `sync_tracking`; changed records from an index on `updated_at`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,17 +26,24 @@ use serde_json::{Map, Value};
 use super::record::{self, Key, Record};
 use super::time::parse_timestamp;
 use super::{
-    atomic, find, key_for_write, now_ms, Counts, Due, DueQuery, Merge, Millis, Status, Store,
-    StoreError, Summary, Tombstone, Tracking,
+    atomic, find, key_for_write, now_ms, Baseline, Counts, Due, DueQuery, Merge, Millis, Status,
+    Store, StoreError, Summary, Tombstone, Tracking,
 };
 use crate::config::{Backend, Collection};
 
 /// ferry's schema migrations, applied in order and recorded in `ferry_schema`.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "0001_sync_tracking",
-    include_str!("../../migrations/0001_sync_tracking.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "0001_sync_tracking",
+        include_str!("../../migrations/0001_sync_tracking.sql"),
+    ),
+    (
+        2,
+        "0002_migration_baseline",
+        include_str!("../../migrations/0002_migration_baseline.sql"),
+    ),
+];
 
 /// The seed `000_…` tables, created with exactly that seed's columns.
 const SEED_000_TABLES: &[(&str, &str)] = &[
@@ -992,6 +1001,51 @@ fn exec_delete(
     Ok(removed > 0)
 }
 
+/// Replaces the migration baseline kept for a collection.
+fn exec_baseline(
+    conn: &Connection,
+    path: &Path,
+    collection: &str,
+    baseline: &Baseline,
+) -> Result<(), StoreError> {
+    let op = || format!("keeping the migration baseline of {collection}");
+    let err = StoreError::sqlite;
+    conn.execute(
+        "DELETE FROM ferry_baseline WHERE collection = ?1",
+        [collection],
+    )
+    .map_err(err(path, op()))?;
+    let fp = |v: Option<u64>| v.map(|v| v as i64);
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO ferry_baseline (collection, key, source_fp, target_fp) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(err(path, op()))?;
+    for (key, (source, target)) in &baseline.records {
+        insert
+            .execute(params![
+                collection,
+                key_to_sql(key),
+                fp(*source),
+                fp(*target)
+            ])
+            .map_err(err(path, op()))?;
+    }
+    conn.execute(
+        "INSERT OR REPLACE INTO ferry_baseline_meta (collection, generation, source_id, target_id, source_mark)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            collection,
+            i64::try_from(baseline.generation).unwrap_or(i64::MAX),
+            baseline.source_id,
+            baseline.target_id,
+            baseline.source_mark
+        ],
+    )
+    .map_err(err(path, op()))?;
+    Ok(())
+}
+
 /// ferry's own mark of its last write to a collection (for the start-up migration).
 fn exec_mark(conn: &Connection, path: &Path, collection: &str) -> Result<(), StoreError> {
     conn.execute(
@@ -1509,12 +1563,113 @@ impl Store for SqliteStore {
             for key in &merge.deletes {
                 exec_delete(conn, path, &delete_sql, collection, key)?;
             }
-            exec_mark(conn, path, collection)
+            if let Some(baseline) = &merge.baseline {
+                exec_baseline(conn, path, collection, baseline)?;
+            }
+            if merge.writes_data() {
+                exec_mark(conn, path, collection)?;
+            }
+            Ok(())
         })?;
         if !writes.add_columns.is_empty() {
             self.prepare_tables()?;
         }
         Ok(())
+    }
+
+    fn store_id(&mut self, _create: bool) -> Result<Option<String>, StoreError> {
+        // Made by schema migration 2, when the database was first opened.
+        self.conn
+            .query_row(
+                "SELECT value FROM ferry_meta WHERE name = 'store_id'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err("reading ferry_meta"))
+    }
+
+    fn baseline(&mut self, collection: &str) -> Result<Option<Baseline>, StoreError> {
+        self.table(collection)?;
+        let op = || format!("reading the migration baseline of {collection}");
+        let meta: Option<(i64, String, String, String)> = self
+            .conn
+            .query_row(
+                "SELECT generation, source_id, target_id, source_mark FROM ferry_baseline_meta
+                  WHERE collection = ?1",
+                [collection],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(StoreError::sqlite(&self.path, op()))?;
+        let Some((generation, source_id, target_id, source_mark)) = meta else {
+            return Ok(None);
+        };
+        // Fingerprints are u64 kept bit for bit in SQLite's i64.
+        let fp = |v: Option<i64>| v.map(|v| v as u64);
+        let records: BTreeMap<Key, (Option<u64>, Option<u64>)> = self
+            .conn
+            .prepare_cached(
+                "SELECT key, source_fp, target_fp FROM ferry_baseline WHERE collection = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_map([collection], |r| {
+                    let pair = (fp(r.get(1)?), fp(r.get(2)?));
+                    Ok(key_from_sql(r.get_ref(0)?).map(|key| (key, pair)))
+                })?
+                .filter_map(Result::transpose)
+                .collect()
+            })
+            .map_err(StoreError::sqlite(&self.path, op()))?;
+        Ok(Some(Baseline {
+            generation: u64::try_from(generation).unwrap_or(0),
+            source_id,
+            target_id,
+            source_mark,
+            records,
+        }))
+    }
+
+    fn change_mark(&mut self, collection: &str) -> Result<String, StoreError> {
+        let table = self.table(collection)?;
+        let op = || format!("reading the change mark of {collection}");
+        let one = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Result<String, StoreError> {
+            self.conn
+                .prepare_cached(sql)
+                .and_then(|mut s| {
+                    s.query_row(params, |r| {
+                        (0..r.as_ref().column_count())
+                            .map(|i| r.get::<_, SqlValue>(i).map(|v| format!("{v:?}")))
+                            .collect::<rusqlite::Result<Vec<_>>>()
+                    })
+                })
+                .map(|parts| parts.join(","))
+                .map_err(StoreError::sqlite(&self.path, op()))
+        };
+        // Each MAX alone in its query, so that SQLite reads it from an index end.
+        let mut parts = vec![one(&format!("SELECT COUNT(*) FROM {}", table.name), &[])?];
+        if table.has_rowid {
+            parts.push(one(&format!("SELECT MAX(rowid) FROM {}", table.name), &[])?);
+        }
+        if let Some(updated) = &table.updated_expr {
+            parts.push(one(
+                &format!("SELECT MAX({updated}) FROM {} AS t", table.name),
+                &[],
+            )?);
+        }
+        parts.push(one(
+            "SELECT MAX(last_write_ms) FROM ferry_collections WHERE name = ?1",
+            &[&collection],
+        )?);
+        parts.push(one(
+            "SELECT COUNT(*), MAX(deleted_at) FROM ferry_tombstones WHERE collection = ?1",
+            &[&collection],
+        )?);
+        parts.push(one(
+            "SELECT COUNT(*), MAX(sync_date), MAX(id) FROM sync_tracking WHERE table_name = ?1",
+            &[&collection],
+        )?);
+        Ok(parts.join(";"))
     }
 
     fn summary(&mut self, collection: &str) -> Result<Summary, StoreError> {
