@@ -864,30 +864,35 @@ fn switching_back_and_forth_carries_edits_and_deletions_both_ways() {
 /// side comes over even when the active side was written after it.
 #[test]
 fn a_change_on_the_other_side_wins_even_when_this_side_was_written_later() {
-    let fx = Fixture::with_collections(Backend::Json, DOWNLOADS);
-    let sqlite = with_backend(&fx.config, Backend::Sqlite);
-    let mut j = fx.open();
-    for id in ["a", "b"] {
-        j.put("downloads", job(id, "v1", "2026-02-10T09:00:00Z"))
+    for active in [Backend::Sqlite, Backend::Json] {
+        let fx = Fixture::with_collections(other_backend(active), DOWNLOADS);
+        let there = fx.config.clone();
+        let here = with_backend(&fx.config, active);
+        let mut old = store::open(&there).unwrap();
+        for id in ["a", "b"] {
+            old.put("downloads", job(id, "v1", "2026-02-10T09:00:00Z"))
+                .unwrap();
+        }
+        drop(old);
+        migrate(&here, active, false).unwrap();
+        // The other side edits a; then the side in use writes b, later in wall time.
+        store::open(&there)
+            .unwrap()
+            .put("downloads", job("a", "v2", "2026-02-10T10:00:00Z"))
             .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        store::open(&here)
+            .unwrap()
+            .put("downloads", job("b", "v2", "2026-02-10T10:00:00Z"))
+            .unwrap();
+        let reports = migrate(&here, active, false).unwrap();
+        assert_eq!(reports.len(), 1, "{active:?}: {reports:?}");
+        assert_eq!(
+            statuses(&here),
+            BTreeMap::from([("a".into(), "v2".into()), ("b".into(), "v2".into())]),
+            "{active:?}"
+        );
     }
-    drop(j);
-    migrate(&sqlite, Backend::Sqlite, false).unwrap();
-    // The JSON side edits a; then SQLite (in use) writes b, later in wall time.
-    fx.open()
-        .put("downloads", job("a", "v2", "2026-02-10T10:00:00Z"))
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(20));
-    store::open(&sqlite)
-        .unwrap()
-        .put("downloads", job("b", "v2", "2026-02-10T10:00:00Z"))
-        .unwrap();
-    let reports = migrate(&sqlite, Backend::Sqlite, false).unwrap();
-    assert_eq!(reports.len(), 1, "{reports:?}");
-    assert_eq!(
-        statuses(&sqlite),
-        BTreeMap::from([("a".into(), "v2".into()), ("b".into(), "v2".into())])
-    );
 }
 
 /// Seed programs write local time without a zone. With TZ=Europe/Paris a JSON record
