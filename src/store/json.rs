@@ -1,6 +1,7 @@
 //! The JSON backend (SPEC §4): one file a collection, `<json_dir>/<name>.json`, an
-//! object keyed by the record key; `sync_tracking.json` for delivery tracking and
-//! `ferry_tombstones.json` for deletions.
+//! object keyed by the record key; `sync_tracking.json` for delivery tracking,
+//! `ferry_tombstones.json` for deletions, and `ferry_baseline.json` for this store's
+//! identity and the start-up migration's baseline.
 //!
 //! Every file has a lock file beside it (`<file>.lock`): writers take an exclusive
 //! `flock(2)` on it, readers a shared one, so ferry processes and other programs that
@@ -10,7 +11,7 @@
 //! This backend keeps a collection in memory while it works on it: it suits the
 //! thousands of records a hand-editable file holds, not millions (use SQLite for those).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
@@ -21,8 +22,8 @@ use serde_json::{Map, Value};
 
 use super::record::{self, Key, Record};
 use super::{
-    atomic, find, key_for_write, Claim, ClaimState, Counts, Due, DueQuery, Found, Merge, Millis,
-    Status, Store, StoreError, Summary, Tombstone, Tracking,
+    atomic, find, key_for_write, Baseline, Claim, ClaimState, Counts, Due, DueQuery, Found, Merge,
+    Millis, Status, Store, StoreError, Summary, Tombstone, Tracking,
 };
 use crate::config::{Backend, Collection};
 
@@ -30,6 +31,8 @@ pub const TRACKING_FILE: &str = "sync_tracking.json";
 /// The longest ferry waits for another process's lock on a JSON file.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 pub const TOMBSTONES_FILE: &str = "ferry_tombstones.json";
+/// `{"store_id": …, "collections": {name: baseline}}`: see [`Baseline`].
+pub const BASELINE_FILE: &str = "ferry_baseline.json";
 
 /// What identifies one version of a file on disk; a cached parse is good while it holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -431,6 +434,96 @@ fn tracking_from_json(
     })
 }
 
+/// A new store identity: 128 random bits (the time and pid if /dev/urandom cannot be
+/// read: it only has to differ from other stores' ids).
+fn new_store_id() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    let random = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if random.is_err() {
+        let mut hash = record::Fnv::new();
+        hash.write(&super::now_ms().to_le_bytes());
+        hash.write(&std::process::id().to_le_bytes());
+        bytes[..8].copy_from_slice(&hash.finish().to_le_bytes());
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("json-{hex}")
+}
+
+/// A baseline as `ferry_baseline.json` keeps it: per key the fingerprint both sides
+/// share (`"fp-…"`), or `[source, target]` where they differ (`null`: absent).
+fn baseline_to_json(baseline: &Baseline) -> Value {
+    let fp = |v: Option<u64>| v.map_or(Value::Null, |v| record::fingerprint_version(v).into());
+    let records: Map<String, Value> = baseline
+        .records
+        .iter()
+        .map(|(key, (source, target))| {
+            let value = if source == target {
+                fp(*source)
+            } else {
+                Value::Array(vec![fp(*source), fp(*target)])
+            };
+            (key.to_string(), value)
+        })
+        .collect();
+    let mut map = Map::new();
+    map.insert("generation".into(), baseline.generation.into());
+    map.insert("source_id".into(), baseline.source_id.clone().into());
+    map.insert("target_id".into(), baseline.target_id.clone().into());
+    map.insert("source_mark".into(), baseline.source_mark.clone().into());
+    map.insert("records".into(), Value::Object(records));
+    Value::Object(map)
+}
+
+fn baseline_from_json(value: &Value) -> Result<Baseline, String> {
+    let text = |name: &str| {
+        value
+            .get(name)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| format!("{name:?} must be a string"))
+    };
+    let fp = |v: &Value| -> Result<Option<u64>, String> {
+        match v {
+            Value::Null => Ok(None),
+            Value::String(s) => s
+                .strip_prefix(record::FINGERPRINT_PREFIX)
+                .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+                .map(Some)
+                .ok_or_else(|| format!("{s:?} is not a fingerprint")),
+            other => Err(format!(
+                "expected a fingerprint, found {}",
+                record::type_name(other)
+            )),
+        }
+    };
+    let mut records = BTreeMap::new();
+    let entries = value
+        .get("records")
+        .and_then(Value::as_object)
+        .ok_or("\"records\" must be an object")?;
+    for (key, entry) in entries {
+        let pair = match entry {
+            Value::Array(pair) if pair.len() == 2 => (fp(&pair[0])?, fp(&pair[1])?),
+            single => {
+                let both = fp(single)?;
+                (both, both)
+            }
+        };
+        records.insert(Key::parse(key), pair);
+    }
+    Ok(Baseline {
+        generation: value
+            .get("generation")
+            .and_then(Value::as_u64)
+            .ok_or("\"generation\" must be a whole number")?,
+        source_id: text("source_id")?,
+        target_id: text("target_id")?,
+        source_mark: text("source_mark")?,
+        records,
+    })
+}
+
 /// Why a record with `version` and this tracking row is due now, if it is.
 pub(crate) fn due_because(
     tracking: Option<&Tracking>,
@@ -730,18 +823,106 @@ impl Store for JsonStore {
                 Ok(((), changed))
             })?;
         }
-        // Written even when nothing changed: the file's time is this side's mark.
         let path = self.file_of(&collection);
-        self.update(&path, |object| {
-            check_records(&path, &collection, object)?;
-            for (key, record) in &upserts {
-                object.insert(key.clone(), Value::Object((*record).clone()));
+        if !upserts.is_empty() || !deleted.is_empty() {
+            self.update(&path, |object| {
+                check_records(&path, &collection, object)?;
+                for (key, record) in &upserts {
+                    object.insert(key.clone(), Value::Object((*record).clone()));
+                }
+                for key in &deleted {
+                    object.shift_remove(key);
+                }
+                Ok(((), true))
+            })?;
+        }
+        // Last: a crash before it leaves the previous baseline, against which the next
+        // migration finds this one's work done and completes the rest.
+        if let Some(baseline) = &merge.baseline {
+            let value = baseline_to_json(baseline);
+            self.update(&self.dir.join(BASELINE_FILE), |object| {
+                let collections = object
+                    .entry("collections")
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if !collections.is_object() {
+                    *collections = Value::Object(Map::new());
+                }
+                if let Value::Object(by_name) = collections {
+                    by_name.insert(name.clone(), value);
+                }
+                Ok(((), true))
+            })?;
+        }
+        Ok(())
+    }
+
+    fn store_id(&mut self, create: bool) -> Result<Option<String>, StoreError> {
+        let path = self.dir.join(BASELINE_FILE);
+        let read = |object: &Map<String, Value>| {
+            object
+                .get("store_id")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        if let Some(id) = read(self.load(&path, false)?.as_ref()) {
+            return Ok(Some(id));
+        }
+        if !create {
+            return Ok(None);
+        }
+        let made = new_store_id();
+        self.update(&path, |object| match read(object) {
+            // Another process made it meanwhile.
+            Some(id) => Ok((Some(id), false)),
+            None => {
+                object.insert("store_id".into(), made.clone().into());
+                Ok((Some(made), true))
             }
-            for key in &deleted {
-                object.shift_remove(key);
-            }
-            Ok(((), true))
         })
+    }
+
+    fn baseline(&mut self, collection: &str) -> Result<Option<Baseline>, StoreError> {
+        let collection = self.collection(collection)?;
+        let path = self.dir.join(BASELINE_FILE);
+        let object = self.load(&path, false)?;
+        let Some(value) = object
+            .get("collections")
+            .and_then(|c| c.get(collection.name.as_str()))
+        else {
+            return Ok(None);
+        };
+        baseline_from_json(value)
+            .map(Some)
+            .map_err(|message| StoreError::BadJsonShape {
+                path,
+                message: format!(
+                    "baseline of {}: {message}; delete the file to have the next migration start afresh \
+                     (a record found on one side only then comes over)",
+                    collection.name.as_str()
+                ),
+            })
+    }
+
+    fn change_mark(&mut self, collection: &str) -> Result<String, StoreError> {
+        let collection = self.collection(collection)?;
+        let mut parts = Vec::new();
+        // The shared files are in it too: deleting or delivering on this side changes
+        // them. Another program rewrites the collection file, and its identity changes.
+        for path in [
+            self.file_of(&collection),
+            self.dir.join(TOMBSTONES_FILE),
+            self.dir.join(TRACKING_FILE),
+        ] {
+            parts.push(match fs::metadata(&path) {
+                Ok(meta) => {
+                    let id = FileIdentity::of(&meta);
+                    format!("{}:{}:{}:{}", id.ino, id.len, id.mtime_ns, id.ctime_ns)
+                }
+                Err(err) if err.kind() == io::ErrorKind::NotFound => "-".to_string(),
+                Err(err) => return Err(StoreError::io(&path, "reading metadata")(err)),
+            });
+        }
+        Ok(parts.join(";"))
     }
 
     fn summary(&mut self, collection: &str) -> Result<Summary, StoreError> {
@@ -901,6 +1082,7 @@ impl Store for JsonStore {
         let mut files: Vec<PathBuf> = self.collections.iter().map(|c| self.file_of(c)).collect();
         files.push(self.dir.join(TRACKING_FILE));
         files.push(self.dir.join(TOMBSTONES_FILE));
+        files.push(self.dir.join(BASELINE_FILE));
         for file in files {
             let _guard = lock(&file, false)?;
             let bytes = match fs::read(&file) {

@@ -1,26 +1,43 @@
 //! The start-up migration between backends (SPEC §4). Before ferry starts delivering,
-//! the active backend is brought up to date from the inactive one, record by record:
-//! the newer `updated_at` wins; a record found on one side only is kept; a deletion
-//! made on the active side is not undone; tracking rows move with their records, so a
-//! backend switch never makes ferry send a record again.
+//! the active backend is brought up to date from the inactive one, record by record,
+//! as a three-way merge against the [`Baseline`]: what both stores held, key by key,
+//! when one was last brought up to date from the other. A record that one side lacks
+//! is then known as deleted there (it was in the baseline) or as new on the other (it
+//! was not), so a record another program deleted is not brought back.
 //!
-//! Records are merged when the inactive side was written after the active one (JSON:
-//! the file's time; SQLite: `MAX(updated_at)` and ferry's own write marks). Tracking is
-//! reconciled whenever an inactive side exists, and written only where the inactive
-//! side knows more (a success the active side does not have): deliveries made on
-//! either side are never repeated. A backup of the target is taken before it is
-//! written. Each collection is applied all at once (one SQLite transaction, or
-//! atomic file replaces in an order that a crash leaves for the next start to finish).
+//! Per record, each side has *changed* when its content (a [`record::fingerprint`] of
+//! the whole record, alike on both backends) differs from the baseline's:
+//! - changed on the source only: the source's state wins (taken, or deleted here too);
+//! - changed on the target only: the target's stays (a deletion here is not undone);
+//! - changed on both: the newer `updated_at` wins; a deletion on either side against a
+//!   change on the other keeps the target's state (deletions are never undone, changes
+//!   never lost to an older deletion);
+//! - changed on neither: the side the last migration went into holds the agreed state,
+//!   so a target that was the source last time (after a backend switch) catches up.
+//!
+//! Whole-side times never decide which record wins. The migration looks at a
+//! collection only when there is something to look at: the backend changed since the
+//! last migration (it went into the other store), or the source was written since
+//! (its change mark moved), or there is no baseline. Without a baseline (the first
+//! migration ever, or a store made anew) a record found on one side only comes over,
+//! unless deleted here, and the newer `updated_at` wins per record.
+//!
+//! Tracking is reconciled along: a row is taken where the source knows more (written
+//! later), so deliveries made on either side are never repeated. A backup of the
+//! target is taken before its records or tracking are written. Each collection is
+//! applied all at once, with its new baseline (one SQLite transaction, or atomic file
+//! replaces in an order that a crash leaves for the next start to finish).
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::record::{self, Key, Record};
 use super::time::parse_timestamp;
 use super::{
-    json, now_ms, open_backend, rfc3339, Merge, Millis, Status, Store, StoreError, Tracking,
+    json, now_ms, open_backend, rfc3339, Baseline, Merge, Millis, Status, Store, StoreError,
+    Tombstone, Tracking,
 };
 use crate::config::{Backend, Collection, Config};
 
@@ -39,15 +56,21 @@ pub struct Report {
     pub updated: usize,
     /// Records the other side had in an older version.
     pub kept_newer: usize,
-    /// Records deleted on the other side after their last change here.
+    /// Records deleted on the other side, and deleted here too.
     pub deleted: usize,
+    /// Records deleted here that the other side still has: not brought back.
+    pub kept_deleted: usize,
     /// Tracking rows taken from the other side.
     pub tracking: usize,
 }
 
 impl Report {
     pub fn is_empty(&self) -> bool {
-        self.migrated == 0 && self.kept_newer == 0 && self.deleted == 0 && self.tracking == 0
+        self.migrated == 0
+            && self.kept_newer == 0
+            && self.deleted == 0
+            && self.kept_deleted == 0
+            && self.tracking == 0
     }
 }
 
@@ -66,6 +89,9 @@ impl fmt::Display for Report {
         )?;
         if self.deleted > 0 {
             write!(f, ", {} deleted", self.deleted)?;
+        }
+        if self.kept_deleted > 0 {
+            write!(f, ", {} kept deleted", self.kept_deleted)?;
         }
         if self.tracking > 0 {
             write!(f, ", {} tracking rows moved", self.tracking)?;
@@ -97,7 +123,8 @@ pub fn exists(config: &Config, backend: Backend) -> bool {
 }
 
 /// Brings the `to` backend up to date from the other one. Returns a report for every
-/// collection where something was (or, with `dry_run`, would be) done.
+/// collection where something was (or, with `dry_run`, would be) done. A dry run
+/// reads exactly what a real run reads and decides alike; it writes nothing.
 pub fn migrate(config: &Config, to: Backend, dry_run: bool) -> Result<Vec<Report>, StoreError> {
     let from = other(to);
     if !exists(config, from) {
@@ -105,29 +132,91 @@ pub fn migrate(config: &Config, to: Backend, dry_run: bool) -> Result<Vec<Report
     }
     let mut source = open_backend(config, from)?;
     let mut target = open_backend(config, to)?;
+    // A store without an identity yet gets one (only JSON: SQLite's is made with its
+    // schema); no baseline can name it, so a dry run that cannot make one decides the
+    // same as the real run.
+    let source_id = match source.store_id(!dry_run) {
+        Ok(id) => id,
+        Err(err) => {
+            tracing::warn!(
+                "cannot give the {} store its identity ({err}): the migration cannot tell a \
+                 record deleted on one side from one new on the other, and keeps both; \
+                 make the folder writable for ferry",
+                from.as_str()
+            );
+            None
+        }
+    };
+    let target_id = target.store_id(!dry_run)?;
+    let ids = source_id.zip(target_id);
     let mut reports = Vec::new();
     let mut backed_up = false;
     for collection in &config.collections {
         let name = collection.name.as_str();
-        let source_time = source.last_written(name)?;
-        let target_time = target.last_written(name)?;
-        let (merge, mut report) = plan(
-            collection,
-            source.as_mut(),
-            target.as_mut(),
-            source_time,
-            target_time,
-        )?;
+        // Before the source is read: a write after this shows at the next start.
+        let source_mark = source.change_mark(name)?;
+        let kept = [target.baseline(name)?, source.baseline(name)?];
+        let generation = kept
+            .iter()
+            .flatten()
+            .map(|b| b.generation)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let known = ids
+            .as_ref()
+            .and_then(|(source_id, target_id)| trusted(&kept, source_id, target_id));
+        if let Some(known) = &known {
+            if known.into_target && known.source_mark == source_mark {
+                continue; // the same way as last time, and nothing written there since
+            }
+        }
+        let theirs = all_records(source.as_mut(), collection)?;
+        let ours = all_records(target.as_mut(), collection)?;
+        let sides = Sides {
+            updated_at: collection.updated_at.as_ref().map(|f| f.as_str()),
+            source: &theirs,
+            target: &ours,
+            // Without a baseline, tombstones tell deletions apart; with one, a record
+            // missing where the baseline had it is the deletion.
+            deleted_here: match known {
+                Some(_) => BTreeSet::new(),
+                None => target
+                    .tombstones(name)?
+                    .into_iter()
+                    .map(|t| t.key)
+                    .collect(),
+            },
+            deleted_there: match known {
+                Some(_) => Vec::new(),
+                None => source.tombstones(name)?,
+            },
+            target_time: target.last_written(name)?,
+        };
+        let planned = plan(&sides, known.as_ref());
+        let mut merge = planned.merge;
+        let mut report = planned.report;
+        report.collection = name.to_string();
         report.from = Some(from);
         report.to = Some(to);
-        let writes =
-            !merge.upserts.is_empty() || !merge.deletes.is_empty() || !merge.tracking.is_empty();
-        if !dry_run && writes {
-            if !backed_up {
+        let (tracking, moved) = tracking_to_take(source.as_mut(), target.as_mut(), name)?;
+        merge.tracking = tracking;
+        report.tracking = moved;
+        merge.baseline = ids.as_ref().map(|(source_id, target_id)| Baseline {
+            generation,
+            source_id: source_id.clone(),
+            target_id: target_id.clone(),
+            source_mark,
+            records: planned.baseline,
+        });
+        if !dry_run {
+            if merge.writes_data() && !backed_up {
                 backup(config, to, target.as_mut())?;
                 backed_up = true;
             }
-            target.apply_merge(name, &merge)?;
+            if merge.writes_data() || merge.baseline.is_some() {
+                target.apply_merge(name, &merge)?;
+            }
         }
         if !report.is_empty() {
             if !dry_run {
@@ -137,6 +226,43 @@ pub fn migrate(config: &Config, to: Backend, dry_run: bool) -> Result<Vec<Report
         }
     }
     Ok(reports)
+}
+
+/// A baseline as this migration reads it: per key, the fingerprints (source, target)
+/// of the current source and target.
+#[derive(Debug)]
+struct Known {
+    records: BTreeMap<Key, (Option<u64>, Option<u64>)>,
+    /// The last migration went into the current target (the same way as now), so the
+    /// target holds what was agreed; otherwise it went into the current source.
+    into_target: bool,
+    /// The source's change mark then (meaningful when `into_target`).
+    source_mark: String,
+}
+
+/// The latest of the two stores' baselines that was made between exactly these two
+/// stores, turned to this migration's direction. A baseline naming another store (a
+/// store made anew, a copy from elsewhere) says nothing about these two.
+fn trusted(kept: &[Option<Baseline>], source_id: &str, target_id: &str) -> Option<Known> {
+    let latest = kept
+        .iter()
+        .flatten()
+        .filter(|b| {
+            (b.source_id == source_id && b.target_id == target_id)
+                || (b.source_id == target_id && b.target_id == source_id)
+        })
+        .max_by_key(|b| b.generation)?;
+    let into_target = latest.target_id == target_id;
+    let records = latest
+        .records
+        .iter()
+        .map(|(key, &(s, t))| (key.clone(), if into_target { (s, t) } else { (t, s) }))
+        .collect();
+    Some(Known {
+        records,
+        into_target,
+        source_mark: latest.source_mark.clone(),
+    })
 }
 
 /// Every record of a collection, by key.
@@ -181,6 +307,31 @@ fn all_tracking(
     }
 }
 
+/// The tracking rows the target takes: those it lacks, and those the source wrote
+/// later. Returns them and how many.
+fn tracking_to_take(
+    source: &mut dyn Store,
+    target: &mut dyn Store,
+    name: &str,
+) -> Result<(Vec<Tracking>, usize), StoreError> {
+    let ours = all_tracking(target, name)?;
+    let mut take = Vec::new();
+    for (key, theirs) in all_tracking(source, name)? {
+        let newer = match ours.get(&key) {
+            None => true,
+            Some(current) => {
+                current != &theirs && compare_tracking(&theirs, current) == Ordering::Greater
+            }
+        };
+        if newer {
+            take.push(theirs);
+        }
+    }
+    take.sort_by(|a, b| a.key.cmp(&b.key));
+    let moved = take.len();
+    Ok((take, moved))
+}
+
 /// Which of two versions (updated_at values) is newer: as timestamps when both read
 /// as one (two spellings of one instant are equal), as text otherwise.
 fn compare_versions(a: Option<&str>, b: Option<&str>) -> Ordering {
@@ -207,117 +358,200 @@ fn compare_tracking(a: &Tracking, b: &Tracking) -> Ordering {
         .then_with(|| compare_versions(a.version.as_deref(), b.version.as_deref()))
 }
 
-/// Works out what the source has that the target should take.
-///
-/// - A record on the source side only is taken (unless deleted on the target), however
-///   the two sides' times compare: times can mislead (a local time read as UTC), a
-///   lost record cannot be undone.
-/// - A record on both sides is replaced by the source's when the source side was
-///   written last and its version is newer (without versions: when the source side
-///   was written last).
-/// - A deletion on the source side is applied when the target's copy is older than the
-///   deletion (its version, or else the target side's last write).
-/// - A tracking row is taken when it is newer than the target's (its `sync_date`),
-///   or the target has none.
-fn plan(
-    collection: &Collection,
-    source: &mut dyn Store,
-    target: &mut dyn Store,
-    source_time: Option<Millis>,
+/// What the merge of one collection reads: both sides' records and what it needs to
+/// decide without a baseline.
+struct Sides<'a> {
+    updated_at: Option<&'a str>,
+    source: &'a [(Key, Record)],
+    target: &'a [(Key, Record)],
+    /// Keys deleted through ferry on the target (tombstones of absent records), and
+    /// the source's tombstones: read only without a baseline.
+    deleted_here: BTreeSet<Key>,
+    deleted_there: Vec<Tombstone>,
+    /// The target's last write (for deletions of records without `updated_at`).
     target_time: Option<Millis>,
-) -> Result<(Merge, Report), StoreError> {
-    let name = collection.name.as_str();
-    let updated_at = collection.updated_at.as_ref().map(|f| f.as_str());
-    let mut merge = Merge::default();
-    let mut report = Report {
-        collection: name.to_string(),
-        ..Report::default()
-    };
-    let source_newer = match (source_time, target_time) {
-        (Some(s), Some(t)) => s > t,
-        (Some(_), None) => true,
-        (None, _) => false,
-    };
+}
 
-    let theirs = all_records(source, collection)?;
-    // The target's records: all at once when that is cheap, one by one otherwise.
-    let target_size = target.counts(name)?.records as usize;
-    let mut preloaded: Option<HashMap<Key, Record>> = if target_size <= 4 * theirs.len() + 1000 {
-        Some(all_records(target, collection)?.into_iter().collect())
-    } else {
-        None
+/// What to do with one record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Decision {
+    /// Nothing (the same on both sides, or the target's state stands unremarked).
+    Nothing,
+    /// The source's record replaces or joins the target's.
+    Take,
+    /// Deleted on the source: deleted on the target too.
+    Delete,
+    /// The target's version is newer: kept.
+    KeptNewer,
+    /// Deleted on the target: not brought back.
+    KeptDeleted,
+}
+
+struct Planned {
+    merge: Merge,
+    report: Report,
+    baseline: BTreeMap<Key, (Option<u64>, Option<u64>)>,
+}
+
+/// One side's record and its fingerprint.
+type Version<'a> = Option<(&'a Record, u64)>;
+
+/// Decides every record of a collection (pure: the caller reads and writes).
+fn plan(sides: &Sides<'_>, known: Option<&Known>) -> Planned {
+    // The whole record, blobs included: any change counts.
+    let with_fp = |records: &'_ [(Key, Record)]| -> BTreeMap<Key, (usize, u64)> {
+        records
+            .iter()
+            .enumerate()
+            .map(|(i, (key, r))| (key.clone(), (i, record::fingerprint(r, &[]))))
+            .collect()
     };
-    let mut current = |target: &mut dyn Store, key: &Key| -> Result<Option<Record>, StoreError> {
-        match preloaded.as_mut() {
-            Some(map) => Ok(map.get(key).cloned()),
-            None => target.get(name, key),
-        }
-    };
-    let deleted_here: HashMap<Key, Millis> = target
-        .tombstones(name)?
-        .into_iter()
-        .map(|t| (t.key, t.deleted_at))
+    let source = with_fp(sides.source);
+    let target = with_fp(sides.target);
+    let mut keys: BTreeSet<&Key> = source.keys().chain(target.keys()).collect();
+    if let Some(known) = known {
+        keys.extend(known.records.keys());
+    }
+    let deletions: HashMap<&Key, Millis> = sides
+        .deleted_there
+        .iter()
+        .map(|t| (&t.key, t.deleted_at))
         .collect();
-    for (key, record) in theirs {
-        match current(target, &key)? {
-            None if deleted_here.contains_key(&key) => {} // deleted here: stays deleted
-            None => {
-                report.migrated += 1;
-                merge.upserts.push(record);
+    let mut planned = Planned {
+        merge: Merge::default(),
+        report: Report::default(),
+        baseline: BTreeMap::new(),
+    };
+    for key in keys {
+        let s: Version<'_> = source.get(key).map(|&(i, fp)| (&sides.source[i].1, fp));
+        let t: Version<'_> = target.get(key).map(|&(i, fp)| (&sides.target[i].1, fp));
+        let decision = match known {
+            Some(known) => {
+                let base = known.records.get(key).copied().unwrap_or((None, None));
+                three_way(s, t, base, known.into_target, sides.updated_at)
             }
-            Some(ours) if ours == record || !source_newer => {}
-            Some(ours) => {
-                let order = match updated_at {
-                    Some(_) => compare_versions(
-                        record::updated_at_text(&record, updated_at).as_deref(),
-                        record::updated_at_text(&ours, updated_at).as_deref(),
-                    ),
-                    None => Ordering::Greater,
-                };
-                match order {
-                    Ordering::Greater => {
-                        report.migrated += 1;
-                        report.updated += 1;
-                        merge.upserts.push(record);
-                    }
-                    Ordering::Less => report.kept_newer += 1,
-                    Ordering::Equal => {}
+            None => union(key, s, t, sides, deletions.get(key).copied()),
+        };
+        let (sf, tf) = (s.map(|(_, fp)| fp), t.map(|(_, fp)| fp));
+        let after = match decision {
+            Decision::Take => {
+                planned.report.migrated += 1;
+                if t.is_some() {
+                    planned.report.updated += 1;
                 }
+                if let Some((record, _)) = s {
+                    planned.merge.upserts.push(record.clone());
+                }
+                sf
             }
+            Decision::Delete => {
+                planned.report.deleted += 1;
+                planned.merge.deletes.push(key.clone());
+                None
+            }
+            Decision::KeptNewer => {
+                planned.report.kept_newer += 1;
+                tf
+            }
+            Decision::KeptDeleted => {
+                planned.report.kept_deleted += 1;
+                tf
+            }
+            Decision::Nothing => tf,
+        };
+        if sf.is_some() || after.is_some() {
+            planned.baseline.insert(key.clone(), (sf, after));
         }
     }
-    for tombstone in source.tombstones(name)? {
-        let Some(ours) = current(target, &tombstone.key)? else {
-            continue;
-        };
-        let changed_at = record::updated_at_text(&ours, updated_at)
-            .as_deref()
-            .and_then(parse_timestamp);
-        let older = match changed_at {
-            Some(at) => at < tombstone.deleted_at,
-            None => target_time.is_none_or(|t| t < tombstone.deleted_at),
-        };
-        if older {
-            report.deleted += 1;
-            merge.deletes.push(tombstone.key);
-        }
-    }
-    drop(preloaded.take());
+    planned
+}
 
-    let ours = all_tracking(target, name)?;
-    for (key, theirs) in all_tracking(source, name)? {
-        let take = match ours.get(&key) {
-            None => true,
-            Some(current) => {
-                current != &theirs && compare_tracking(&theirs, current) == Ordering::Greater
-            }
-        };
-        if take {
-            report.tracking += 1;
-            merge.tracking.push(theirs);
-        }
+/// The decision against a baseline (`base`: the fingerprints source, target then).
+fn three_way(
+    s: Version<'_>,
+    t: Version<'_>,
+    base: (Option<u64>, Option<u64>),
+    into_target: bool,
+    updated_at: Option<&str>,
+) -> Decision {
+    let (sf, tf) = (s.map(|(_, fp)| fp), t.map(|(_, fp)| fp));
+    if sf == tf {
+        return Decision::Nothing;
     }
-    Ok((merge, report))
+    let follow_source = || match (s, t) {
+        (Some(_), _) => Decision::Take,
+        (None, Some(_)) => Decision::Delete,
+        (None, None) => Decision::Nothing,
+    };
+    match (sf != base.0, tf != base.1) {
+        // Unchanged since: the store the last migration went into holds the agreed
+        // state; a target that was the source then catches up.
+        (false, false) if into_target => Decision::Nothing,
+        (false, false) => follow_source(),
+        (true, false) => follow_source(),
+        (false, true) => match (s, t) {
+            (Some(_), Some(_)) => Decision::KeptNewer,
+            (Some(_), None) => Decision::KeptDeleted,
+            _ => Decision::Nothing,
+        },
+        (true, true) => match (s, t) {
+            (Some((s, _)), Some((t, _))) => newer(s, t, updated_at),
+            (Some(_), None) => Decision::KeptDeleted,
+            // Deleted on the source, changed here: the change is not lost.
+            _ => Decision::Nothing,
+        },
+    }
+}
+
+/// Without a baseline: a record on one side only comes over unless deleted here; on
+/// both sides, the newer `updated_at` wins; a deletion on the source comes over when
+/// the target's copy is older than it.
+fn union(
+    key: &Key,
+    s: Version<'_>,
+    t: Version<'_>,
+    sides: &Sides<'_>,
+    deleted_there_at: Option<Millis>,
+) -> Decision {
+    match (s, t) {
+        (Some(_), None) if sides.deleted_here.contains(key) => Decision::KeptDeleted,
+        (Some(_), None) => Decision::Take,
+        (Some((_, sf)), Some((_, tf))) if sf == tf => Decision::Nothing,
+        (Some((s, _)), Some((t, _))) => newer(s, t, sides.updated_at),
+        (None, Some((t, _))) => {
+            let Some(deleted_at) = deleted_there_at else {
+                return Decision::Nothing;
+            };
+            let changed_at = record::updated_at_text(t, sides.updated_at)
+                .as_deref()
+                .and_then(parse_timestamp);
+            let older = match changed_at {
+                Some(at) => at < deleted_at,
+                // No version: older than the deletion if this side was not written since.
+                None => sides.target_time.is_none_or(|at| at < deleted_at),
+            };
+            if older {
+                Decision::Delete
+            } else {
+                Decision::Nothing
+            }
+        }
+        (None, None) => Decision::Nothing,
+    }
+}
+
+/// Two versions of a record, both changed: the newer `updated_at` wins; without one
+/// (or the same), the target's stays.
+fn newer(source: &Record, target: &Record, updated_at: Option<&str>) -> Decision {
+    let order = compare_versions(
+        record::updated_at_text(source, updated_at).as_deref(),
+        record::updated_at_text(target, updated_at).as_deref(),
+    );
+    match order {
+        Ordering::Greater => Decision::Take,
+        Ordering::Less => Decision::KeptNewer,
+        Ordering::Equal => Decision::Nothing,
+    }
 }
 
 /// A backup of the store about to be written, in `backups_dir`; only the newest
@@ -396,6 +630,67 @@ mod tests {
         let mut pending = Tracking::new("c", Key::Int(1), 0);
         pending.version = Some("v1".into());
         assert_eq!(compare_tracking(&delivered, &pending), Ordering::Greater);
+    }
+
+    /// Every combination of (absent, as in the baseline, changed) on each side, both
+    /// ways the last migration went.
+    #[test]
+    fn three_way_decisions() {
+        use Decision::*;
+        let rec = |v: &str| -> Record {
+            serde_json::from_value(serde_json::json!({"id": 1, "updated_at": v})).unwrap()
+        };
+        fn v(r: &Record) -> Version<'_> {
+            Some((r, record::fingerprint(r, &[])))
+        }
+        let fp = |r: &Record| record::fingerprint(r, &[]);
+        let (old, early, late) = (
+            &rec("2026-01-01T00:00:00Z"),
+            &rec("2026-01-02T00:00:00Z"),
+            &rec("2026-01-03T00:00:00Z"),
+        );
+        let base = (Some(fp(old)), Some(fp(old)));
+        let u = Some("updated_at");
+        let cases = [
+            // Nothing changed anywhere.
+            (v(old), v(old), base, true, Nothing),
+            // Changed on one side only: that side wins, a deletion included.
+            (v(late), v(old), base, true, Take),
+            (None, v(old), base, true, Delete),
+            (v(old), v(late), base, true, KeptNewer),
+            (v(old), None, base, true, KeptDeleted),
+            // New on the source (not in the baseline): taken.
+            (v(old), None, (None, None), true, Take),
+            // Changed on both: the newer updated_at, whichever side has it.
+            (v(late), v(early), base, true, Take),
+            (v(early), v(late), base, true, KeptNewer),
+            (v(late), v(late), base, true, Nothing),
+            // A deletion against a change: the target's state stays.
+            (v(late), None, base, true, KeptDeleted),
+            (None, v(late), base, true, Nothing),
+            // Neither changed but they differ (the target won last time): nothing;
+            // unless the last migration went the other way: the target catches up.
+            (
+                v(old),
+                v(late),
+                (Some(fp(old)), Some(fp(late))),
+                true,
+                Nothing,
+            ),
+            (
+                v(late),
+                v(old),
+                (Some(fp(late)), Some(fp(old))),
+                false,
+                Take,
+            ),
+            (None, v(old), (None, Some(fp(old))), false, Delete),
+            (v(old), None, (Some(fp(old)), None), false, Take),
+            (v(old), None, (Some(fp(old)), None), true, Nothing),
+        ];
+        for (i, (s, t, base, into_target, want)) in cases.into_iter().enumerate() {
+            assert_eq!(three_way(s, t, base, into_target, u), want, "case {i}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod repair;
 pub mod sqlite;
 pub mod time;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use error::StoreError;
@@ -183,6 +184,37 @@ pub struct Merge {
     pub deletes: Vec<Key>,
     /// Tracking rows to write.
     pub tracking: Vec<Tracking>,
+    /// The baseline to keep for the next migration, written with the rest (SQLite: in
+    /// the same transaction; JSON: after the collection file).
+    pub baseline: Option<Baseline>,
+}
+
+impl Merge {
+    /// Whether the merge changes records or tracking (and not only the baseline).
+    pub fn writes_data(&self) -> bool {
+        !self.upserts.is_empty() || !self.deletes.is_empty() || !self.tracking.is_empty()
+    }
+}
+
+/// What the two stores of a migration held, record by record, when one was last
+/// brought up to date from the other: the start-up migration is a three-way merge
+/// against it, so that a record missing on one side is told apart as deleted there
+/// (it was in the baseline) or new on the other (it was not). The store migrated into
+/// keeps it (SQLite: `ferry_baseline*` tables; JSON: `ferry_baseline.json`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Baseline {
+    /// Counts up with every migration of the collection, whichever way it went: of the
+    /// two stores' baselines the higher one is the latest (a wall clock can go back).
+    pub generation: u64,
+    /// The `store_id` of the store read from, and of the store written into.
+    pub source_id: String,
+    pub target_id: String,
+    /// The source's `change_mark` before it was read: while it is the same and the
+    /// migration goes the same way, there is nothing new to look at.
+    pub source_mark: String,
+    /// Per key, the content fingerprint ([`record::fingerprint`] of the whole record)
+    /// on the source and on the target after the merge; `None`: absent on that side.
+    pub records: BTreeMap<Key, (Option<u64>, Option<u64>)>,
 }
 
 /// What [`Store::due`] is asked for.
@@ -287,11 +319,24 @@ pub trait Store: Send {
     /// Records by delivery state, counted from indexes (for `STATUS=` and `stats`).
     fn counts(&mut self, collection: &str) -> Result<Counts, StoreError>;
 
-    /// Applies a migration step to one collection and marks it as written now.
-    /// SQLite: one transaction. JSON: tracking, tombstones, then the collection file,
-    /// each replaced atomically; the collection file last, so that a crash in between
-    /// leaves this side looking older and the next migration completes the job.
+    /// Applies a migration step to one collection (marking it as written now when it
+    /// changes records) and keeps its baseline. SQLite: one transaction. JSON:
+    /// tracking, tombstones, the collection file, then the baseline, each replaced
+    /// atomically; the baseline last, so that a crash in between leaves the previous
+    /// baseline, against which the next migration completes the job.
     fn apply_merge(&mut self, collection: &str, merge: &Merge) -> Result<(), StoreError>;
+
+    /// This store's identity, kept inside it (a copy of the store keeps it; a store
+    /// made anew gets a new one). A migration baseline counts only between the two
+    /// stores it names. `create`: make one if there is none yet (`None` otherwise).
+    fn store_id(&mut self, create: bool) -> Result<Option<String>, StoreError>;
+    /// The migration baseline this store keeps for a collection, if any.
+    fn baseline(&mut self, collection: &str) -> Result<Option<Baseline>, StoreError>;
+    /// A text that changes whenever the collection's records, tombstones or tracking
+    /// are written, by ferry or another program, as far as the store can tell without
+    /// reading every record (JSON: the files' identities; SQLite: counts, the highest
+    /// rowid and `updated_at`, ferry's write mark). Compared for equality only.
+    fn change_mark(&mut self, collection: &str) -> Result<String, StoreError>;
 
     /// When the earliest pending or failed record of a collection may be tried again
     /// (Unix ms; 0 means now), read from an index, not by scanning — or when the

@@ -56,13 +56,34 @@ pub fn check(config: &Config, repair: bool) -> Result<Vec<FileReport>, StoreErro
                 .collect();
             files.push(dir.join(json::TRACKING_FILE));
             files.push(dir.join(json::TOMBSTONES_FILE));
-            files
+            files.push(dir.join(json::BASELINE_FILE));
+            let reports: Vec<FileReport> = files
                 .into_iter()
                 .filter(|f| f.exists())
                 .map(|f| check_json(&f, repair))
-                .collect()
+                .collect::<Result<_, _>>()?;
+            if reports.iter().any(|r| r.recovered.is_some()) {
+                forget_json_identity(dir)?;
+            }
+            Ok(reports)
         }
     }
+}
+
+/// A repaired store may have lost records: to the start-up migration it is a new store
+/// (its baselines no longer say what it holds), so a record it lost is kept from the
+/// other side rather than deleted there as well. The old baseline file is kept aside.
+fn forget_json_identity(dir: &Path) -> Result<(), StoreError> {
+    let path = dir.join(json::BASELINE_FILE);
+    let _guard = json::lock(&path, true)?;
+    if !path.exists() {
+        return Ok(());
+    }
+    let aside = path.with_file_name(format!("{}.before-repair-{}", json::BASELINE_FILE, stamp()));
+    std::fs::rename(&path, &aside).map_err(StoreError::io(
+        &path,
+        "setting the migration baseline aside",
+    ))
 }
 
 fn check_json(path: &Path, repair: bool) -> Result<FileReport, StoreError> {
@@ -277,6 +298,12 @@ fn repair_sqlite(path: &Path) -> Result<(PathBuf, String), StoreError> {
     // Rows may now sit below ferry's watermarks: every table is read afresh.
     let _ = fresh.execute_batch(
         "UPDATE ferry_collections SET new_watermark = 0, new_watermark_key = NULL, changed_watermark = NULL",
+    );
+    // Rows may be lost: to the start-up migration this is a new store (its baselines no
+    // longer say what it holds), so a record it lost is kept from the other side rather
+    // than deleted there as well.
+    let _ = fresh.execute_batch(
+        "UPDATE ferry_meta SET value = 'sqlite-' || lower(hex(randomblob(16))) WHERE name = 'store_id'",
     );
     fresh
         .execute_batch("COMMIT")

@@ -5,15 +5,17 @@
 //! become bytes, text that is not UTF-8 becomes bytes rather than being mangled. ferry
 //! never changes its columns; it may add an index on the `updated_at` column so that
 //! finding changed records does not read the whole table. A missing table is created:
-//! the seed `000_…` `downloads` and `seeds` with exactly that seed's columns, any other
-//! as a document table (`key`, `record` holding the record as JSON), which round-trips
-//! every JSON value exactly.
+//! the seed `000_…` `downloads` and `seeds` with exactly that seed's columns (a table
+//! ferry made gains an untyped column for a field a record brings), any other as a
+//! document table (`key`, `record` holding the record as JSON), which round-trips every
+//! JSON value exactly. `ferry_meta` holds the store's identity, `ferry_baseline*` the
+//! start-up migration's baseline (see `migrate.rs`).
 //!
 //! Finding work stays cheap as a table grows: every row at or below a rowid watermark
 //! has a tracking row, so new records are read from above it; retries come from an
 //! index on `sync_tracking`; changed records from an index on `updated_at`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,8 +26,8 @@ use serde_json::{Map, Value};
 use super::record::{self, Key, Record};
 use super::time::parse_timestamp;
 use super::{
-    atomic, find, key_for_write, now_ms, Claim, ClaimState, Counts, Due, DueQuery, Found, Merge,
-    Millis, Status, Store, StoreError, Summary, Tombstone, Tracking,
+    atomic, find, key_for_write, now_ms, Baseline, Claim, ClaimState, Counts, Due, DueQuery,
+    Found, Merge, Millis, Status, Store, StoreError, Summary, Tombstone, Tracking,
 };
 use crate::config::{Backend, Collection};
 
@@ -40,6 +42,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "0002_claims",
         include_str!("../../migrations/0002_claims.sql"),
+    ),
+    (
+        3,
+        "0003_migration_baseline",
+        include_str!("../../migrations/0003_migration_baseline.sql"),
     ),
 ];
 
@@ -135,6 +142,9 @@ struct Table {
     keys_reused: bool,
     /// Why ferry may not write to this table, if it may not.
     read_only: Option<String>,
+    /// ferry made this table (`ferry_collections.created_by_ferry`): a field without a
+    /// column gets one. Another program's table keeps its columns.
+    created_by_ferry: bool,
 }
 
 pub struct SqliteStore {
@@ -142,6 +152,9 @@ pub struct SqliteStore {
     conn: Connection,
     collections: Vec<Collection>,
     tables: HashMap<String, Table>,
+    /// `PRAGMA schema_version` when `tables` was read: a column added since (by another
+    /// ferry process, or by hand) makes the tables be read again before they are used.
+    schema_version: i64,
     /// A sweep per collection (see [`Sweep`]).
     sweeps: HashMap<String, Sweep>,
     /// `PRAGMA data_version` when last looked at: it moves when another connection
@@ -217,17 +230,41 @@ impl SqliteStore {
             conn,
             collections: collections.to_vec(),
             tables: HashMap::new(),
+            schema_version: 0,
             sweeps: HashMap::new(),
             data_version: None,
         };
         store.migrate()?;
-        for collection in collections {
-            let table = store.prepare_table(collection)?;
-            store
-                .tables
+        store.prepare_tables()?;
+        Ok(store)
+    }
+
+    /// Reads every collection's table (creating missing ones) and remembers the schema
+    /// version they were read at.
+    fn prepare_tables(&mut self) -> Result<(), StoreError> {
+        for collection in self.collections.clone() {
+            let table = self.prepare_table(&collection)?;
+            self.tables
                 .insert(collection.name.as_str().to_string(), table);
         }
-        Ok(store)
+        self.schema_version = self.read_schema_version()?;
+        Ok(())
+    }
+
+    fn read_schema_version(&self) -> Result<i64, StoreError> {
+        self.conn
+            .query_row("PRAGMA schema_version", [], |r| r.get(0))
+            .map_err(self.err("reading the schema version"))
+    }
+
+    /// Reads the tables again if their columns may have changed since (a column ferry
+    /// added from another process, or one added by hand), so that a record is read and
+    /// written with every column it has.
+    fn refresh_tables(&mut self) -> Result<(), StoreError> {
+        if self.read_schema_version()? != self.schema_version {
+            self.prepare_tables()?;
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -337,15 +374,17 @@ impl SqliteStore {
                 name.to_string()
             }
         };
-        let layout: Option<String> = self
+        let registered: Option<(String, bool)> = self
             .conn
             .query_row(
-                "SELECT layout FROM ferry_collections WHERE name = ?1",
+                "SELECT layout, created_by_ferry FROM ferry_collections WHERE name = ?1",
                 [name],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0)),
             )
             .optional()
             .map_err(self.err("reading ferry_collections"))?;
+        let created_by_ferry = registered.as_ref().is_some_and(|(_, ours)| *ours);
+        let layout = registered.map(|(layout, _)| layout);
         if layout.is_none() {
             self.conn
                 .execute(
@@ -495,6 +534,7 @@ impl SqliteStore {
             has_rowid,
             keys_reused: !autoincrement,
             read_only,
+            created_by_ferry,
         })
     }
 
@@ -567,12 +607,14 @@ impl SqliteStore {
     }
 
     /// The statements that write `records` (replace semantics), all checked before
-    /// anything is written: a bad record fails the call with nothing written.
+    /// anything is written: a bad record fails the call with nothing written. A field
+    /// without a column gets one (`added_columns`) in a table ferry made; another
+    /// program's table keeps its columns, and the record is refused with what to do.
     fn record_writes(
         &self,
         collection: &str,
         records: &[Record],
-    ) -> Result<Vec<RecordWrite>, StoreError> {
+    ) -> Result<RecordWrites, StoreError> {
         let table = self.table(collection)?;
         let name = table.collection_name().to_string();
         if let Some(reason) = &table.read_only {
@@ -589,6 +631,8 @@ impl SqliteStore {
             message,
         };
         let mut rows: Vec<(Key, Vec<String>, Vec<SqlValue>)> = Vec::with_capacity(records.len());
+        // Columns to add, in the order first met; SQLite's column names ignore case.
+        let mut added: Vec<String> = Vec::new();
         for record in records {
             super::check_bytes(&table.collection, record)?;
             let key = key_for_write(&table.collection, record)?;
@@ -606,17 +650,37 @@ impl SqliteStore {
                     let mut columns = Vec::with_capacity(record.len());
                     let mut values = Vec::with_capacity(record.len());
                     for (field, value) in record {
-                        let Some(column) =
-                            table.columns.iter().find(|c| c.eq_ignore_ascii_case(field))
-                        else {
-                            return Err(invalid(Some(&key), format!(
-                                "field {field:?} has no column in table {} (ferry does not change another \
-                                 program's columns); its columns are: {}",
-                                table.name,
-                                table.columns.join(", ")
-                            )));
+                        let known = table
+                            .columns
+                            .iter()
+                            .chain(&added)
+                            .find(|c| c.eq_ignore_ascii_case(field));
+                        let column = match known {
+                            Some(column) => column.clone(),
+                            // Absent and null are the same field: a null needs no column.
+                            None if value.is_null() => continue,
+                            // ferry's own table (the seed 000 `downloads`, say) grows
+                            // with the records put into it.
+                            None if table.created_by_ferry => {
+                                added.push(field.clone());
+                                field.clone()
+                            }
+                            None => {
+                                return Err(invalid(Some(&key), format!(
+                                    "field {field:?} has no column in table {} of {}, a table another program \
+                                     made (ferry does not change its columns; its columns are: {}). To keep the \
+                                     field, add the column — sqlite3 {} 'ALTER TABLE {} ADD COLUMN {}' — and try \
+                                     again; or leave the field out of the record",
+                                    table.name,
+                                    self.path.display(),
+                                    table.columns.join(", "),
+                                    self.path.display(),
+                                    table.name,
+                                    ident(field),
+                                )));
+                            }
                         };
-                        columns.push(column.clone());
+                        columns.push(column);
                         values.push(
                             sql_from_json(value).map_err(|m| {
                                 invalid(Some(&key), format!("field {field:?}: {m}"))
@@ -640,6 +704,7 @@ impl SqliteStore {
                     let updates: Vec<String> = table
                         .columns
                         .iter()
+                        .chain(&added)
                         .filter(|c| *c != &table.key_column)
                         .map(|c| format!("{0} = excluded.{0}", ident(c)))
                         .collect();
@@ -656,14 +721,21 @@ impl SqliteStore {
                 }
             }
         };
-        Ok(rows
+        let writes = rows
             .into_iter()
             .map(|(key, columns, values)| RecordWrite {
                 sql: statement(&columns),
                 key,
                 values,
             })
-            .collect())
+            .collect();
+        Ok(RecordWrites {
+            add_columns: added
+                .iter()
+                .map(|c| format!("ALTER TABLE {} ADD COLUMN {}", table.name, ident(c)))
+                .collect(),
+            writes,
+        })
     }
 
     /// The reads of [`Store::due`], all in the caller's read snapshot; watermark
@@ -1053,12 +1125,26 @@ struct RecordWrite {
     values: Vec<SqlValue>,
 }
 
+/// The writes of a batch of records: the columns a table ferry made gains first (in
+/// the same transaction, so a failed write leaves the table as it was), then the rows.
+struct RecordWrites {
+    add_columns: Vec<String>,
+    writes: Vec<RecordWrite>,
+}
+
 fn exec_record_writes(
     conn: &Connection,
     path: &Path,
     collection: &str,
-    writes: &[RecordWrite],
+    batch: &RecordWrites,
 ) -> Result<(), StoreError> {
+    for alter in &batch.add_columns {
+        conn.execute_batch(alter).map_err(StoreError::sqlite(
+            path,
+            format!("adding a column for a new field of {collection} ({alter})"),
+        ))?;
+    }
+    let writes = &batch.writes;
     // A record written again is no longer deleted; most collections have no
     // tombstone at all, and then there is nothing to clear.
     let has_tombstones: bool = conn
@@ -1113,6 +1199,51 @@ fn exec_delete(
         .map_err(StoreError::sqlite(path, op()))?;
     }
     Ok(removed > 0)
+}
+
+/// Replaces the migration baseline kept for a collection.
+fn exec_baseline(
+    conn: &Connection,
+    path: &Path,
+    collection: &str,
+    baseline: &Baseline,
+) -> Result<(), StoreError> {
+    let op = || format!("keeping the migration baseline of {collection}");
+    let err = StoreError::sqlite;
+    conn.execute(
+        "DELETE FROM ferry_baseline WHERE collection = ?1",
+        [collection],
+    )
+    .map_err(err(path, op()))?;
+    let fp = |v: Option<u64>| v.map(|v| v as i64);
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO ferry_baseline (collection, key, source_fp, target_fp) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(err(path, op()))?;
+    for (key, (source, target)) in &baseline.records {
+        insert
+            .execute(params![
+                collection,
+                key_to_sql(key),
+                fp(*source),
+                fp(*target)
+            ])
+            .map_err(err(path, op()))?;
+    }
+    conn.execute(
+        "INSERT OR REPLACE INTO ferry_baseline_meta (collection, generation, source_id, target_id, source_mark)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            collection,
+            i64::try_from(baseline.generation).unwrap_or(i64::MAX),
+            baseline.source_id,
+            baseline.target_id,
+            baseline.source_mark
+        ],
+    )
+    .map_err(err(path, op()))?;
+    Ok(())
 }
 
 /// ferry's own mark of its last write to a collection (for the start-up migration).
@@ -1697,14 +1828,20 @@ impl Store for SqliteStore {
     }
 
     fn put_many(&mut self, collection: &str, records: Vec<Record>) -> Result<(), StoreError> {
+        self.refresh_tables()?;
         let writes = self.record_writes(collection, &records)?;
         self.transaction(&format!("writing records of {collection}"), |conn, path| {
             exec_record_writes(conn, path, collection, &writes)?;
             exec_mark(conn, path, collection)
-        })
+        })?;
+        if !writes.add_columns.is_empty() {
+            self.prepare_tables()?;
+        }
+        Ok(())
     }
 
     fn get(&mut self, collection: &str, key: &Key) -> Result<Option<Record>, StoreError> {
+        self.refresh_tables()?;
         let table = self.table(collection)?;
         let sql = format!(
             "SELECT {} FROM {} AS t WHERE {} = ?1",
@@ -1728,6 +1865,7 @@ impl Store for SqliteStore {
         after: Option<&Key>,
         limit: usize,
     ) -> Result<Vec<Record>, StoreError> {
+        self.refresh_tables()?;
         let table = self.table(collection)?;
         let sql = format!(
             "SELECT {} FROM {} AS t WHERE ?1 IS NULL OR {} > ?1 ORDER BY {2} LIMIT ?2",
@@ -1803,6 +1941,8 @@ impl Store for SqliteStore {
         // row that was not read.
         let path = self.path.clone();
         let op = || format!("finding records of {collection} to deliver");
+        // A column added since (a new field) is read from now on.
+        self.refresh_tables()?;
         self.table(collection)?;
         // Another process wrote since the last look (or this is the first): sweep.
         let version: i64 = self
@@ -1922,6 +2062,7 @@ impl Store for SqliteStore {
     }
 
     fn apply_merge(&mut self, collection: &str, merge: &Merge) -> Result<(), StoreError> {
+        self.refresh_tables()?;
         let writes = self.record_writes(collection, &merge.upserts)?;
         let delete_sql = self.table(collection)?.delete_sql();
         self.transaction(&format!("migrating {collection}"), |conn, path| {
@@ -1930,8 +2071,113 @@ impl Store for SqliteStore {
             for key in &merge.deletes {
                 exec_delete(conn, path, &delete_sql, collection, key)?;
             }
-            exec_mark(conn, path, collection)
-        })
+            if let Some(baseline) = &merge.baseline {
+                exec_baseline(conn, path, collection, baseline)?;
+            }
+            if merge.writes_data() {
+                exec_mark(conn, path, collection)?;
+            }
+            Ok(())
+        })?;
+        if !writes.add_columns.is_empty() {
+            self.prepare_tables()?;
+        }
+        Ok(())
+    }
+
+    fn store_id(&mut self, _create: bool) -> Result<Option<String>, StoreError> {
+        // Made by schema migration 2, when the database was first opened.
+        self.conn
+            .query_row(
+                "SELECT value FROM ferry_meta WHERE name = 'store_id'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err("reading ferry_meta"))
+    }
+
+    fn baseline(&mut self, collection: &str) -> Result<Option<Baseline>, StoreError> {
+        self.table(collection)?;
+        let op = || format!("reading the migration baseline of {collection}");
+        let meta: Option<(i64, String, String, String)> = self
+            .conn
+            .query_row(
+                "SELECT generation, source_id, target_id, source_mark FROM ferry_baseline_meta
+                  WHERE collection = ?1",
+                [collection],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(StoreError::sqlite(&self.path, op()))?;
+        let Some((generation, source_id, target_id, source_mark)) = meta else {
+            return Ok(None);
+        };
+        // Fingerprints are u64 kept bit for bit in SQLite's i64.
+        let fp = |v: Option<i64>| v.map(|v| v as u64);
+        let records: BTreeMap<Key, (Option<u64>, Option<u64>)> = self
+            .conn
+            .prepare_cached(
+                "SELECT key, source_fp, target_fp FROM ferry_baseline WHERE collection = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_map([collection], |r| {
+                    let pair = (fp(r.get(1)?), fp(r.get(2)?));
+                    Ok(key_from_sql(r.get_ref(0)?).map(|key| (key, pair)))
+                })?
+                .filter_map(Result::transpose)
+                .collect()
+            })
+            .map_err(StoreError::sqlite(&self.path, op()))?;
+        Ok(Some(Baseline {
+            generation: u64::try_from(generation).unwrap_or(0),
+            source_id,
+            target_id,
+            source_mark,
+            records,
+        }))
+    }
+
+    fn change_mark(&mut self, collection: &str) -> Result<String, StoreError> {
+        let table = self.table(collection)?;
+        let op = || format!("reading the change mark of {collection}");
+        let one = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Result<String, StoreError> {
+            self.conn
+                .prepare_cached(sql)
+                .and_then(|mut s| {
+                    s.query_row(params, |r| {
+                        (0..r.as_ref().column_count())
+                            .map(|i| r.get::<_, SqlValue>(i).map(|v| format!("{v:?}")))
+                            .collect::<rusqlite::Result<Vec<_>>>()
+                    })
+                })
+                .map(|parts| parts.join(","))
+                .map_err(StoreError::sqlite(&self.path, op()))
+        };
+        // Each MAX alone in its query, so that SQLite reads it from an index end.
+        let mut parts = vec![one(&format!("SELECT COUNT(*) FROM {}", table.name), &[])?];
+        if table.has_rowid {
+            parts.push(one(&format!("SELECT MAX(rowid) FROM {}", table.name), &[])?);
+        }
+        if let Some(updated) = &table.updated_expr {
+            parts.push(one(
+                &format!("SELECT MAX({updated}) FROM {} AS t", table.name),
+                &[],
+            )?);
+        }
+        parts.push(one(
+            "SELECT MAX(last_write_ms) FROM ferry_collections WHERE name = ?1",
+            &[&collection],
+        )?);
+        parts.push(one(
+            "SELECT COUNT(*), MAX(deleted_at) FROM ferry_tombstones WHERE collection = ?1",
+            &[&collection],
+        )?);
+        parts.push(one(
+            "SELECT COUNT(*), MAX(sync_date), MAX(id) FROM sync_tracking WHERE table_name = ?1",
+            &[&collection],
+        )?);
+        Ok(parts.join(";"))
     }
 
     fn summary(&mut self, collection: &str) -> Result<Summary, StoreError> {

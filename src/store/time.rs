@@ -1,6 +1,12 @@
 //! Wall-clock time as ferry stores it: Unix milliseconds, and RFC 3339 text in UTC.
+//!
+//! Times ferry writes carry their zone (`Z`). Times other programs write often do not:
+//! the seed services wrote the board's local time (`2025-12-18 17:30:00.000000`), so a
+//! time without a zone is read in the machine's time zone (`TZ`, else `/etc/localtime`).
 
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use jiff::tz::TimeZone;
 
 pub type Millis = i64;
 
@@ -31,9 +37,17 @@ pub fn rfc3339(ms: Millis) -> String {
 }
 
 /// Unix ms of a timestamp as programs write them in `updated_at`: RFC 3339 / ISO 8601
-/// (`2026-02-10T12:00:00Z`, `2026-02-10 12:00:00.123456`, no zone read as UTC), or
-/// an integer of seconds or milliseconds since 1970.
+/// (`2026-02-10T12:00:00Z`, `2026-02-10T13:00:00+01:00`; without a zone, as in
+/// `2026-02-10 12:00:00.123456`, the machine's local time), or an integer of seconds
+/// or milliseconds since 1970.
 pub fn parse_timestamp(text: &str) -> Option<Millis> {
+    // jiff caches the system zone (and looks again every few minutes), so a changed
+    // /etc/localtime is picked up without a restart.
+    parse_timestamp_in(text, &TimeZone::system())
+}
+
+/// [`parse_timestamp`], with a time without a zone read in `local`.
+pub fn parse_timestamp_in(text: &str, local: &TimeZone) -> Option<Millis> {
     let text = text.trim();
     if let Ok(n) = text.parse::<i64>() {
         // Before 2001-09-09 in ms is after 33658 in s: tell them apart by size.
@@ -49,7 +63,9 @@ pub fn parse_timestamp(text: &str) -> Option<Millis> {
         return None;
     }
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (mut h, mut mi, mut s, mut ms, mut offset) = (0, 0, 0, 0, 0);
+    let (mut h, mut mi, mut s, mut ms) = (0, 0, 0, 0);
+    // The zone's offset in seconds; `None`: no zone written, local time.
+    let mut offset: Option<i64> = None;
     if b.len() > 10 {
         if !(b[10] == b'T' || b[10] == b' ') || b.len() < 19 {
             return None;
@@ -65,7 +81,8 @@ pub fn parse_timestamp(text: &str) -> Option<Millis> {
             rest = &frac[digits..];
         }
         match rest {
-            "" | "Z" | "z" => {}
+            "" => {}
+            "Z" | "z" => offset = Some(0),
             zone => {
                 let sign = match zone.as_bytes().first()? {
                     b'+' => 1,
@@ -75,15 +92,40 @@ pub fn parse_timestamp(text: &str) -> Option<Millis> {
                 let zone = zone[1..].replace(':', "");
                 let hh: i64 = zone.get(0..2)?.parse().ok()?;
                 let mm: i64 = zone.get(2..4).unwrap_or("00").parse().ok()?;
-                offset = sign * (hh * 3600 + mm * 60);
+                offset = Some(sign * (hh * 3600 + mm * 60));
             }
         }
     }
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
         return None;
     }
+    let offset = match offset {
+        Some(offset) => offset,
+        None => local_offset(local, y, mo, d, h, mi, s)?,
+    };
     let days = days_from_civil(y, mo, d);
     Some((days * 86_400 + h * 3600 + mi * 60 + s - offset) * 1000 + ms)
+}
+
+/// The offset from UTC (seconds) of a local date and time in `zone`. A time that
+/// falls in a daylight-saving gap or fold is read as the clocks showed it first
+/// (jiff's "compatible" rule, as `mktime` and most programs do).
+fn local_offset(zone: &TimeZone, y: i64, mo: i64, d: i64, h: i64, mi: i64, s: i64) -> Option<i64> {
+    let small = |n: i64| i8::try_from(n).ok();
+    // A leap second (:60) is read as :59 for the offset; the offset is the same.
+    let civil = jiff::civil::DateTime::new(
+        i16::try_from(y).ok()?,
+        small(mo)?,
+        small(d)?,
+        small(h)?,
+        small(mi)?,
+        small(s.min(59))?,
+        0,
+    )
+    .ok()?;
+    let instant = zone.to_timestamp(civil).ok()?;
+    let as_utc = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + s.min(59);
+    Some(as_utc - instant.as_second())
 }
 
 // Howard Hinnant's civil calendar algorithms.
@@ -125,18 +167,55 @@ mod tests {
 
     #[test]
     fn parses_what_programs_write() {
-        let base = parse_timestamp("2026-02-10T12:00:00Z").unwrap();
-        assert_eq!(parse_timestamp("2026-02-10 12:00:00"), Some(base));
-        assert_eq!(
-            parse_timestamp("2026-02-10 12:00:00.123456"),
-            Some(base + 123)
-        );
-        assert_eq!(parse_timestamp("2026-02-10T13:00:00+01:00"), Some(base));
-        assert_eq!(parse_timestamp("2026-02-10"), Some(base - 12 * 3_600_000));
-        assert_eq!(parse_timestamp(&(base / 1000).to_string()), Some(base));
-        assert_eq!(parse_timestamp(&base.to_string()), Some(base));
+        let utc = TimeZone::UTC;
+        let parse = |text: &str| parse_timestamp_in(text, &utc);
+        let base = parse("2026-02-10T12:00:00Z").unwrap();
+        assert_eq!(parse("2026-02-10 12:00:00"), Some(base));
+        assert_eq!(parse("2026-02-10 12:00:00.123456"), Some(base + 123));
+        assert_eq!(parse("2026-02-10T13:00:00+01:00"), Some(base));
+        assert_eq!(parse("2026-02-10"), Some(base - 12 * 3_600_000));
+        assert_eq!(parse(&(base / 1000).to_string()), Some(base));
+        assert_eq!(parse(&base.to_string()), Some(base));
         for bad in ["", "yesterday", "2026-13-01", "2026-02-10X12:00:00"] {
-            assert_eq!(parse_timestamp(bad), None, "{bad}");
+            assert_eq!(parse(bad), None, "{bad}");
         }
+    }
+
+    /// The seeds wrote local time without a zone: in Paris, `17:30` in December is
+    /// 16:30 UTC, in July 15:30 UTC. Times with a zone, and numbers, do not move.
+    #[test]
+    fn a_time_without_a_zone_is_local_time() {
+        let paris = TimeZone::get("Europe/Paris").expect("the tz database has Europe/Paris");
+        let parse = |text: &str| parse_timestamp_in(text, &paris);
+        let utc = |text: &str| parse_timestamp_in(text, &TimeZone::UTC).unwrap();
+        assert_eq!(
+            parse("2025-12-18 17:30:00.000000"),
+            Some(utc("2025-12-18T16:30:00Z"))
+        );
+        assert_eq!(
+            parse("2026-07-01T17:30:00"),
+            Some(utc("2026-07-01T15:30:00Z"))
+        );
+        assert_eq!(parse("2026-02-10"), Some(utc("2026-02-09T23:00:00Z")));
+        assert_eq!(
+            parse("2026-07-01T17:30:00.250"),
+            Some(utc("2026-07-01T15:30:00.250Z"))
+        );
+        for zoned in [
+            "2026-07-01T17:30:00Z",
+            "2026-07-01T17:30:00+02:00",
+            "1767225600",
+            "1767225600000",
+        ] {
+            assert_eq!(parse(zoned), Some(utc(zoned)), "{zoned}");
+        }
+        // 02:30 on the last Sunday of March does not exist in Paris: read as 03:30
+        // summer time, as the clocks showed it.
+        assert_eq!(
+            parse("2026-03-29 02:30:00"),
+            Some(utc("2026-03-29T01:30:00Z"))
+        );
+        // ferry's own sync dates still read back exactly.
+        assert_eq!(parse(&rfc3339(1_763_842_503_123)), Some(1_763_842_503_123));
     }
 }

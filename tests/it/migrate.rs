@@ -603,3 +603,373 @@ fn reset_tracking_is_not_undone_by_the_next_start() {
         None
     );
 }
+
+// ---------------------------------------------------------------------------------
+// Issue 14: the migration is a three-way merge against what both sides last agreed on.
+
+/// The seed 000 service's downloads, with its file name, in a Fixture.
+const DOWNLOADS: &str =
+    "[[collections]]\nname = \"downloads\"\nkey = \"id\"\nupdated_at = \"updated_at\"\n\
+    endpoint = \"/api/downloads\"\njson_file = \"active_downloads.json\"\n";
+
+fn job(id: &str, status: &str, updated_at: &str) -> ferry::store::Record {
+    record(
+        json!({"id": id, "torrent_name": format!("{id}.mkv"), "status": status,
+        "progress": 50.0, "updated_at": updated_at}),
+    )
+}
+
+/// Keys and `status` of every download in a store.
+fn statuses(config: &Config) -> BTreeMap<String, String> {
+    store::open(config)
+        .unwrap()
+        .list("downloads", None, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["status"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Deletes records the way another program does, without ferry: the seed 000 service
+/// rewrites its JSON file; a SQLite client runs DELETE.
+fn delete_behind_ferrys_back(config: &Config, backend: Backend, ids: &[&str]) {
+    match backend {
+        Backend::Json => {
+            let path = config.storage.json_dir.join("active_downloads.json");
+            let mut object: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            for id in ids {
+                assert!(object.remove(*id).is_some(), "{id} was there");
+            }
+            std::fs::write(&path, serde_json::to_vec_pretty(&object).unwrap()).unwrap();
+        }
+        Backend::Sqlite => {
+            let conn = rusqlite::Connection::open(&config.storage.sqlite_path).unwrap();
+            for id in ids {
+                assert_eq!(
+                    conn.execute("DELETE FROM downloads WHERE id = ?1", [id])
+                        .unwrap(),
+                    1
+                );
+            }
+        }
+    }
+}
+
+/// Seed 000: the service removes finished downloads from the store in use; the other
+/// store still has them from before. No start of ferry brings them back — not a plain
+/// restart, nor one after the other side was written (a new download there comes
+/// over, the deleted ones do not). Both ways round.
+#[test]
+fn records_another_program_deleted_are_not_brought_back_by_the_next_starts() {
+    for active in [Backend::Json, Backend::Sqlite] {
+        let inactive = other_backend(active);
+        let fx = Fixture::with_collections(active, DOWNLOADS);
+        let here = with_backend(&fx.config, active);
+        let there = with_backend(&fx.config, inactive);
+        let mut old = store::open(&there).unwrap();
+        for id in ["d1", "d2", "d3"] {
+            old.put("downloads", job(id, "downloading", "2026-02-10T09:00:00Z"))
+                .unwrap();
+        }
+        drop(old);
+        // First start on the store in use: everything comes over.
+        let reports = migrate(&here, active, false).unwrap();
+        assert_eq!(reports[0].migrated, 3, "{active:?}: {reports:?}");
+        // The service finishes d1 and d2 and removes them.
+        delete_behind_ferrys_back(&here, active, &["d1", "d2"]);
+        for _ in 0..3 {
+            assert_eq!(migrate(&here, active, false).unwrap(), vec![], "{active:?}");
+        }
+        // The other side is written (a new download there): it is looked at, and
+        // only what is new there comes over.
+        std::thread::sleep(Duration::from_millis(20));
+        store::open(&there)
+            .unwrap()
+            .put(
+                "downloads",
+                job("d4", "downloading", "2026-02-10T10:00:00Z"),
+            )
+            .unwrap();
+        let reports = migrate(&here, active, false).unwrap();
+        assert_eq!(reports.len(), 1, "{active:?}: {reports:?}");
+        assert_eq!(
+            (reports[0].migrated, reports[0].kept_deleted),
+            (1, 2),
+            "{active:?}: {reports:?}"
+        );
+        assert_eq!(
+            statuses(&here).into_keys().collect::<Vec<_>>(),
+            ["d3", "d4"],
+            "{active:?}: d1 and d2 stay deleted"
+        );
+        assert_eq!(migrate(&here, active, false).unwrap(), vec![], "{active:?}");
+    }
+}
+
+fn other_backend(backend: Backend) -> Backend {
+    match backend {
+        Backend::Json => Backend::Sqlite,
+        Backend::Sqlite => Backend::Json,
+    }
+}
+
+/// The same through the real binary, as systemd starts it: `ferry migrate` (what
+/// every start runs) with its dry run saying what the real run then does.
+#[test]
+fn the_seed_000_service_deleting_finished_downloads_with_ferry_migrate() {
+    let fx = Fixture::with_collections(Backend::Json, DOWNLOADS);
+    let sqlite = with_backend(&fx.config, Backend::Sqlite);
+    let mut old = store::open(&sqlite).unwrap();
+    for id in ["d1", "d2"] {
+        old.put("downloads", job(id, "completed", "2026-02-10T09:00:00Z"))
+            .unwrap();
+    }
+    drop(old);
+    let run = |args: &[&str]| {
+        let out = fx.ferry(args, None);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dry = run(&["migrate", "--dry-run"]);
+    let real = run(&["migrate"]);
+    assert_eq!(dry.replace("would do: ", ""), real);
+    assert!(
+        real.contains("migration sqlite→json: 2 downloads migrated (0 updated, 0 kept newer)"),
+        "{real}"
+    );
+    delete_behind_ferrys_back(&fx.config, Backend::Json, &["d1"]);
+    for _ in 0..2 {
+        let dry = run(&["migrate", "--dry-run"]);
+        let real = run(&["migrate"]);
+        assert_eq!(dry.replace("would do: ", ""), real);
+        assert!(real.contains("nothing to migrate"), "{real}");
+    }
+    assert_eq!(statuses(&fx.config).into_keys().collect::<Vec<_>>(), ["d2"]);
+}
+
+/// Backend switches back and forth, with edits, new records and deletions (through
+/// ferry and behind its back) on both sides in between: after each switch the store
+/// in use holds exactly what the user made, and a second start changes nothing.
+#[test]
+fn switching_back_and_forth_carries_edits_and_deletions_both_ways() {
+    let fx = Fixture::with_collections(Backend::Json, DOWNLOADS);
+    let json_side = fx.config.clone();
+    let sqlite_side = with_backend(&fx.config, Backend::Sqlite);
+    let expect = |config: &Config, backend: Backend, want: &[(&str, &str)]| {
+        migrate(config, backend, false).unwrap();
+        let want: BTreeMap<String, String> = want
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(statuses(config), want, "{backend:?}");
+        assert_eq!(
+            migrate(config, backend, false).unwrap(),
+            vec![],
+            "{backend:?}: a second start migrates nothing"
+        );
+    };
+    let mut json_store = store::open(&json_side).unwrap();
+    for id in ["a", "b", "c", "d", "e"] {
+        json_store
+            .put("downloads", job(id, "v1", "2026-02-10T09:00:00Z"))
+            .unwrap();
+    }
+    drop(json_store);
+
+    // JSON → SQLite: everything comes over.
+    expect(
+        &sqlite_side,
+        Backend::Sqlite,
+        &[
+            ("a", "v1"),
+            ("b", "v1"),
+            ("c", "v1"),
+            ("d", "v1"),
+            ("e", "v1"),
+        ],
+    );
+    let mut s = store::open(&sqlite_side).unwrap();
+    s.put("downloads", job("a", "v2", "2026-02-10T10:00:00Z"))
+        .unwrap();
+    s.delete("downloads", &Key::parse("b")).unwrap();
+    s.put("downloads", job("f", "v1", "2026-02-10T10:00:00Z"))
+        .unwrap();
+    drop(s);
+    delete_behind_ferrys_back(&sqlite_side, Backend::Sqlite, &["c"]);
+
+    // SQLite → JSON: the edit, the new record and both deletions come over.
+    expect(
+        &json_side,
+        Backend::Json,
+        &[("a", "v2"), ("d", "v1"), ("e", "v1"), ("f", "v1")],
+    );
+    let mut j = store::open(&json_side).unwrap();
+    j.put("downloads", job("e", "v2", "2026-02-10T11:00:00Z"))
+        .unwrap();
+    j.put("downloads", job("g", "v1", "2026-02-10T11:00:00Z"))
+        .unwrap();
+    drop(j);
+    delete_behind_ferrys_back(&json_side, Backend::Json, &["d"]);
+
+    // JSON → SQLite: likewise, and b and c (deleted on both) stay deleted.
+    expect(
+        &sqlite_side,
+        Backend::Sqlite,
+        &[("a", "v2"), ("e", "v2"), ("f", "v1"), ("g", "v1")],
+    );
+    // While SQLite is in use: an edit there, and the JSON side written by another
+    // program: an older edit of the same record, a new record, a deletion.
+    let mut s = store::open(&sqlite_side).unwrap();
+    s.put("downloads", job("a", "v3", "2026-02-10T13:00:00Z"))
+        .unwrap();
+    drop(s);
+    std::thread::sleep(Duration::from_millis(20));
+    let mut j = store::open(&json_side).unwrap();
+    j.put("downloads", job("a", "v2-there", "2026-02-10T12:00:00Z"))
+        .unwrap();
+    j.put("downloads", job("h", "v1", "2026-02-10T12:00:00Z"))
+        .unwrap();
+    drop(j);
+    delete_behind_ferrys_back(&json_side, Backend::Json, &["f"]);
+    let reports = migrate(&sqlite_side, Backend::Sqlite, false).unwrap();
+    assert_eq!(
+        reports[0].to_string(),
+        "migration json→sqlite: 1 downloads migrated (0 updated, 1 kept newer), 1 deleted"
+    );
+    expect(
+        &sqlite_side,
+        Backend::Sqlite,
+        &[("a", "v3"), ("e", "v2"), ("g", "v1"), ("h", "v1")],
+    );
+
+    // And back to JSON: the JSON side catches up on what it lost to SQLite (a's v3).
+    expect(
+        &json_side,
+        Backend::Json,
+        &[("a", "v3"), ("e", "v2"), ("g", "v1"), ("h", "v1")],
+    );
+}
+
+/// Whole-side times decide only whether to look: a record changed on the inactive
+/// side comes over even when the active side was written after it.
+#[test]
+fn a_change_on_the_other_side_wins_even_when_this_side_was_written_later() {
+    for active in [Backend::Sqlite, Backend::Json] {
+        let fx = Fixture::with_collections(other_backend(active), DOWNLOADS);
+        let there = fx.config.clone();
+        let here = with_backend(&fx.config, active);
+        let mut old = store::open(&there).unwrap();
+        for id in ["a", "b"] {
+            old.put("downloads", job(id, "v1", "2026-02-10T09:00:00Z"))
+                .unwrap();
+        }
+        drop(old);
+        migrate(&here, active, false).unwrap();
+        // The other side edits a; then the side in use writes b, later in wall time.
+        store::open(&there)
+            .unwrap()
+            .put("downloads", job("a", "v2", "2026-02-10T10:00:00Z"))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        store::open(&here)
+            .unwrap()
+            .put("downloads", job("b", "v2", "2026-02-10T10:00:00Z"))
+            .unwrap();
+        let reports = migrate(&here, active, false).unwrap();
+        assert_eq!(reports.len(), 1, "{active:?}: {reports:?}");
+        assert_eq!(
+            statuses(&here),
+            BTreeMap::from([("a".into(), "v2".into()), ("b".into(), "v2".into())]),
+            "{active:?}"
+        );
+    }
+}
+
+/// Seed programs write local time without a zone. With TZ=Europe/Paris a JSON record
+/// stamped `17:30` (16:30 UTC) is older than a SQLite one stamped `16:45Z`; read as
+/// UTC it would look newer and overwrite it. The same files under TZ=UTC: the JSON
+/// record is newer, and wins.
+#[test]
+fn a_local_time_without_a_zone_is_read_in_the_machines_time_zone() {
+    for (tz, winner) in [("Europe/Paris", "sqlite"), ("UTC", "json")] {
+        let fx = Fixture::with_collections(Backend::Sqlite, DOWNLOADS);
+        let json_side = with_backend(&fx.config, Backend::Json);
+        fx.open()
+            .put("downloads", job("x", "sqlite", "2026-02-10T16:45:00Z"))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        store::open(&json_side)
+            .unwrap()
+            .put("downloads", job("x", "json", "2026-02-10 17:30:00"))
+            .unwrap();
+        let out = Command::new(ferry_bin())
+            .arg("--config")
+            .arg(&fx.config_path)
+            .arg("migrate")
+            .env("TZ", tz)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            statuses(&fx.config)["x"],
+            winner,
+            "TZ={tz}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+/// Seed 000's JSON records carry fields its SQLite schema lacks (`uid`): switching the
+/// service to SQLite brings them over whole, into the `downloads` table ferry makes.
+#[test]
+fn the_seed_000_service_switching_to_sqlite_keeps_fields_its_schema_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_dir = dir.path().join("tmp");
+    std::fs::create_dir_all(&json_dir).unwrap();
+    std::fs::write(
+        json_dir.join("active_downloads.json"),
+        r#"{"a1": {"id": "a1", "torrent_name": "film.mkv", "status": "downloading", "progress": 42.5,
+                    "uid": "u-1001", "hash": "9f86d081", "updated_at": "2026-02-10 09:05:00"}}"#,
+    )
+    .unwrap();
+    let ini = dir.path().join("config.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "[BDD]\nsql = true\ndb_path = {}/plex_service.db\n[storage]\njson_dir = {}\nbackups_dir = {}/backups\n",
+            dir.path().display(),
+            json_dir.display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let ferry = |args: &[&str]| crate::support::ferry_command(&ini, args, None);
+    let out = ferry(&["migrate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ferry(&["get", "downloads", "a1"]);
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&got["uid"], &got["hash"]),
+        (&json!("u-1001"), &json!("9f86d081"))
+    );
+    assert_eq!(got["progress"], json!(42.5));
+    assert!(String::from_utf8_lossy(&ferry(&["migrate"]).stdout).contains("nothing to migrate"));
+}

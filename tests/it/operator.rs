@@ -325,6 +325,8 @@ fn check_finds_overwritten_pages_and_repair_recovers_the_intact_rows() {
         )
         .unwrap();
     let db = fx.path("state/ferry.db");
+    let identity = fx.open().store_id(false).unwrap();
+    assert!(identity.is_some());
     crate::support::checkpoint(&db);
     assert_eq!(run(&fx, &["check"]).0, Some(0), "sound at first");
     crate::support::overwrite_middle_pages(&db, 6, 0x5A);
@@ -355,6 +357,14 @@ fn check_finds_overwritten_pages_and_repair_recovers_the_intact_rows() {
         "the repaired store is sound"
     );
     let recovered = fx.open().counts("events").unwrap().records;
+    // Rows were lost: the start-up migration must not read the repaired store
+    // against a baseline that says what it held before (and delete those rows on the
+    // other side too).
+    let repaired = fx.open().store_id(false).unwrap();
+    assert!(
+        repaired.is_some() && repaired != identity,
+        "a new store identity"
+    );
     eprintln!("recovered {recovered} of 4000 rows");
     assert!(
         (3_900..4_000).contains(&recovered),
@@ -373,6 +383,7 @@ fn check_names_a_truncated_json_file_and_repair_keeps_what_parses() {
                 .collect(),
         )
         .unwrap();
+    assert!(fx.open().store_id(true).unwrap().is_some());
     let file = fx.path("state/json/events.json");
     let bytes = std::fs::read(&file).unwrap();
     let cut = bytes.len() * 2 / 3;
@@ -395,6 +406,11 @@ fn check_names_a_truncated_json_file_and_repair_keeps_what_parses() {
     assert!(
         records.iter().all(|r| r["v"] == json!("é")),
         "whole records only"
+    );
+    assert_eq!(
+        fx.open().store_id(false).unwrap(),
+        None,
+        "records were lost: a new store to the migration"
     );
     assert_eq!(run(&fx, &["check"]).0, Some(0));
 }

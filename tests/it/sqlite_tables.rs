@@ -133,6 +133,12 @@ fn writes_fit_the_other_programs_columns_or_are_refused() {
         err.contains("id_media, date, numero_camera, video_data"),
         "{err}"
     );
+    // It says what to do: add the column (the exact command), or leave the field out.
+    assert!(
+        err.contains("ALTER TABLE \"media\" ADD COLUMN \"resolution\"")
+            && err.contains("leave the field out"),
+        "{err}"
+    );
     assert_eq!(
         columns(&conn, "media"),
         ["id_media", "date", "numero_camera", "video_data"]
@@ -256,5 +262,66 @@ fn deleting_sync_tracking_by_hand_sends_everything_again_promptly() {
     assert_eq!(
         deliver_all(store.as_mut(), "evenement", true),
         [250, 250, 102]
+    );
+}
+
+/// The seed 000 `downloads` table that ferry made (with exactly the seed's columns)
+/// gains a column for a field the seed schema lacks, in the write's own transaction;
+/// the field round-trips. Another ferry process sees the column at its next read.
+#[test]
+fn a_table_ferry_made_gains_a_column_for_a_new_field() {
+    let downloads = "[[collections]]\nname = \"downloads\"\nkey = \"id\"\nupdated_at = \"updated_at\"\nendpoint = \"/d\"\n";
+    let fx = Fixture::with_collections(Backend::Sqlite, downloads);
+    let mut other_process = fx.open();
+    let out = fx.ferry(
+        &["put", "downloads"],
+        Some(br#"{"id": "a1", "torrent_name": "film.mkv", "uid": "u-42", "tries": 3, "tags": ["x"], "none": null}"#),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let conn = Connection::open(fx.path("state/ferry.db")).unwrap();
+    let cols = columns(&conn, "downloads");
+    assert_eq!(cols.len(), 16 + 3, "{cols:?}");
+    assert_eq!(
+        &cols[16..],
+        ["uid", "tries", "tags"],
+        "a null needs no column"
+    );
+    let got = get(&fx, "downloads", "a1");
+    assert_eq!(got["uid"], json!("u-42"));
+    assert_eq!(got["tries"], json!(3));
+    assert_eq!(
+        other_process
+            .get("downloads", &ferry::store::Key::parse("a1"))
+            .unwrap()
+            .map(|r| r["uid"].clone()),
+        Some(json!("u-42"))
+    );
+    // A write that fails leaves the table as it was: the column comes with the write.
+    conn.execute_batch(
+        "CREATE TRIGGER refuse BEFORE INSERT ON downloads WHEN NEW.id = 'boom'
+         BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END;",
+    )
+    .unwrap();
+    let records = vec![
+        ferry::store::Record::from_iter([
+            ("id".to_string(), json!("ok")),
+            ("extra1".to_string(), json!(1)),
+        ]),
+        ferry::store::Record::from_iter([
+            ("id".to_string(), json!("boom")),
+            ("extra2".to_string(), json!(2)),
+        ]),
+    ];
+    assert!(other_process.put_many("downloads", records).is_err());
+    assert_eq!(columns(&conn, "downloads"), cols);
+    assert_eq!(
+        other_process
+            .get("downloads", &ferry::store::Key::parse("ok"))
+            .unwrap(),
+        None
     );
 }
