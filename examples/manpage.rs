@@ -15,7 +15,7 @@ const EXTRA: &str = r#".SH "EXIT STATUS"
 done
 .TP
 \fB1\fR
-runtime error (the store cannot be read or written, a damaged store: see \fBferry check \-\-repair\fR)
+runtime error (the store cannot be read or written, a damaged store: see \fBferry check \-\-repair\fR); or refused because another ferry delivers from the store: \fBferry run\fR, \fBsync \-\-once\fR, \fBmigrate\fR and \fBcheck \-\-repair\fR take the store's run lock, and the message names the holder's pid and command
 .TP
 \fB2\fR
 usage error
@@ -47,6 +47,9 @@ optional bearer token, mode 0600
 .TP
 \fI/var/lib/ferry/\fR
 the state: \fIferry.db\fR (SQLite), \fIjson/\fR (JSON backend), \fIbackups/\fR
+.TP
+\fI<sqlite_path>.ferry-lock\fR, \fI<json_dir>/.ferry-lock\fR
+the store's run lock: held (\fBflock\fR(2)) by the one ferry delivering from it, freed when that process ends, however it ends; its text names the holder and says whether the last \fBferry run\fR stopped cleanly. Do not delete it: a second ferry could then lock a new file of the same name
 .TP
 \fI/usr/share/doc/ferry/README.md\fR
 the full documentation

@@ -2,16 +2,20 @@
 
 use super::{CliError, Exit, Stdout};
 use crate::config::Config;
-use crate::store::{self, repair};
+use crate::daemon::RunLock;
+use crate::store::repair;
 
 pub fn check(config: &Config, repair_it: bool) -> Result<Exit, CliError> {
-    if repair_it {
-        if let Some(pid) = store::running_daemon(config) {
-            return Err(CliError::Usage(format!(
-                "ferry is running on this store (pid {pid}): stop it first (`sudo systemctl stop ferry`), then repair"
-            )));
-        }
-    }
+    // A repair replaces the store under whoever uses it: it refuses beside a daemon.
+    let mut lock = if repair_it {
+        Some(RunLock::acquire(
+            config,
+            config.storage.backend,
+            "check --repair",
+        )?)
+    } else {
+        None
+    };
     let reports = repair::check(config, repair_it)?;
     let mut out = Stdout::new();
     let mut damaged = false;
@@ -29,9 +33,11 @@ pub fn check(config: &Config, repair_it: bool) -> Result<Exit, CliError> {
             .iter()
             .any(|r| r.recovered.is_some() && r.problem.is_some())
     {
-        // A repaired store was not cleanly shut down by definition: drop the marker so
-        // the next start does not refuse the repaired copy for the old damage.
-        let _ = std::fs::remove_file(store::running_marker(config));
+        // The repaired copy is sound: the next start need not check it again for the
+        // unclean stop that damaged the old one.
+        if let Some(lock) = lock.as_mut() {
+            lock.mark_stopped()?;
+        }
     }
     out.finish()?;
     if damaged {

@@ -2,10 +2,22 @@
 
 use super::{CliError, Exit, Stdout};
 use crate::config::{Backend, Config};
+use crate::daemon::RunLock;
 use crate::store::migrate;
 
 pub fn migrate(config: &Config, to: Option<Backend>, dry_run: bool) -> Result<Exit, CliError> {
     let to = to.unwrap_or(config.storage.backend);
+    // A migration rewrites the store a daemon delivers from (or, with --to, the other
+    // one, which a reload or a restart would then read): it waits for no daemon, it
+    // refuses beside one. The store this config delivers from is locked first, then the
+    // one written. A dry run writes nothing and needs neither.
+    let mut locks = Vec::new();
+    if !dry_run {
+        locks.push(RunLock::acquire(config, config.storage.backend, "migrate")?);
+        if to != config.storage.backend {
+            locks.push(RunLock::acquire(config, to, "migrate")?);
+        }
+    }
     let reports = migrate::migrate(config, to, dry_run)?;
     let mut out = Stdout::new();
     if reports.is_empty() {
@@ -21,5 +33,6 @@ pub fn migrate(config: &Config, to: Option<Backend>, dry_run: bool) -> Result<Ex
         ))?;
     }
     out.finish()?;
+    drop(locks);
     Ok(Exit::Done)
 }

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config, ConfigError, ProcessEnv};
+use crate::daemon::{DaemonError, RunLockError};
 use crate::store::StoreError;
 
 #[derive(Debug, Parser)]
@@ -61,7 +62,8 @@ pub enum Command {
         after: Option<String>,
     },
     /// One delivery pass, then exit: 0 when everything is delivered, 75 when records
-    /// remain pending or failed
+    /// remain pending or failed, 1 when another ferry delivers from the store (the
+    /// message names its pid; --dry-run runs beside it)
     Sync {
         /// One pass, then exit (the only mode of this command; `ferry run` is the daemon)
         #[arg(long)]
@@ -73,7 +75,8 @@ pub enum Command {
         #[arg(long, value_name = "C")]
         collection: Option<String>,
     },
-    /// The daemon: deliver records as `sync.mode` says until SIGTERM or SIGINT
+    /// The daemon: deliver records as `sync.mode` says until SIGTERM or SIGINT. Only
+    /// one ferry delivers from a store: beside another, it exits 1, naming that one's pid
     Run,
     /// Per collection: records, synced, pending, failed, oldest pending, last success,
     /// bytes delivered; totals; what to do
@@ -106,12 +109,14 @@ pub enum Command {
         dest: PathBuf,
     },
     /// Integrity check of the store; --repair copies what can be read into a fresh
-    /// store and keeps the damaged one beside it
+    /// store and keeps the damaged one beside it (stop the daemon first: beside it,
+    /// --repair exits 1)
     Check {
         #[arg(long)]
         repair: bool,
     },
-    /// Bring a backend up to date from the other one (what start-up does)
+    /// Bring a backend up to date from the other one (what start-up does); exits 1,
+    /// naming its pid, while another ferry uses the store (--dry-run runs beside it)
     Migrate {
         /// The backend to bring up to date [default: storage.backend]
         #[arg(long, value_enum, value_name = "BACKEND")]
@@ -177,6 +182,10 @@ pub enum CliError {
     ConfigValue(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Another ferry delivers from the store (exit 1, like any runtime error: trying
+    /// again later, once it has stopped, may succeed).
+    #[error(transparent)]
+    RunLock(#[from] RunLockError),
     /// Arguments that parse but do not make sense together.
     #[error("{0}")]
     Usage(String),
@@ -190,7 +199,7 @@ impl CliError {
         match self {
             CliError::Config(_) | CliError::ConfigValue(_) => 78,
             CliError::Usage(_) => 2,
-            CliError::Store(_) | CliError::Runtime(_) => 1,
+            CliError::Store(_) | CliError::RunLock(_) | CliError::Runtime(_) => 1,
         }
     }
 }
@@ -242,6 +251,15 @@ impl From<crate::sync::SyncError> for CliError {
             SyncError::Internal(message) | SyncError::Damaged(message) => {
                 CliError::Runtime(message)
             }
+        }
+    }
+}
+
+impl From<DaemonError> for CliError {
+    fn from(err: DaemonError) -> Self {
+        match err {
+            DaemonError::Sync(err) => err.into(),
+            DaemonError::RunLock(err) => CliError::RunLock(err),
         }
     }
 }

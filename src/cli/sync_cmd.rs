@@ -6,6 +6,7 @@ use tokio::sync::watch;
 
 use super::{CliError, Exit, Stdout};
 use crate::config::Config;
+use crate::daemon::RunLock;
 use crate::store;
 use crate::sync::{Engine, SharedStore};
 
@@ -31,6 +32,17 @@ fn engine(config: Config, dry: bool) -> Result<Arc<Engine>, CliError> {
 }
 
 pub fn sync(config: Config, dry_run: bool, collection: Option<&str>) -> Result<Exit, CliError> {
+    // Held to the end of the pass, migration included: no other ferry sends from this
+    // store meanwhile. A dry run sends and records nothing, so it runs beside a daemon.
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(RunLock::acquire(
+            &config,
+            config.storage.backend,
+            "sync --once",
+        )?)
+    };
     let runtime = runtime()?;
     let engine = engine(config, dry_run)?;
     runtime.block_on(async {

@@ -1,5 +1,5 @@
-//! `ferry run` (SPEC §6): start-up in order (config, migration, store, engine), then
-//! READY=1; a supervisor that pings the watchdog only while the delivery loops make
+//! `ferry run` (SPEC §6): start-up in order (the store's run lock, the integrity check
+//! after an unclean stop, migration, store, engine), then READY=1; a supervisor that pings the watchdog only while the delivery loops make
 //! progress and refreshes `STATUS=`; SIGHUP reloads the config (an invalid one is
 //! logged and the old one kept); SIGTERM/SIGINT stop gracefully. The process's
 //! signals arrive as [`Signal`]s, so tests can drive this in-process.
@@ -7,8 +7,12 @@
 //! Without `remote.url` (the config as the package installs it) ferry starts all the
 //! same — store opened and migrated, READY=1 — but sends nothing: it says why in
 //! `STATUS=` and the log, keeps the watchdog fed, and waits for a reload that sets it.
+//!
+//! [`run_lock`] makes this the one process delivering from its store (SPEC §5); the
+//! other commands that deliver or rewrite the store take the same lock.
 
 mod notify;
+pub mod run_lock;
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -20,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{CheckOnStart, Config, Env};
 use crate::store::{self, now_ms};
 use crate::sync::{Engine, SharedStore, SyncError, SHUTDOWN_GRACE};
+pub use run_lock::{RunLock, RunLockError};
 
 /// What the process was asked to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,13 +43,30 @@ enum Started {
     Waiting,
 }
 
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    /// Another ferry delivers from the store (or its lock file cannot be used).
+    #[error(transparent)]
+    RunLock(#[from] RunLockError),
+}
+
+impl From<store::StoreError> for DaemonError {
+    fn from(err: store::StoreError) -> Self {
+        DaemonError::Sync(err.into())
+    }
+}
+
 /// The store brought up to date and opened — checked first if ferry did not stop
 /// cleanly on it — and the delivery engine on it, when there is a server to deliver to.
-fn start(config: &Config) -> Result<Started, SyncError> {
+/// `lock` is the store's run lock: it says whether the last daemon stopped cleanly,
+/// and records that this one runs.
+fn start(config: &Config, lock: &mut RunLock) -> Result<Started, DaemonError> {
     // The check comes first: a damaged store is not written into by a migration.
     let mut opened = store::open(config)?;
-    let marker = store::running_marker(config);
-    let unclean = marker.exists();
+    let unclean = lock.unclean();
     let check = match config.storage.check_on_start {
         CheckOnStart::Always => true,
         CheckOnStart::Unclean => unclean,
@@ -60,7 +82,8 @@ fn start(config: &Config) -> Result<Started, SyncError> {
                 "the {} store is damaged ({problem}); ferry will not start on it: \
                  run `ferry check --repair` (it keeps the damaged copy and says what it recovered)",
                 config.storage.backend.as_str()
-            )));
+            ))
+            .into());
         }
     }
     if config.storage.migrate_on_start {
@@ -68,17 +91,51 @@ fn start(config: &Config) -> Result<Started, SyncError> {
         store::migrate::migrate(config, config.storage.backend, false)?;
         opened = store::open(config)?;
     }
-    std::fs::write(&marker, format!("{}\n", std::process::id())).map_err(|e| {
-        SyncError::Store(store::StoreError::io(&marker, "writing the running marker")(e))
-    })?;
-    if config.remote.url.is_none() {
-        return Ok(Started::Waiting);
+    let started = match config.remote.url {
+        None => Started::Waiting,
+        Some(_) => Started::Delivering(Arc::new(Engine::new(
+            config.clone(),
+            SharedStore::new(opened),
+        )?)),
+    };
+    lock.mark_running()?;
+    Ok(started)
+}
+
+/// What a reload leaves to go back to if the new config cannot start: the config that
+/// ran, and, when the reload moved to another store, the old store's lock (kept until
+/// the new store has started, so that no other ferry slips in between).
+struct Previous {
+    config: Config,
+    lock: Option<RunLock>,
+}
+
+/// Puts `new` in place of `config` for the next start. A new store is locked before
+/// anything else touches it — before its migration. `None` when it cannot be (another
+/// ferry holds it): the reload is refused and `config` stays.
+fn switch_to(new: Config, config: &mut Config, lock: &mut RunLock) -> Option<Previous> {
+    if new.storage.backend != config.storage.backend {
+        tracing::info!(
+            "reload: storage backend {} → {}",
+            config.storage.backend.as_str(),
+            new.storage.backend.as_str()
+        );
     }
-    let store = SharedStore::new(opened);
-    Ok(Started::Delivering(Arc::new(Engine::new(
-        config.clone(),
-        store,
-    )?)))
+    let old_lock = if lock.guards(&new, new.storage.backend) {
+        None
+    } else {
+        match RunLock::acquire(&new, new.storage.backend, "run") {
+            Ok(new_lock) => Some(std::mem::replace(lock, new_lock)),
+            Err(err) => {
+                tracing::error!("reload refused, keeping the running config: {err}");
+                return None;
+            }
+        }
+    };
+    Some(Previous {
+        config: std::mem::replace(config, new),
+        lock: old_lock,
+    })
 }
 
 /// Without `remote.url`: READY=1 with a `STATUS=` that says what to do, the watchdog
@@ -119,42 +176,49 @@ async fn wait_for_url(
 }
 
 /// Runs the daemon until a [`Signal::Stop`]. `config` is the config already loaded
-/// from `config_path`; a reload reads `config_path` again.
+/// from `config_path`; a reload reads `config_path` again. The store's run lock is
+/// taken first and held until the end, across reloads.
 pub async fn run(
     config_path: &Path,
     mut config: Config,
     env: &dyn Env,
     mut signals: mpsc::Receiver<Signal>,
-) -> Result<(), SyncError> {
+) -> Result<(), DaemonError> {
+    // Held until this function returns; on an orderly return its drop records a clean
+    // stop.
+    let mut lock = RunLock::acquire(&config, config.storage.backend, "run")?;
     let mut reloaded = false;
-    // The config that ran before a reload, to go back to if the new one cannot start.
-    let mut previous: Option<Config> = None;
+    let mut previous: Option<Previous> = None;
     loop {
-        let engine = match start(&config) {
-            Ok(Started::Delivering(engine)) => engine,
-            Ok(Started::Waiting) => {
-                let next = wait_for_url(config_path, env, &mut signals).await;
-                // Nothing was written while waiting: the next start need not check.
-                let _ = std::fs::remove_file(store::running_marker(&config));
-                match next {
-                    None => {
-                        tracing::info!("stopped");
-                        return Ok(());
-                    }
-                    Some(new) => {
-                        previous = Some(std::mem::replace(&mut config, new));
-                        reloaded = true;
-                        continue;
-                    }
-                }
-            }
+        let started = match start(&config, &mut lock) {
+            Ok(started) => started,
             Err(err) => match previous.take() {
                 Some(old) => {
                     tracing::error!("reload failed, going back to the previous config: {err}");
-                    config = old;
+                    config = old.config;
+                    if let Some(old_lock) = old.lock {
+                        // The new store's lock is released here.
+                        lock = old_lock;
+                    }
                     continue;
                 }
                 None => return Err(err),
+            },
+        };
+        // Started: the old store's lock, if the reload moved, is released here.
+        drop(previous.take());
+        let engine = match started {
+            Started::Delivering(engine) => engine,
+            Started::Waiting => match wait_for_url(config_path, env, &mut signals).await {
+                None => {
+                    tracing::info!("stopped");
+                    return Ok(());
+                }
+                Some(new) => {
+                    previous = switch_to(new, &mut config, &mut lock);
+                    reloaded = true;
+                    continue;
+                }
             },
         };
         let status = engine.status_line().await.unwrap_or_default();
@@ -231,10 +295,9 @@ pub async fn run(
                 finished = &mut running => {
                     // The engine ended by itself (mode = "once", or an error): a stop.
                     notify::stopping();
-                    let _ = std::fs::remove_file(store::running_marker(&config));
                     return match finished {
-                        Ok(result) => result,
-                        Err(err) => Err(SyncError::Internal(format!("the delivery engine failed: {err}"))),
+                        Ok(result) => Ok(result?),
+                        Err(err) => Err(SyncError::Internal(format!("the delivery engine failed: {err}")).into()),
                     };
                 }
             }
@@ -250,9 +313,9 @@ pub async fn run(
         match tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(3), &mut running).await {
             Ok(Ok(result)) => result?,
             Ok(Err(err)) => {
-                return Err(SyncError::Internal(format!(
-                    "the delivery engine failed: {err}"
-                )))
+                return Err(
+                    SyncError::Internal(format!("the delivery engine failed: {err}")).into(),
+                )
             }
             Err(_) => {
                 running.abort();
@@ -263,22 +326,13 @@ pub async fn run(
         }
         match next {
             None => {
-                // A clean stop: the next start need not check the store.
-                let _ = std::fs::remove_file(store::running_marker(&config));
                 tracing::info!("stopped");
                 return Ok(());
             }
             Some(new) => {
-                if new.storage.backend != config.storage.backend {
-                    tracing::info!(
-                        "reload: storage backend {} → {}",
-                        config.storage.backend.as_str(),
-                        new.storage.backend.as_str()
-                    );
-                }
-                // The old engine stopped cleanly: the restart is not a crash recovery.
-                let _ = std::fs::remove_file(store::running_marker(&config));
-                previous = Some(std::mem::replace(&mut config, new));
+                // The old engine stopped cleanly: the store stays marked running (this
+                // process still uses it), and the restart is not a crash recovery.
+                previous = switch_to(new, &mut config, &mut lock);
                 reloaded = true;
             }
         }

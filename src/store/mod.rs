@@ -373,34 +373,6 @@ pub fn open_backend(config: &Config, backend: Backend) -> Result<Box<dyn Store>,
     })
 }
 
-/// The file that says ferry is running on the configured store (its pid inside). A
-/// crash or a power cut leaves it behind, and the next start checks the store.
-pub fn running_marker(config: &Config) -> std::path::PathBuf {
-    match config.storage.backend {
-        Backend::Sqlite => {
-            let mut name = config.storage.sqlite_path.as_os_str().to_owned();
-            name.push(".ferry-running");
-            std::path::PathBuf::from(name)
-        }
-        Backend::Json => config.storage.json_dir.join(".ferry-running"),
-    }
-}
-
-/// The pid of a live `ferry` process running on the configured store, if any.
-pub fn running_daemon(config: &Config) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(running_marker(config))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let command = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let is_ferry = command
-        .split(|b| *b == 0)
-        .next()
-        .is_some_and(|arg0| arg0.ends_with(b"ferry"));
-    (is_ferry && pid != std::process::id()).then_some(pid)
-}
-
 /// Opens the configured (active) backend.
 pub fn open(config: &Config) -> Result<Box<dyn Store>, StoreError> {
     open_backend(config, config.storage.backend)

@@ -6,6 +6,7 @@ mod cli;
 mod every_path;
 mod migrate;
 mod operator;
+mod run_lock;
 mod server;
 mod sqlite_tables;
 mod store_conformance;

@@ -11,19 +11,21 @@ use serde_json::json;
 use crate::server::{Faults, TestServer};
 use crate::support::{ferry_bin, record, Fixture};
 
-const EVENTS: &str =
+pub(crate) const EVENTS: &str =
     "[[collections]]\nname = \"events\"\nkey = \"id\"\nendpoint = \"/api/events\"\n";
 
 /// systemd's end of `NOTIFY_SOCKET`: every datagram ferry sends, with its arrival time.
-struct Systemd {
+pub(crate) struct Systemd {
     socket: UnixDatagram,
-    path: std::path::PathBuf,
-    received: Vec<(Instant, String)>,
+    pub(crate) path: std::path::PathBuf,
+    pub(crate) received: Vec<(Instant, String)>,
 }
 
 impl Systemd {
-    fn listen(dir: &std::path::Path) -> Systemd {
+    pub(crate) fn listen(dir: &std::path::Path) -> Systemd {
         let path = dir.join("notify.sock");
+        // A socket file left by an earlier listener in the same folder.
+        let _ = std::fs::remove_file(&path);
         let socket = UnixDatagram::bind(&path).unwrap();
         socket
             .set_read_timeout(Some(Duration::from_millis(100)))
@@ -36,7 +38,7 @@ impl Systemd {
     }
 
     /// Reads what arrives for `time`.
-    fn collect(&mut self, time: Duration) {
+    pub(crate) fn collect(&mut self, time: Duration) {
         let end = Instant::now() + time;
         let mut buf = [0u8; 4096];
         while Instant::now() < end {
@@ -50,7 +52,7 @@ impl Systemd {
     }
 
     /// Waits (bounded) for a message containing `line`; returns when it came.
-    fn wait_for(&mut self, line: &str, limit: Duration) -> Option<Instant> {
+    pub(crate) fn wait_for(&mut self, line: &str, limit: Duration) -> Option<Instant> {
         let end = Instant::now() + limit;
         let mut buf = [0u8; 4096];
         loop {
@@ -81,7 +83,7 @@ impl Systemd {
     }
 }
 
-fn spawn(
+pub(crate) fn spawn(
     fx: &Fixture,
     systemd: &Systemd,
     watchdog_usec: Option<u64>,
@@ -109,13 +111,13 @@ fn spawn(
     command.spawn().expect("ferry run starts")
 }
 
-fn signal(child: &Child, signal: libc::c_int) {
+pub(crate) fn signal(child: &Child, signal: libc::c_int) {
     unsafe {
         libc::kill(child.id() as libc::pid_t, signal);
     }
 }
 
-fn fixture(server: &TestServer, backend: Backend, sync: &str) -> Fixture {
+pub(crate) fn fixture(server: &TestServer, backend: Backend, sync: &str) -> Fixture {
     Fixture::with_config(
         backend,
         &format!(
@@ -541,6 +543,31 @@ fn failures_and_deliveries_carry_the_journal_fields() {
     assert!(!text.contains("Bearer"), "no token in logs");
 }
 
+/// `ferry run` on `fx` to its end, with its own NOTIFY_SOCKET: exit code, stderr, and
+/// whether it said READY=1.
+fn run_to_end(fx: &Fixture) -> (Option<i32>, String, bool) {
+    let mut systemd = Systemd::listen(&fx.path("state"));
+    let child = Command::new(ferry_bin())
+        .arg("--config")
+        .arg(&fx.config_path)
+        .arg("run")
+        .env("NOTIFY_SOCKET", &systemd.path)
+        .env_remove("JOURNAL_STREAM")
+        .env("FERRY_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    systemd.collect(Duration::from_millis(300));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        systemd.received.iter().any(|(_, m)| m.contains("READY=1")),
+    )
+}
+
 #[test]
 fn after_an_unclean_stop_a_damaged_store_is_refused_before_ready() {
     let server = TestServer::start(Faults::default());
@@ -555,58 +582,78 @@ fn after_an_unclean_stop_a_damaged_store_is_refused_before_ready() {
         )
         .unwrap();
     let db = fx.path("state/ferry.db");
+    let lock = fx.path("state/ferry.db.ferry-lock");
+    let state = || std::fs::read_to_string(&lock).unwrap_or_default();
     crate::support::checkpoint(&db);
-    // A clean stop leaves no marker: the store starts without a check.
+    // A clean stop says so in the run lock: the next start need not check.
     let mut systemd = Systemd::listen(fx.dir.path());
     let mut child = spawn(&fx, &systemd, None, &[]);
     systemd
         .wait_for("READY=1", Duration::from_secs(20))
         .expect("READY=1");
+    assert!(state().contains("\nstate running\n"), "{}", state());
     signal(&child, libc::SIGTERM);
     assert_eq!(child.wait().unwrap().code(), Some(0));
-    assert!(
-        !fx.path("state/ferry.db.ferry-running").exists(),
-        "removed on a clean stop"
-    );
+    assert!(state().contains("\nstate stopped\n"), "{}", state());
 
-    // Pages in the middle overwritten, and the marker of a crash left behind.
+    // A crash (kill -9) leaves it saying running; then pages in the middle go bad.
+    let mut systemd = Systemd::listen(fx.dir.path());
+    let mut child = spawn(&fx, &systemd, None, &[]);
+    systemd
+        .wait_for("READY=1", Duration::from_secs(20))
+        .expect("READY=1");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(state().contains("\nstate running\n"), "{}", state());
+    crate::support::checkpoint(&db);
     crate::support::overwrite_middle_pages(&db, 8, 0xA5);
-    std::fs::write(fx.path("state/ferry.db.ferry-running"), "1234\n").unwrap();
-    let mut systemd = Systemd::listen(&fx.path("state"));
-    let child = Command::new(ferry_bin())
-        .arg("--config")
-        .arg(&fx.config_path)
-        .arg("run")
-        .env("NOTIFY_SOCKET", &systemd.path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, err, ready) = run_to_end(&fx);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("ferry did not stop cleanly"), "{err}");
     assert!(err.contains("the sqlite store is damaged"), "{err}");
     assert!(err.contains("ferry check --repair"), "{err}");
-    systemd.collect(Duration::from_millis(300));
-    assert!(
-        !systemd.received.iter().any(|(_, m)| m.contains("READY=1")),
-        "no READY on a damaged store"
-    );
+    assert!(!ready, "no READY on a damaged store");
+    // Refused, it leaves the state as it found it: the next start checks again.
+    assert!(state().contains("\nstate running\n"), "{}", state());
 
-    // No marker (a clean stop), but check_on_start = "always": refused all the same.
+    // The marker of a crash left by an earlier ferry (before the run lock, after an
+    // upgrade) counts as well.
+    std::fs::remove_file(&lock).unwrap();
+    std::fs::write(fx.path("state/ferry.db.ferry-running"), "1234\n").unwrap();
+    let (code, err, ready) = run_to_end(&fx);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("the sqlite store is damaged"), "{err}");
+    assert!(!ready);
+
+    // No sign of a crash, but check_on_start = "always": refused all the same.
     std::fs::remove_file(fx.path("state/ferry.db.ferry-running")).unwrap();
-    let text = std::fs::read_to_string(&fx.config_path).unwrap();
-    let text = text.replace("[storage]\n", "[storage]\ncheck_on_start = \"always\"\n");
-    std::fs::write(&fx.config_path, text).unwrap();
-    let out = Command::new(ferry_bin())
-        .arg("--config")
-        .arg(&fx.config_path)
-        .arg("run")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("the sqlite store is damaged"));
+    std::fs::remove_file(&lock).unwrap();
+    let good = std::fs::read_to_string(&fx.config_path).unwrap();
+    let always = good.replace("[storage]\n", "[storage]\ncheck_on_start = \"always\"\n");
+    std::fs::write(&fx.config_path, always).unwrap();
+    let (code, err, _) = run_to_end(&fx);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("the sqlite store is damaged"), "{err}");
+
+    // After a crash, `ferry check --repair` leaves a sound store, and says so in the
+    // run lock: the next start runs without finding the old damage.
+    std::fs::write(&fx.config_path, &good).unwrap();
+    std::fs::write(fx.path("state/ferry.db.ferry-running"), "1234\n").unwrap();
+    let out = fx.ferry(&["check", "--repair"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(state().contains("\nstate stopped\n"), "{}", state());
+    assert!(!fx.path("state/ferry.db.ferry-running").exists());
+    let mut systemd = Systemd::listen(fx.dir.path());
+    let mut child = spawn(&fx, &systemd, None, &[]);
+    systemd
+        .wait_for("READY=1", Duration::from_secs(20))
+        .expect("READY=1 on the repaired store");
+    signal(&child, libc::SIGTERM);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
 }
 
 /// A service manager that stops reading NOTIFY_SOCKET fills its queue; ferry must not
