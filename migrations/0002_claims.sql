@@ -6,8 +6,14 @@
 -- the record in between can never make the server create the record twice.
 ALTER TABLE sync_tracking ADD COLUMN claim_key TEXT;        -- the Idempotency-Key sent
 ALTER TABLE sync_tracking ADD COLUMN claim_version TEXT;    -- the record version it carried
+ALTER TABLE sync_tracking ADD COLUMN claim_fingerprint TEXT; -- that version's content fingerprint
 ALTER TABLE sync_tracking ADD COLUMN claim_body_hash TEXT;  -- FNV-1a of the body, 16 hex digits
 ALTER TABLE sync_tracking ADD COLUMN claim_state TEXT;      -- 'sending' (before the request) | 'unsure'
+ALTER TABLE sync_tracking ADD COLUMN claim_body BLOB;       -- the body, kept once the attempt's fate is unknown
+
+-- A fingerprint of the content of `version` (16 hex digits): two writes within one
+-- tick of updated_at differ here.
+ALTER TABLE sync_tracking ADD COLUMN fingerprint TEXT;
 
 -- 1 once the server is known to hold some version of the record: an update that
 -- fails later is an update, never a second create.

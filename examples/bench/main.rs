@@ -470,6 +470,7 @@ impl Bench {
                 include_changed: false,
                 full_scan: false,
                 pace: true,
+                peek: false,
             };
             let first = store.due("events", &query)?;
             if !first.is_empty() {

@@ -353,6 +353,9 @@ fn tracking_to_json(row: &Tracking) -> Value {
     map.insert("attempts".into(), row.attempts.into());
     map.insert("next_attempt_at".into(), row.next_attempt_at.into());
     map.insert("version".into(), row.version.clone().into());
+    if let Some(fingerprint) = row.fingerprint {
+        map.insert("fingerprint".into(), format!("{fingerprint:016x}").into());
+    }
     map.insert("last_http_status".into(), row.last_http_status.into());
     map.insert("bytes_sent".into(), row.bytes_sent.into());
     map.insert("created".into(), row.created.into());
@@ -361,10 +364,17 @@ fn tracking_to_json(row: &Tracking) -> Value {
         c.insert("key".into(), claim.key.clone().into());
         c.insert("version".into(), claim.version.clone().into());
         c.insert(
+            "fingerprint".into(),
+            format!("{:016x}", claim.fingerprint).into(),
+        );
+        c.insert(
             "body_hash".into(),
             format!("{:016x}", claim.body_hash).into(),
         );
         c.insert("state".into(), claim.state.as_str().into());
+        if let Some(body) = &claim.body {
+            c.insert("body".into(), record::bytes_value(body));
+        }
         map.insert("claim".into(), Value::Object(c));
     }
     Value::Object(map)
@@ -402,6 +412,7 @@ fn tracking_from_json(
             .unwrap_or(0),
         next_attempt_at: number("next_attempt_at"),
         version: text("version"),
+        fingerprint: text("fingerprint").and_then(|h| u64::from_str_radix(&h, 16).ok()),
         last_http_status: number("last_http_status").and_then(|n| u16::try_from(n).ok()),
         bytes_sent: number("bytes_sent")
             .and_then(|n| u64::try_from(n).ok())
@@ -423,10 +434,17 @@ fn tracking_from_json(
                         .ok_or_else(|| bad("claim.key must be a string"))?
                         .to_string(),
                     version: field("version").unwrap_or("").to_string(),
+                    fingerprint: field("fingerprint")
+                        .and_then(|h| u64::from_str_radix(h, 16).ok())
+                        .unwrap_or(0),
                     body_hash: field("body_hash")
                         .and_then(|h| u64::from_str_radix(h, 16).ok())
                         .unwrap_or(0),
                     state: ClaimState::parse(field("state").unwrap_or("")),
+                    body: c
+                        .get("body")
+                        .and_then(record::decode_bytes)
+                        .and_then(Result::ok),
                 })
             }
             Some(_) => return Err(bad("claim must be an object")),
@@ -524,10 +542,12 @@ fn baseline_from_json(value: &Value) -> Result<Baseline, String> {
     })
 }
 
-/// Why a record with `version` and this tracking row is due now, if it is.
+/// Why a record at `version` with content `fingerprint` and this tracking row is due
+/// now, if it is.
 pub(crate) fn due_because(
     tracking: Option<&Tracking>,
     version: &str,
+    fingerprint: u64,
     query: &DueQuery,
 ) -> Option<Found> {
     let Some(t) = tracking else {
@@ -538,10 +558,8 @@ pub(crate) fn due_because(
             .next_attempt_at
             .is_none_or(|at| at <= query.now)
             .then_some(Found::Retry),
-        // A success without a version (the seed service's) stands for any version.
-        Status::Success => (query.include_changed
-            && t.version.as_deref().is_some_and(|v| v != version))
-        .then_some(Found::Changed),
+        Status::Success => (query.include_changed && t.differs_from(version, fingerprint))
+            .then_some(Found::Changed),
     }
 }
 
@@ -688,35 +706,48 @@ impl Store for JsonStore {
         for (key_text, value) in records.iter() {
             let key = Key::parse(key_text);
             let fields = value.as_object().unwrap_or(&no_fields);
-            let version = record::version(fields, updated_at, &blob_fields);
+            let (version, fingerprint) =
+                record::version_and_fingerprint(fields, updated_at, &blob_fields);
             let row = tracking.get(&key);
             // Only records that are due are copied out of the parse.
-            if let Some(found) = due_because(row, &version, query) {
+            if let Some(found) = due_because(row, &version, fingerprint, query) {
                 let record = Some(record_from_entry(&collection, key_text, value));
                 due.push(Due {
                     key,
                     record,
                     version,
+                    fingerprint,
                     tracking: row.cloned(),
                     found,
                 });
             }
         }
-        // Tracked records that were deleted before their delivery was settled.
+        // Tracked records that are gone. One whose delivery was not settled is handed
+        // out without its record (the engine settles it); a delivered one frees its
+        // key — a record written later under it is a new record — unless a create of
+        // it may still be unconfirmed.
+        let mut gone = Vec::new();
         for (key, row) in tracking {
-            let deleted = !records.contains_key(&key.to_string());
-            if deleted
-                && row.status != Status::Success
-                && due_because(Some(row), "", query).is_some()
-            {
-                due.push(Due {
-                    key: key.clone(),
-                    record: None,
-                    version: String::new(),
-                    tracking: Some(row.clone()),
-                    found: Found::Retry,
-                });
+            if records.contains_key(&key.to_string()) {
+                continue;
             }
+            if row.status != Status::Success {
+                if due_because(Some(row), "", 0, query).is_some() {
+                    due.push(Due {
+                        key: key.clone(),
+                        record: None,
+                        version: String::new(),
+                        fingerprint: 0,
+                        tracking: Some(row.clone()),
+                        found: Found::Retry,
+                    });
+                }
+            } else if row.claim.is_none() {
+                gone.push(key.clone());
+            }
+        }
+        if !gone.is_empty() && !query.peek {
+            self.delete_tracking(collection.name.as_str(), &gone)?;
         }
         Ok(super::compose_due(due, query.limit, order_by))
     }

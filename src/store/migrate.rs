@@ -199,7 +199,18 @@ pub fn migrate(config: &Config, to: Backend, dry_run: bool) -> Result<Vec<Report
         report.collection = name.to_string();
         report.from = Some(from);
         report.to = Some(to);
-        let (tracking, moved) = tracking_to_take(source.as_mut(), target.as_mut(), name)?;
+        // The keys the target holds once merged: tracking moves only for those (a
+        // record gone on both sides frees its key, as a delivery loop does).
+        let mut held: BTreeSet<Key> = ours.iter().map(|(k, _)| k.clone()).collect();
+        for record in &merge.upserts {
+            if let Ok(key) = record::key_of(record, collection.key.as_str()) {
+                held.insert(key);
+            }
+        }
+        for key in &merge.deletes {
+            held.remove(key);
+        }
+        let (tracking, moved) = tracking_to_take(source.as_mut(), target.as_mut(), name, &held)?;
         merge.tracking = tracking;
         report.tracking = moved;
         merge.baseline = ids.as_ref().map(|(source_id, target_id)| Baseline {
@@ -307,29 +318,51 @@ fn all_tracking(
     }
 }
 
-/// The tracking rows the target takes: those it lacks, and those the source wrote
-/// later. Returns them and how many.
+/// The tracking rows the target takes, for the records it holds once merged (and any
+/// row with an open claim: a create that may be on the server): a row it lacks, or
+/// the two rows merged when the source's knows more (see [`merge_tracking`]).
+/// Returns them and how many.
 fn tracking_to_take(
     source: &mut dyn Store,
     target: &mut dyn Store,
     name: &str,
+    held: &BTreeSet<Key>,
 ) -> Result<(Vec<Tracking>, usize), StoreError> {
     let ours = all_tracking(target, name)?;
     let mut take = Vec::new();
     for (key, theirs) in all_tracking(source, name)? {
-        let newer = match ours.get(&key) {
-            None => true,
-            Some(current) => {
-                current != &theirs && compare_tracking(&theirs, current) == Ordering::Greater
-            }
+        if !held.contains(&key) && theirs.claim.is_none() {
+            continue;
+        }
+        let row = match ours.get(&key) {
+            None => theirs,
+            Some(current) => merge_tracking(current, &theirs),
         };
-        if newer {
-            take.push(theirs);
+        if ours.get(&key) != Some(&row) {
+            take.push(row);
         }
     }
     take.sort_by(|a, b| a.key.cmp(&b.key));
     let moved = take.len();
     Ok((take, moved))
+}
+
+/// One row from two sides' rows for one record: the one written last (its
+/// `sync_date`; on a tie, one with a claim, then a success, then the newer version),
+/// with what either knows that never goes back — that the server holds the record
+/// (`created`), and its id — so a clock that jumped cannot make a create be sent
+/// twice.
+fn merge_tracking(ours: &Tracking, theirs: &Tracking) -> Tracking {
+    let (newer, older) = match compare_tracking(theirs, ours) {
+        Ordering::Greater => (theirs, ours),
+        _ => (ours, theirs),
+    };
+    let mut row = newer.clone();
+    row.created |= older.created;
+    if row.remote_id.is_none() {
+        row.remote_id = older.remote_id.clone();
+    }
+    row
 }
 
 /// Which of two versions (updated_at values) is newer: as timestamps when both read
@@ -354,6 +387,7 @@ fn compare_tracking(a: &Tracking, b: &Tracking) -> Ordering {
     let delivered = |t: &Tracking| t.status == Status::Success;
     at(a)
         .cmp(&at(b))
+        .then_with(|| a.claim.is_some().cmp(&b.claim.is_some()))
         .then_with(|| delivered(a).cmp(&delivered(b)))
         .then_with(|| compare_versions(a.version.as_deref(), b.version.as_deref()))
 }
@@ -612,6 +646,35 @@ mod tests {
         );
         assert_eq!(compare_versions(Some("b"), Some("a")), Ordering::Greater);
         assert_eq!(compare_versions(None, Some("a")), Ordering::Less);
+    }
+
+    #[test]
+    fn two_rows_merge_what_each_knows_and_a_claim_wins_a_tie() {
+        // Delivered on one side; the other side's row is newer by the clock (it
+        // jumped) but knows nothing of the delivery.
+        let mut delivered = Tracking::new("c", Key::Int(1), 0);
+        delivered.status = Status::Success;
+        delivered.created = true;
+        delivered.remote_id = Some(Key::Int(9));
+        let mut later = Tracking::new("c", Key::Int(1), 60_000);
+        later.status = Status::Failed;
+        let merged = merge_tracking(&delivered, &later);
+        assert_eq!(merged.status, Status::Failed);
+        assert!(merged.created, "the server holds it: never created twice");
+        assert_eq!(merged.remote_id, Some(Key::Int(9)));
+        // Same time: the row with an open claim is kept.
+        let pending = Tracking::new("c", Key::Int(1), 0);
+        let mut claimed = pending.clone();
+        claimed.claim = Some(crate::store::Claim {
+            key: "k".into(),
+            version: "v1".into(),
+            fingerprint: 1,
+            body_hash: 2,
+            state: crate::store::ClaimState::Unsure,
+            body: None,
+        });
+        assert_eq!(merge_tracking(&pending, &claimed).claim, claimed.claim);
+        assert_eq!(merge_tracking(&claimed, &pending).claim, claimed.claim);
     }
 
     #[test]

@@ -71,6 +71,10 @@ pub struct Tracking {
     pub next_attempt_at: Option<Millis>,
     /// The record version this row is about: delivered (success) or being delivered.
     pub version: Option<String>,
+    /// A fingerprint of the content of that version ([`record::fingerprint`]): two
+    /// writes within one tick of `updated_at` differ here. `None` for rows written
+    /// before ferry recorded it (the seed service's, older ferry's).
+    pub fingerprint: Option<u64>,
     pub last_http_status: Option<u16>,
     /// Bytes of payload the server acknowledged for this record.
     pub bytes_sent: u64,
@@ -83,18 +87,37 @@ pub struct Tracking {
     pub claim: Option<Claim>,
 }
 
+impl Tracking {
+    /// The record, now at `version` with content `fingerprint`, is not in the state
+    /// this row says was delivered (or is being delivered). A row without a version
+    /// (the seed service's) stands for whatever state the record has.
+    pub fn differs_from(&self, version: &str, fingerprint: u64) -> bool {
+        self.version
+            .as_deref()
+            .is_some_and(|v| v != version || self.fingerprint.is_some_and(|f| f != fingerprint))
+    }
+}
+
 /// A claimed attempt to create a record on the server (see [`Tracking::claim`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Claim {
     /// The Idempotency-Key the create was sent with.
     pub key: String,
-    /// The record version it carried.
+    /// The record version it carried, and that version's content fingerprint.
     pub version: String,
+    pub fingerprint: u64,
     /// A hash of the request body it carried (FNV-1a of the bytes), to tell a retry
     /// with the same body from one whose record changed meanwhile.
     pub body_hash: u64,
     pub state: ClaimState,
+    /// The body itself, kept once an attempt's fate is unknown (when it is small
+    /// enough, [`CLAIM_BODY_MAX`]): every retry then sends exactly what the server may
+    /// already hold, and its answer says what it holds.
+    pub body: Option<Vec<u8>>,
 }
+
+/// The largest claimed body kept in `sync_tracking` (bytes).
+pub const CLAIM_BODY_MAX: usize = 64 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClaimState {
@@ -136,6 +159,7 @@ impl Tracking {
             attempts: 0,
             next_attempt_at: None,
             version: None,
+            fingerprint: None,
             last_http_status: None,
             bytes_sent: 0,
             created: false,
@@ -231,6 +255,9 @@ pub struct DueQuery {
     /// Spread the store's background work (the SQLite sweep) over calls, as the
     /// daemon wants; a one-shot pass (`sync --once`) does it all now.
     pub pace: bool,
+    /// Only look: write nothing (no watermarks, no marks, nothing forgotten), as
+    /// `ferry sync --dry-run` beside a running daemon must.
+    pub peek: bool,
 }
 
 /// A record that needs delivery, with what tracking knows of it.
@@ -241,6 +268,8 @@ pub struct Due {
     pub record: Option<Record>,
     /// The record's version ([`record::version`]); empty when it was deleted.
     pub version: String,
+    /// A fingerprint of its content ([`record::fingerprint`]); 0 when it was deleted.
+    pub fingerprint: u64,
     pub tracking: Option<Tracking>,
     /// How the store found it.
     pub found: Found,

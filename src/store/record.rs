@@ -98,10 +98,21 @@ pub fn updated_at_text(record: &Record, updated_at: Option<&str>) -> Option<Stri
 /// content, `fp-<16 hex digits>`, so that a record that changes, or a key that is used
 /// again for another record, is told apart from what was delivered.
 pub fn version(record: &Record, updated_at: Option<&str>, blob_fields: &[&str]) -> String {
-    match updated_at_text(record, updated_at) {
+    version_and_fingerprint(record, updated_at, blob_fields).0
+}
+
+/// A record's [`version`] and [`fingerprint`], computed once.
+pub fn version_and_fingerprint(
+    record: &Record,
+    updated_at: Option<&str>,
+    blob_fields: &[&str],
+) -> (String, u64) {
+    let fingerprint = fingerprint(record, blob_fields);
+    let version = match updated_at_text(record, updated_at) {
         Some(text) => text,
-        None => fingerprint_version(fingerprint(record, blob_fields)),
-    }
+        None => fingerprint_version(fingerprint),
+    };
+    (version, fingerprint)
 }
 
 /// The version text of a content fingerprint.

@@ -26,8 +26,8 @@ use serde_json::{Map, Value};
 use super::record::{self, Key, Record};
 use super::time::parse_timestamp;
 use super::{
-    atomic, find, key_for_write, now_ms, Baseline, Claim, ClaimState, Counts, Due, DueQuery,
-    Found, Merge, Millis, Status, Store, StoreError, Summary, Tombstone, Tracking,
+    atomic, find, key_for_write, now_ms, Baseline, Claim, ClaimState, Counts, Due, DueQuery, Found,
+    Merge, Millis, Status, Store, StoreError, Summary, Tombstone, Tracking,
 };
 use crate::config::{Backend, Collection};
 
@@ -103,11 +103,18 @@ const SWEEP_PAUSE: Millis = 200;
 /// … and at least this many times as long as the chunk took: a sweep of a large,
 /// busy table takes a few percent of a core, not a whole one.
 const SWEEP_DUTY: Millis = 20;
+/// After a round over a table of more than one chunk, the next round waits this long
+/// (ms), however busy the other program keeps the store: its cost stays bounded, and
+/// what only a sweep finds is found within about this long.
+const SWEEP_REST: Millis = 30_000;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const TRACKING_COLUMNS: &str = "s.local_id, s.remote_id, s.sync_date, s.sync_status, \
      s.error_message, s.attempts, s.next_attempt_at, s.version, s.last_http_status, s.bytes_sent, \
-     s.claim_key, s.claim_version, s.claim_body_hash, s.claim_state, s.created";
+     s.claim_key, s.claim_version, s.claim_body_hash, s.claim_state, s.created, s.fingerprint, \
+     s.claim_body, s.claim_fingerprint";
+/// How many columns `TRACKING_COLUMNS` lists.
+const TRACKING_WIDTH: usize = 18;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Layout {
@@ -137,9 +144,7 @@ struct Table {
     /// What `SELECT` lists to rebuild a record.
     select_list: String,
     has_rowid: bool,
-    /// Whether a deleted row's key can be taken by a new row (false for an INTEGER
-    /// PRIMARY KEY with AUTOINCREMENT).
-    keys_reused: bool,
+
     /// Why ferry may not write to this table, if it may not.
     read_only: Option<String>,
     /// ferry made this table (`ferry_collections.created_by_ferry`): a field without a
@@ -171,23 +176,43 @@ pub struct SqliteStore {
 #[derive(Debug, Default)]
 struct Sweep {
     active: bool,
-    /// Another process wrote while this sweep ran: go round once more.
-    again: bool,
-    /// Where the next chunk starts (a rowid, or a key for a table without rowids).
+    /// Another process wrote since this round began: go round once more.
+    wanted: bool,
+    /// Where the rows side's next chunk starts (a rowid, or a key without rowids).
     cursor: Option<SqlValue>,
+    rows_done: bool,
+    /// Where the tracking side's next chunk starts (`sync_tracking.id`).
+    gone_cursor: Option<i64>,
+    gone_done: bool,
+    /// Chunks read this round.
+    chunks: u32,
     /// A paced sweep's next chunk is not read before this time.
     next_at: Millis,
+    /// A round over a large table is not followed by another before this time.
+    rest_until: Millis,
+}
+
+impl Sweep {
+    fn start(&mut self) {
+        *self = Sweep {
+            active: true,
+            rest_until: self.rest_until,
+            ..Sweep::default()
+        };
+    }
 }
 
 /// One row as a sweep reads it.
 struct Swept {
     position: SqlValue,
     key: Option<Key>,
-    /// Computed only for a row delivered before: its version now.
-    version: Option<String>,
+    /// Computed only for a row delivered before: its version and fingerprint now.
+    version: Option<(String, u64)>,
     tracking: Option<Tracking>,
     /// The tracking row's status is one ferry knows.
     status_known: bool,
+    /// The changed-records query sees this row's `updated_at` move.
+    seen_by_index: bool,
 }
 
 fn ident(name: &str) -> String {
@@ -489,24 +514,7 @@ impl SqliteStore {
             .conn
             .prepare(&format!("SELECT rowid FROM {quoted} LIMIT 0"))
             .is_ok();
-        let ddl: String = self
-            .conn
-            .query_row(
-                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1",
-                [&table_name],
-                |r| r.get::<_, Option<String>>(0),
-            )
-            .optional()
-            .map_err(self.err(format!("reading the definition of {table_name}")))?
-            .flatten()
-            .unwrap_or_default();
-        let autoincrement = layout == Layout::Columns
-            && ddl.to_ascii_uppercase().contains("AUTOINCREMENT")
-            && types
-                .get(&key_column)
-                .is_some_and(|t| t.eq_ignore_ascii_case("INTEGER"))
-            && pk_columns.len() == 1
-            && pk_columns[0].eq_ignore_ascii_case(&key_column);
+
         let key_unique = layout == Layout::Document
             || (pk_columns.len() == 1 && pk_columns[0].eq_ignore_ascii_case(&key_column))
             || self.has_unique_index(&table_name, &key_column)?;
@@ -532,7 +540,7 @@ impl SqliteStore {
             updated_expr,
             select_list,
             has_rowid,
-            keys_reused: !autoincrement,
+
             read_only,
             created_by_ferry,
         })
@@ -744,7 +752,6 @@ impl SqliteStore {
         &self,
         collection: &str,
         query: &DueQuery,
-        sweep: &mut Sweep,
         updates: &mut Vec<(&'static str, Vec<SqlValue>)>,
     ) -> Result<Vec<Due>, StoreError> {
         let table = self.table(collection)?;
@@ -905,45 +912,16 @@ impl SqliteStore {
             due.extend(changed);
         }
 
-        // 4. What the watermarks cannot see: rows inserted below the rowid watermark, an
-        // `updated_at` that went backwards or is missing, a key used again for another
-        // record. Swept a chunk at a time after another process wrote.
-        if sweep.active && (!query.pace || query.now >= sweep.next_at) {
-            let started = std::time::Instant::now();
-            let mut found = Vec::new();
-            loop {
-                let done = self.sweep_chunk(table, query, watermark, sweep, &mut found, updates)?;
-                if done {
-                    if sweep.again {
-                        sweep.again = false;
-                        sweep.cursor = None;
-                    } else {
-                        sweep.active = false;
-                    }
-                }
-                // Unpaced (a one-shot pass): go on until the sweep ends or a batch is
-                // found; paced (the daemon): one chunk now, the next after a pause.
-                if query.pace || !sweep.active || found.len() >= query.limit {
-                    break;
-                }
-            }
-            let spent = started.elapsed().as_millis() as Millis;
-            sweep.next_at = query
-                .now
-                .saturating_add((spent * SWEEP_DUTY).max(SWEEP_PAUSE));
-            due.extend(found);
-        }
-
         // One entry per key: a retry before a new record before a changed one.
         let mut seen = std::collections::HashSet::new();
         due.retain(|d| seen.insert(d.key.clone()));
-        // Drop what is delivered at the version it has now (the SQL compares
-        // updated_at; a record without one is compared by its content here).
+        // Drop what is delivered in the state it has now (the SQL compares updated_at;
+        // the content is compared here).
         due.retain(|d| {
             d.found != Found::Changed
                 || d.tracking
                     .as_ref()
-                    .is_none_or(|t| t.version.as_deref() != Some(d.version.as_str()))
+                    .is_none_or(|t| t.differs_from(&d.version, d.fingerprint))
         });
         Ok(super::compose_due(
             due,
@@ -1001,6 +979,7 @@ impl SqliteStore {
                     key: row.key.clone(),
                     record: None,
                     version: String::new(),
+                    fingerprint: 0,
                     tracking: Some(row),
                     found,
                 });
@@ -1009,25 +988,85 @@ impl SqliteStore {
         Ok(due)
     }
 
-    /// One chunk of a sweep: the rows after the cursor, each compared with its
-    /// tracking row without reading its BLOBs. Untracked rows and rows delivered at
-    /// another version are added to `found`; a delivery the seed service recorded
-    /// without a version is given the record's version now (so a later change shows);
-    /// a status ferry does not know is made pending. Returns whether the sweep reached
-    /// the end of the table.
-    #[allow(clippy::too_many_arguments)]
-    fn sweep_chunk(
-        &self,
+    /// Sweeps a collection, a chunk now (`pace`) or to the end, marking in
+    /// `sync_tracking` what the watermarks cannot see, so that the retry index hands it
+    /// out: an untracked row below the rowid watermark becomes pending; a delivered row
+    /// whose version or content moved becomes pending (an update is due); a status
+    /// ferry does not know becomes pending; a delivery the seed service recorded
+    /// without a version is given the record's version now (so a later change shows).
+    /// And the tracking side: a tracked record that is gone frees its key (its row is
+    /// forgotten; a record written later under it is a new record), unless a create of
+    /// it may still be unconfirmed. Each chunk is read and marked in one short write
+    /// transaction.
+    fn sweep(
+        &mut self,
+        collection: &str,
+        query: &DueQuery,
+        sweep: &mut Sweep,
+    ) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let path = self.path.clone();
+        let op = format!("sweeping {collection} for records to deliver");
+        let (watermark, _, changed_watermark) = self.watermarks(collection)?;
+        loop {
+            let table = self.table(collection)?;
+            let tx = self
+                .conn
+                .unchecked_transaction()
+                .map_err(StoreError::sqlite(&path, op.clone()))?;
+            tx.execute_batch("SAVEPOINT ferry_sweep")
+                .map_err(StoreError::sqlite(&path, op.clone()))?;
+            let marks = Self::sweep_rows(&tx, table, query, (watermark, &changed_watermark), sweep)
+                .and_then(|mut marks| {
+                    marks.extend(Self::sweep_gone(&tx, table, sweep)?);
+                    Ok(marks)
+                })
+                .map_err(StoreError::sqlite(&path, op.clone()))?;
+            for (sql, values) in &marks {
+                tx.execute(sql, rusqlite::params_from_iter(values.iter()))
+                    .map_err(StoreError::sqlite(&path, op.clone()))?;
+            }
+            tx.execute_batch("RELEASE ferry_sweep")
+                .map_err(StoreError::sqlite(&path, op.clone()))?;
+            tx.commit().map_err(StoreError::sqlite(&path, op.clone()))?;
+            sweep.chunks += 1;
+            if sweep.cursor.is_none() && sweep.gone_cursor.is_none() {
+                // Round: over. A large table rests before the next round, however
+                // busy the other program keeps it.
+                sweep.active = false;
+                sweep.rest_until = if sweep.chunks > 1 {
+                    query.now.saturating_add(SWEEP_REST)
+                } else {
+                    query.now
+                };
+                sweep.chunks = 0;
+                break;
+            }
+            if query.pace {
+                break;
+            }
+        }
+        let spent = started.elapsed().as_millis() as Millis;
+        sweep.next_at = query
+            .now
+            .saturating_add((spent * SWEEP_DUTY).max(SWEEP_PAUSE));
+        Ok(())
+    }
+
+    /// The rows side of a sweep chunk: the marks it calls for. Moves the cursor; `None`
+    /// when the table's end was reached.
+    fn sweep_rows(
+        conn: &Connection,
         table: &Table,
         query: &DueQuery,
-        watermark: i64,
+        (watermark, changed_watermark): (i64, &SqlValue),
         sweep: &mut Sweep,
-        found: &mut Vec<Due>,
-        updates: &mut Vec<(&'static str, Vec<SqlValue>)>,
-    ) -> Result<bool, StoreError> {
+    ) -> rusqlite::Result<Vec<(&'static str, Vec<SqlValue>)>> {
+        let mut marks = Vec::new();
+        if sweep.rows_done {
+            return Ok(marks);
+        }
         let name = table.collection_name();
-        let path = &self.path;
-        let op = || format!("sweeping {name} for records to deliver");
         let chunk = if table.collection.blob_fields.is_empty() {
             SWEEP_CHUNK
         } else {
@@ -1036,62 +1075,112 @@ impl SqliteStore {
         let cursor = sweep.cursor.clone().unwrap_or(SqlValue::Null);
         let mut last: Option<SqlValue> = None;
         let mut rows = 0i64;
-        let mut new_keys = Vec::new();
-        let mut changed_keys = Vec::new();
-        let mut retry_keys = Vec::new();
-        {
-            let mut stmt = self
-                .conn
-                .prepare_cached(&table.sweep_sql(sweep.cursor.is_none()))
-                .map_err(StoreError::sqlite(path, op()))?;
-            let mut cursor_rows = stmt
-                .query(params![name, cursor, chunk])
-                .map_err(StoreError::sqlite(path, op()))?;
-            while let Some(row) = cursor_rows.next().map_err(StoreError::sqlite(path, op()))? {
-                rows += 1;
-                let swept = table
-                    .swept_from_row(name, row)
-                    .map_err(StoreError::sqlite(path, op()))?;
-                let above_watermark = table.has_rowid
-                    && matches!(swept.position, SqlValue::Integer(rowid) if rowid > watermark);
-                last = Some(swept.position);
-                let Some(key) = swept.key else { continue };
-                match swept.tracking {
-                    // Above the watermark, new rows are the watermark's to find.
-                    None if above_watermark => {}
-                    None => new_keys.push(key_to_sql(&key)),
-                    Some(t) if !swept.status_known => {
-                        retry_keys.push(key_to_sql(&key));
-                        updates.push((
+        let now = super::rfc3339(now_ms());
+        let mut stmt = conn.prepare_cached(&table.sweep_sql(sweep.cursor.is_none()))?;
+        let mut cursor_rows = stmt.query(params![name, cursor, chunk, changed_watermark])?;
+        while let Some(row) = cursor_rows.next()? {
+            rows += 1;
+            let swept = table.swept_from_row(name, row)?;
+            let above_watermark = table.has_rowid
+                && matches!(swept.position, SqlValue::Integer(rowid) if rowid > watermark);
+            last = Some(swept.position);
+            let Some(key) = swept.key else { continue };
+            let key = key_to_sql(&key);
+            match swept.tracking {
+                // Above the watermark, new rows are the watermark's to find.
+                None if above_watermark => {}
+                None => marks.push((
+                    "INSERT INTO sync_tracking (table_name, local_id, sync_date, sync_status, next_attempt_at)
+                     VALUES (?1, ?2, ?3, 'pending', 0) ON CONFLICT (table_name, local_id) DO NOTHING",
+                    vec![SqlValue::Text(name.to_string()), key, SqlValue::Text(now.clone())],
+                )),
+                Some(_) if !swept.status_known => marks.push((
+                    "UPDATE sync_tracking SET sync_status = 'pending', next_attempt_at = 0
+                      WHERE table_name = ?1 AND local_id = ?2",
+                    vec![SqlValue::Text(name.to_string()), key],
+                )),
+                Some(t) if t.status == Status::Success => match swept.version {
+                    Some((version, fingerprint)) if t.version.is_none() => marks.push((
+                        "UPDATE sync_tracking SET version = ?3, fingerprint = ?4
+                          WHERE table_name = ?1 AND local_id = ?2 AND version IS NULL",
+                        vec![
+                            SqlValue::Text(name.to_string()),
+                            key,
+                            SqlValue::Text(version),
+                            SqlValue::Text(format!("{fingerprint:016x}")),
+                        ],
+                    )),
+                    // A move of updated_at the changed-records query sees is its to
+                    // send (throttled to one update a second); the rest is marked.
+                    Some((version, fingerprint))
+                        if query.include_changed
+                            && t.differs_from(&version, fingerprint)
+                            && !(swept.seen_by_index && t.version.as_deref() != Some(&version)) =>
+                    {
+                        marks.push((
                             "UPDATE sync_tracking SET sync_status = 'pending', next_attempt_at = 0
-                              WHERE table_name = ?1 AND local_id = ?2",
-                            vec![SqlValue::Text(name.to_string()), key_to_sql(&t.key)],
-                        ));
+                              WHERE table_name = ?1 AND local_id = ?2 AND sync_status = 'success'",
+                            vec![SqlValue::Text(name.to_string()), key],
+                        ))
                     }
-                    Some(t) if t.status == Status::Success => match (&t.version, swept.version) {
-                        (None, Some(now)) => updates.push((
-                            "UPDATE sync_tracking SET version = ?3
-                              WHERE table_name = ?1 AND local_id = ?2 AND version IS NULL",
-                            vec![
-                                SqlValue::Text(name.to_string()),
-                                key_to_sql(&t.key),
-                                SqlValue::Text(now),
-                            ],
-                        )),
-                        (Some(v), Some(now)) if *v != now && query.include_changed => {
-                            changed_keys.push(key_to_sql(&key));
-                        }
-                        _ => {}
-                    },
-                    Some(_) => {}
-                }
+                    _ => {}
+                },
+                Some(_) => {}
             }
         }
-        found.extend(self.due_by_key(table, &retry_keys, Found::Retry)?);
-        found.extend(self.due_by_key(table, &new_keys, Found::New)?);
-        found.extend(self.due_by_key(table, &changed_keys, Found::Changed)?);
-        sweep.cursor = last;
-        Ok(rows < chunk)
+        if rows < chunk {
+            sweep.rows_done = true;
+            sweep.cursor = None;
+        } else {
+            sweep.cursor = last;
+        }
+        Ok(marks)
+    }
+
+    /// The tracking side of a sweep chunk: rows of records that are gone, forgotten
+    /// unless a create may be unconfirmed. Moves its cursor; `None` at the end.
+    fn sweep_gone(
+        conn: &Connection,
+        table: &Table,
+        sweep: &mut Sweep,
+    ) -> rusqlite::Result<Vec<(&'static str, Vec<SqlValue>)>> {
+        let mut marks = Vec::new();
+        if sweep.gone_done {
+            return Ok(marks);
+        }
+        let name = table.collection_name();
+        let from = sweep.gone_cursor.unwrap_or(0);
+        let (seen, last): (i64, Option<i64>) = conn
+            .prepare_cached(
+                "SELECT COUNT(*), MAX(id) FROM (SELECT id FROM sync_tracking
+                  WHERE id > ?2 AND table_name = ?1 ORDER BY id LIMIT ?3)",
+            )?
+            .query_row(params![name, from, SWEEP_CHUNK], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        let gone: Vec<i64> = conn
+            .prepare_cached(&format!(
+                "SELECT s.id FROM sync_tracking AS s
+                  WHERE s.table_name = ?1 AND s.id > ?2 AND s.id <= ?3 AND s.claim_key IS NULL
+                    AND s.sync_status = 'success'
+                    AND NOT EXISTS (SELECT 1 FROM {} AS t WHERE {} = s.local_id)",
+                table.name, table.key_expr
+            ))?
+            .query_map(params![name, from, last.unwrap_or(from)], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for id in gone {
+            marks.push((
+                "DELETE FROM sync_tracking WHERE id = ?1 AND claim_key IS NULL",
+                vec![SqlValue::Integer(id)],
+            ));
+        }
+        if seen < SWEEP_CHUNK {
+            sweep.gone_done = true;
+            sweep.gone_cursor = None;
+        } else {
+            sweep.gone_cursor = last;
+        }
+        Ok(marks)
     }
 
     fn table(&self, collection: &str) -> Result<&Table, StoreError> {
@@ -1265,8 +1354,10 @@ fn exec_tracking(conn: &Connection, path: &Path, rows: &[Tracking]) -> Result<()
                 .prepare_cached(
                     "INSERT INTO sync_tracking (table_name, local_id, remote_id, sync_date, sync_status,
                         error_message, attempts, next_attempt_at, version, last_http_status, bytes_sent,
-                        claim_key, claim_version, claim_body_hash, claim_state, created)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                        claim_key, claim_version, claim_body_hash, claim_state, created, fingerprint,
+                        claim_body, claim_fingerprint)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                        ?17, ?18, ?19)
                      ON CONFLICT (table_name, local_id) DO UPDATE SET
                         remote_id = excluded.remote_id, sync_date = excluded.sync_date,
                         sync_status = excluded.sync_status, error_message = excluded.error_message,
@@ -1275,7 +1366,9 @@ fn exec_tracking(conn: &Connection, path: &Path, rows: &[Tracking]) -> Result<()
                         bytes_sent = excluded.bytes_sent, claim_key = excluded.claim_key,
                         claim_version = excluded.claim_version,
                         claim_body_hash = excluded.claim_body_hash, claim_state = excluded.claim_state,
-                        created = excluded.created",
+                        created = excluded.created, fingerprint = excluded.fingerprint,
+                        claim_body = excluded.claim_body,
+                        claim_fingerprint = excluded.claim_fingerprint",
                 )
                 .map_err(StoreError::sqlite(path, op()))?;
     for row in rows {
@@ -1302,6 +1395,11 @@ fn exec_tracking(conn: &Connection, path: &Path, rows: &[Tracking]) -> Result<()
             row.claim.as_ref().map(|c| format!("{:016x}", c.body_hash)),
             row.claim.as_ref().map(|c| c.state.as_str()),
             row.created,
+            row.fingerprint.map(|f| format!("{f:016x}")),
+            row.claim.as_ref().and_then(|c| c.body.as_deref()),
+            row.claim
+                .as_ref()
+                .map(|c| format!("{:016x}", c.fingerprint)),
         ])
         .map_err(|e| {
             StoreError::sqlite(
@@ -1536,8 +1634,9 @@ impl Table {
     fn changed_records_sql(&self, from_start: bool) -> String {
         let updated = self.updated_expr.as_deref().unwrap_or("NULL");
         let version = format!("CAST({updated} AS TEXT)");
+        // A row without updated_at is versioned by its content: the sweep's to see.
         let range = if from_start {
-            "?2 IS NULL".to_string()
+            format!("?2 IS NULL AND {updated} IS NOT NULL")
         } else {
             format!("{updated} >= ?2")
         };
@@ -1567,17 +1666,17 @@ impl Table {
         let width = self.select_width();
         // SQLite's own text of `updated_at`, the same text the changed-records query
         // compares with, so the two can never disagree; without one, the content.
+        let fingerprint = record::fingerprint(&record, &self.blob_field_names());
         let version = match sql_text(row.get_ref(1 + width)?) {
             Some(text) => text,
-            None => {
-                record::fingerprint_version(record::fingerprint(&record, &self.blob_field_names()))
-            }
+            None => record::fingerprint_version(fingerprint),
         };
         let tracking = tracking_from_row(collection, row, 2 + width)?;
         Ok(Some(Due {
             key,
             record: Some(record),
             version,
+            fingerprint,
             tracking,
             found,
         }))
@@ -1627,8 +1726,15 @@ impl Table {
         } else {
             format!("{position} > ?2")
         };
+        // Last: whether the changed-records query (from the watermark ?4) sees the
+        // row's updated_at move, in which case that query sends it, throttled.
+        let seen_by_index = match &self.updated_expr {
+            Some(updated) => format!("({updated} IS NOT NULL AND (?4 IS NULL OR {updated} >= ?4))"),
+            // (?4 named all the same: the statement always takes four parameters.)
+            None => "(?4 IS NULL AND 0)".to_string(),
+        };
         format!(
-            "SELECT {position}, {select}, {}, {TRACKING_COLUMNS} FROM {} AS t \
+            "SELECT {position}, {select}, {}, {TRACKING_COLUMNS}, {seen_by_index} FROM {} AS t \
              LEFT JOIN sync_tracking AS s ON s.table_name = ?1 AND s.local_id = {} \
              WHERE {after} ORDER BY {position} LIMIT ?3",
             self.version_sql(),
@@ -1658,68 +1764,61 @@ impl Table {
         let delivered = tracking
             .as_ref()
             .is_some_and(|t| t.status == Status::Success);
-        // A record's content is compared where it can name another record: not in a
-        // table whose keys are never used twice (AUTOINCREMENT), where a change of an
-        // append-only record is an edit, ignored as `updates = "ignore"` says.
-        let compared = self.updated_expr.is_some() || self.keys_reused;
-        let version = if delivered && compared {
+        let version = if delivered {
             Some(self.swept_version(row)?)
         } else {
             None
         };
+        let seen_by_index = row
+            .get::<_, Option<i64>>(offset + TRACKING_WIDTH)?
+            .is_some_and(|n| n != 0);
         Ok(Swept {
             position,
             key,
             version,
             tracking,
             status_known,
+            seen_by_index,
         })
     }
 
-    /// The version of a row as `sweep_sql` selects it.
-    fn swept_version(&self, row: &Row<'_>) -> rusqlite::Result<String> {
+    /// The version and content fingerprint of a row as `sweep_sql` selects it (its
+    /// BLOBs by their length).
+    fn swept_version(&self, row: &Row<'_>) -> rusqlite::Result<(String, u64)> {
         let width = self.select_width();
-        Ok(match sql_text(row.get_ref(1 + width)?) {
-            Some(text) => text,
-            None => {
-                let fingerprint = match self.layout {
-                    Layout::Document => record::fingerprint(
-                        &self.record_from_row(row, 1)?,
-                        &self.blob_field_names(),
-                    ),
-                    Layout::Columns => {
-                        let mut values = Vec::with_capacity(self.columns.len());
-                        for (i, column) in self.columns.iter().enumerate() {
-                            values.push((column, self.is_blob_field(column), row.get_ref(1 + i)?));
-                        }
-                        let values: Vec<(&String, bool, Value)> = values
-                            .into_iter()
-                            .map(|(c, blob, v)| {
-                                let value = if blob {
-                                    match v {
-                                        ValueRef::Integer(n) => Value::from(n),
-                                        _ => Value::Null,
-                                    }
-                                } else {
-                                    json_from_sql(v)
-                                };
-                                (c, blob, value)
-                            })
-                            .collect();
-                        record::fingerprint_fields(values.iter().map(|(c, blob, v)| {
-                            let part = match (blob, v) {
-                                (true, Value::Number(n)) => {
-                                    record::Part::Length(n.as_u64().unwrap_or(0))
-                                }
-                                _ => record::Part::Value(v),
-                            };
-                            (c.as_str(), part)
-                        }))
-                    }
-                };
-                record::fingerprint_version(fingerprint)
+        let fingerprint = match self.layout {
+            Layout::Document => {
+                record::fingerprint(&self.record_from_row(row, 1)?, &self.blob_field_names())
             }
-        })
+            Layout::Columns => {
+                let mut values: Vec<(&str, Option<u64>, Value)> =
+                    Vec::with_capacity(self.columns.len());
+                for (i, column) in self.columns.iter().enumerate() {
+                    let value = row.get_ref(1 + i)?;
+                    values.push(if self.is_blob_field(column) {
+                        let length = match value {
+                            ValueRef::Integer(n) => u64::try_from(n).ok(),
+                            _ => None,
+                        };
+                        (column.as_str(), length, Value::Null)
+                    } else {
+                        (column.as_str(), None, json_from_sql(value))
+                    });
+                }
+                record::fingerprint_fields(values.iter().map(|(column, length, value)| {
+                    let part = match length {
+                        Some(length) => record::Part::Length(*length),
+                        None => record::Part::Value(value),
+                    };
+                    (*column, part)
+                }))
+            }
+        };
+        let version = match sql_text(row.get_ref(1 + width)?) {
+            Some(text) => text,
+            None => record::fingerprint_version(fingerprint),
+        };
+        Ok((version, fingerprint))
     }
 
     fn delete_sql(&self) -> String {
@@ -1802,16 +1901,24 @@ fn tracking_from_row(
             Some(key) => Some(Claim {
                 key,
                 version: text(11)?.unwrap_or_default(),
+                fingerprint: text(17)?
+                    .and_then(|h| u64::from_str_radix(&h, 16).ok())
+                    .unwrap_or(0),
                 body_hash: text(12)?
                     .and_then(|h| u64::from_str_radix(&h, 16).ok())
                     .unwrap_or(0),
                 state: ClaimState::parse(text(13)?.as_deref().unwrap_or("")),
+                body: match row.get_ref(offset + 16)? {
+                    ValueRef::Blob(b) => Some(b.to_vec()),
+                    _ => None,
+                },
             }),
             None => None,
         },
         created: row
             .get::<_, Option<i64>>(offset + 14)?
             .is_some_and(|n| n != 0),
+        fingerprint: text(15)?.and_then(|h| u64::from_str_radix(&h, 16).ok()),
     }))
 }
 
@@ -1952,34 +2059,32 @@ impl Store for SqliteStore {
         if self.data_version != Some(version) {
             self.data_version = Some(version);
             for collection in &self.collections {
-                let sweep = self
-                    .sweeps
+                self.sweeps
                     .entry(collection.name.as_str().to_string())
-                    .or_default();
-                if sweep.active {
-                    sweep.again = true;
-                } else {
-                    *sweep = Sweep {
-                        active: true,
-                        ..Sweep::default()
-                    };
-                }
+                    .or_default()
+                    .wanted = true;
             }
         }
         let mut sweep = self.sweeps.remove(collection).unwrap_or_default();
-        if query.full_scan && !sweep.active {
-            // The periodic safety net (and a one-shot pass) sweeps the whole table.
-            sweep = Sweep {
-                active: true,
-                ..Sweep::default()
-            };
+        if !sweep.active && (query.full_scan || (sweep.wanted && query.now >= sweep.rest_until)) {
+            // The periodic safety net (and a one-shot pass) sweeps whatever the rest.
+            sweep.start();
         }
+        let swept = if sweep.active && !query.peek && (!query.pace || query.now >= sweep.next_at) {
+            self.sweep(collection, query, &mut sweep)
+        } else {
+            Ok(())
+        };
+        self.sweeps.insert(collection.to_string(), sweep);
+        swept?;
         self.conn
             .execute_batch("BEGIN")
             .map_err(StoreError::sqlite(&path, op()))?;
         let mut updates = Vec::new();
-        let result = self.due_in_snapshot(collection, query, &mut sweep, &mut updates);
-        self.sweeps.insert(collection.to_string(), sweep);
+        let result = self.due_in_snapshot(collection, query, &mut updates);
+        if query.peek {
+            updates.clear();
+        }
         let ended = self
             .conn
             .execute_batch(if result.is_ok() { "COMMIT" } else { "ROLLBACK" });
@@ -2374,12 +2479,16 @@ impl Store for SqliteStore {
                 .map_err(StoreError::sqlite(&self.path, format!("reading retry times of {collection}")))?;
             earliest = earliest.into_iter().chain(at).min();
         }
-        // A sweep under way goes on at its own pace.
-        let sweep_at = self
-            .sweeps
-            .get(collection)
-            .filter(|s| s.active)
-            .map(|s| s.next_at);
+        // A sweep under way goes on at its own pace; one wanted, after its rest.
+        let sweep_at = self.sweeps.get(collection).and_then(|s| {
+            if s.active {
+                Some(s.next_at)
+            } else if s.wanted {
+                Some(s.rest_until)
+            } else {
+                None
+            }
+        });
         Ok(earliest.into_iter().chain(sweep_at).min())
     }
 
@@ -2583,6 +2692,11 @@ mod tests {
     }
 
     #[test]
+    fn tracking_width_counts_the_tracking_columns() {
+        assert_eq!(TRACKING_COLUMNS.split(',').count(), TRACKING_WIDTH);
+    }
+
+    #[test]
     fn a_seed_003_sync_tracking_is_adopted_with_its_rows() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("ferry.db");
@@ -2620,6 +2734,7 @@ mod tests {
             include_changed: true,
             full_scan: false,
             pace: false,
+            peek: false,
         };
         let due = store.due("evenement", &query).unwrap();
         let keys: Vec<String> = due.iter().map(|d| d.key.to_string()).collect();

@@ -81,6 +81,15 @@ impl JsonBody {
         })
     }
 
+    /// A body already serialised: the one a claimed create was first sent with.
+    pub fn from_bytes(bytes: Vec<u8>) -> JsonBody {
+        JsonBody {
+            payload: Arc::new(Record::new()),
+            len: bytes.len(),
+            segments: vec![Segment::Owned(bytes)],
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

@@ -306,7 +306,7 @@ impl Engine {
         only: Option<&str>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Tally, SyncError> {
-        let mut tasks = JoinSet::new();
+        let mut tasks: JoinSet<Result<Tally, SyncError>> = JoinSet::new();
         for collection in self.collections(only)? {
             let engine = Arc::clone(self);
             let shutdown = shutdown.clone();
@@ -318,10 +318,24 @@ impl Engine {
                     next_full_scan: 0,
                     beat,
                 };
-                engine
-                    .drain(&mut lane, &shutdown, true)
-                    .await
-                    .map(|(tally, _)| tally)
+                // A change held back for a moment (one update a second) is part of this
+                // pass: wait for it, then drain again.
+                let mut total = Tally::default();
+                loop {
+                    let (tally, deferred) = engine.drain(&mut lane, &shutdown, true).await?;
+                    total.add(&tally);
+                    let wait = deferred.map(|at| at - now_ms());
+                    match wait {
+                        Some(ms) if !tally.paused && ms <= plan::MIN_UPDATE_INTERVAL => {
+                            let mut stop = shutdown.clone();
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_millis(ms.max(0) as u64 + 5)) => {}
+                                Ok(()) = stop.changed() => return Ok(total),
+                            }
+                        }
+                        _ => return Ok(total),
+                    }
+                }
             });
         }
         let mut total = Tally::default();
@@ -336,21 +350,19 @@ impl Engine {
     /// Whether anything is left to deliver (pending, failed, or never tried), now or later.
     pub async fn undelivered(&self, only: Option<&str>) -> Result<bool, SyncError> {
         for collection in self.collections(only)? {
-            // Everything, as the pass that just ended saw it: its sweep too.
+            // Everything, as the pass that just ended saw it: its sweep too. A row of
+            // a record that is gone is nothing left to deliver (it only keeps a key).
             let query = DueQuery {
                 now: Millis::MAX,
-                limit: 1,
+                limit: self.config.sync.batch_size as usize,
                 include_changed: collection.sends_changes(),
                 full_scan: true,
                 pace: false,
+                peek: false,
             };
             let name = collection.name.as_str().to_string();
-            if !self
-                .store
-                .call(move |s| s.due(&name, &query))
-                .await?
-                .is_empty()
-            {
+            let due = self.store.call(move |s| s.due(&name, &query)).await?;
+            if due.iter().any(|d| d.record.is_some()) {
                 return Ok(true);
             }
         }
@@ -372,6 +384,7 @@ impl Engine {
                 include_changed: collection.sends_changes(),
                 full_scan: true,
                 pace: false,
+                peek: true,
             };
             let name = collection.name.as_str().to_string();
             let due = self.store.call(move |s| s.due(&name, &query)).await?;
@@ -574,6 +587,7 @@ impl Engine {
                 include_changed: lane.collection.sends_changes(),
                 full_scan,
                 pace: !single_pass,
+                peek: false,
             };
             let query_name = name.clone();
             let due = self.store.call(move |s| s.due(&query_name, &query)).await?;
@@ -589,10 +603,11 @@ impl Engine {
             let device_id = self.config.device_id();
             for d in due {
                 match plan::action(&d, &lane.collection, now) {
-                    Action::Abandon => match plan::abandoned(&d, now) {
+                    Action::Abandon => match plan::abandoned(&d, now, policy) {
                         Some(row) => rows.push(row),
                         None => forget.push(d.key.clone()),
                     },
+                    Action::Settle => rows.extend(plan::settled(&d, now)),
                     Action::Defer(at) => {
                         deferred = Some(deferred.map_or(at, |d: Millis| d.min(at)))
                     }
@@ -865,11 +880,35 @@ impl Prepared {
         let Some(request) = plan::request_for(&due, &action, collection, device_id) else {
             unreachable!("only creates and updates are prepared")
         };
+        let is_create = action == Action::Create;
+        // A claimed create whose body was kept is sent again exactly as it was.
+        let kept = plan::pinned_claim(&due, collection)
+            .filter(|_| is_create)
+            .and_then(|claim| Some((claim.clone(), claim.body.clone()?)));
+        if let Some((claim, bytes)) = kept {
+            let attempt = plan::Attempt {
+                action,
+                idempotency_key: request.idempotency_key.clone(),
+                version: claim.version,
+                fingerprint: claim.fingerprint,
+                body_hash: claim.body_hash,
+                body: Some(bytes.clone()),
+            };
+            due.record = None;
+            return Ok(Prepared {
+                due,
+                attempt,
+                plan: request,
+                body: Some(body::JsonBody::from_bytes(bytes)),
+            });
+        }
         let mut attempt = plan::Attempt {
             action,
             idempotency_key: request.idempotency_key.clone(),
             version: due.version.clone(),
+            fingerprint: due.fingerprint,
             body_hash: 0,
+            body: None,
         };
         let Some(record) = due.record.take() else {
             return Err((
@@ -881,6 +920,9 @@ impl Prepared {
         match body::JsonBody::new(plan::payload(record, collection, device_id)) {
             Ok(body) => {
                 attempt.body_hash = body.hash();
+                if is_create && body.len() <= crate::store::CLAIM_BODY_MAX {
+                    attempt.body = Some(body.to_vec());
+                }
                 Ok(Prepared {
                     due,
                     attempt,
@@ -938,6 +980,9 @@ async fn watch_for_changes(
         }
     };
     let mut last = store.call(|s| s.change_token()).await?;
+    // A write between the loops' first look and this baseline would go unnoticed:
+    // the loops look once more, now that changes from here on are seen.
+    changes.send_modify(|n| *n += 1);
     let mut tick = tokio::time::interval(poll_every(&events));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tick.tick().await;

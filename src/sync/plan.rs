@@ -298,6 +298,9 @@ pub enum Action {
     Abandon,
     /// Nothing to send: delivered at this version, or its changes are ignored.
     Skip,
+    /// Nothing to send any more, but the tracking row says an attempt is due: it is
+    /// settled as delivered ([`settled`]), so it is not found again and again.
+    Settle,
     /// It cannot be sent as things stand; the tracking row says why (`failed`).
     Refuse(String),
 }
@@ -317,34 +320,22 @@ pub fn action(due: &Due, collection: &Collection, now: Millis) -> Action {
         }
     }
     if tracking.status == Status::Success {
-        match tracking.version.as_deref() {
-            // The seed service's deliveries carry no version: delivered as it is.
-            None => return Action::Skip,
-            Some(v) if v == due.version => return Action::Skip,
-            Some(_) => {}
-        }
-        if collection.updated_at.is_none() {
-            // Append-only: records do not change. Other content under a delivered key
-            // is another record (the key was used again after a deletion).
-            return Action::Create;
-        }
-        if collection.updates() == Updates::Ignore {
+        if delivered_as_it_is(tracking, due) || collection.updates() == Updates::Ignore {
             return Action::Skip;
         }
+        // At most one update a second; a clock that went back does not hold it.
         let last = crate::store::time::parse_timestamp(&tracking.sync_date).unwrap_or(0);
-        if now - last < MIN_UPDATE_INTERVAL {
+        if (0..MIN_UPDATE_INTERVAL).contains(&(now - last)) {
             return Action::Defer(last + MIN_UPDATE_INTERVAL);
         }
-    }
-    if collection.updated_at.is_none() {
-        return Action::Create;
     }
     if !tracking.created && tracking.remote_id.is_none() {
         return Action::Create;
     }
     match collection.updates() {
         Updates::Post => Action::Create,
-        Updates::Ignore => Action::Skip,
+        // An update tried while `updates` was put or post: no longer wanted.
+        Updates::Ignore => Action::Settle,
         Updates::Put => match &tracking.remote_id {
             Some(remote_id) => Action::Put(remote_id.clone()),
             None => Action::Refuse(format!(
@@ -356,6 +347,11 @@ pub fn action(due: &Due, collection: &Collection, now: Millis) -> Action {
             )),
         },
     }
+}
+
+/// The record is delivered in the state it has now.
+fn delivered_as_it_is(tracking: &Tracking, due: &Due) -> bool {
+    !tracking.differs_from(&due.version, due.fingerprint)
 }
 
 /// A request to make: its method, path (after the base URL) and Idempotency-Key.
@@ -379,7 +375,7 @@ pub fn request_for(
             device_id,
             collection.name.as_str(),
             &due.key,
-            Some(due.version.as_str()),
+            Some(&key_version(&due.version, due.fingerprint)),
         )
     };
     match action {
@@ -396,7 +392,20 @@ pub fn request_for(
             path: put_path(collection, remote_id),
             idempotency_key: fresh_key(),
         }),
-        Action::Defer(_) | Action::Abandon | Action::Skip | Action::Refuse(_) => None,
+        Action::Defer(_) | Action::Abandon | Action::Skip | Action::Settle | Action::Refuse(_) => {
+            None
+        }
+    }
+}
+
+/// The version part of an Idempotency-Key: the record's version, and for one that is
+/// its `updated_at`, a short fingerprint of its content too — two states written
+/// within one tick of `updated_at` are two requests, never one key with two bodies.
+pub fn key_version(version: &str, fingerprint: u64) -> String {
+    if version.starts_with(record::FINGERPRINT_PREFIX) {
+        version.to_string()
+    } else {
+        format!("{version}~{:08x}", fingerprint >> 32)
     }
 }
 
@@ -488,10 +497,14 @@ pub struct RetryPolicy {
 pub struct Attempt {
     pub action: Action,
     pub idempotency_key: String,
-    /// The version of the record the body carried.
+    /// The version of the record the body carried, and its content fingerprint.
     pub version: String,
+    pub fingerprint: u64,
     /// FNV-1a of the body's bytes.
     pub body_hash: u64,
+    /// The body, for a create small enough to keep in its claim
+    /// ([`crate::store::CLAIM_BODY_MAX`]) should its fate be unknown.
+    pub body: Option<Vec<u8>>,
 }
 
 /// The tracking row written before a create is sent: the attempt is claimed, so that
@@ -516,10 +529,18 @@ pub fn claim(due: &Due, collection: &str, attempt: &Attempt, now: Millis) -> Tra
         None => Claim {
             key: attempt.idempotency_key.clone(),
             version: attempt.version.clone(),
+            fingerprint: attempt.fingerprint,
             body_hash: attempt.body_hash,
             state: ClaimState::Sending,
+            body: None,
         },
     });
+    // A claim is news: a start-up migration that meets this row and an older one on
+    // the other backend keeps this one. And an attempt is under way: pending, due now
+    // should the process die before its outcome is written.
+    row.sync_date = rfc3339(now);
+    row.status = Status::Pending;
+    row.next_attempt_at = None;
     row
 }
 
@@ -577,17 +598,24 @@ pub fn after(
             // claimed version (a replay; a server that keeps keys but not bodies) or
             // this one. Where an update follows, assume the older: the update then
             // brings the latest state whichever it holds.
-            row.version = Some(match pinned {
+            // The server holds what this request carried — unless it carried a
+            // changed body under a claimed key (the first body was too big to keep):
+            // then it may hold the claimed version (a replay; a server that keeps keys
+            // but not bodies) or this one. Where an update follows, assume the older:
+            // the update then brings the latest state whichever it holds.
+            let (version, fingerprint) = match pinned {
                 Some(claim)
                     if body_changed
                         && (*replayed
                             || (collection.updated_at.is_some()
                                 && collection.updates() == Updates::Put)) =>
                 {
-                    claim.version.clone()
+                    (claim.version.clone(), claim.fingerprint)
                 }
-                _ => attempt.version.clone(),
-            });
+                _ => (attempt.version.clone(), attempt.fingerprint),
+            };
+            row.version = Some(version);
+            row.fingerprint = Some(fingerprint);
             row.last_http_status = Some(*status);
             row.bytes_sent = row.bytes_sent.saturating_add(*bytes);
             row.created = true;
@@ -611,6 +639,7 @@ pub fn after(
             row.error_message = None;
             row.next_attempt_at = None;
             row.version = Some(claim.version.clone());
+            row.fingerprint = Some(claim.fingerprint);
             row.last_http_status = Some(422);
             row.created = true;
             row.claim = None;
@@ -629,6 +658,7 @@ pub fn after(
                 .unwrap_or_else(|| backoff(attempts, RETRY_BASE, policy.max_delay, random));
             row.next_attempt_at = Some(now + wait.as_millis() as Millis);
             row.version = Some(attempt.version.clone());
+            row.fingerprint = Some(attempt.fingerprint);
             row.last_http_status = *status;
             row.claim = settle_claim(is_create, pinned, attempt, *maybe_processed);
         }
@@ -638,6 +668,7 @@ pub fn after(
             row.next_attempt_at =
                 Some(now.saturating_add(policy.failed_every.as_millis() as Millis));
             row.version = Some(attempt.version.clone());
+            row.fingerprint = Some(attempt.fingerprint);
             row.last_http_status = *status;
             // A refusal means the request was not acted on; an earlier attempt
             // whose outcome is unknown still may have been.
@@ -649,7 +680,8 @@ pub fn after(
 
 /// The claim a create leaves after an answer that did not settle it: kept while the
 /// server may hold the record (this attempt or an earlier one may have been acted
-/// on), dropped when nothing can have been created.
+/// on), dropped when nothing can have been created. A claim kept keeps the body the
+/// server may hold, when it is small enough, so that every retry sends exactly it.
 fn settle_claim(
     is_create: bool,
     pinned: Option<&Claim>,
@@ -660,18 +692,37 @@ fn settle_claim(
         return None;
     }
     match pinned {
-        Some(claim) => Some(Claim {
-            state: ClaimState::Unsure,
-            ..claim.clone()
-        }),
+        Some(claim) => {
+            let mut claim = claim.clone();
+            claim.state = ClaimState::Unsure;
+            if claim.body.is_none() && claim.body_hash == attempt.body_hash {
+                claim.body = attempt.body.clone();
+            }
+            Some(claim)
+        }
         None if maybe_processed => Some(Claim {
             key: attempt.idempotency_key.clone(),
             version: attempt.version.clone(),
+            fingerprint: attempt.fingerprint,
             body_hash: attempt.body_hash,
             state: ClaimState::Unsure,
+            body: attempt.body.clone(),
         }),
         None => None,
     }
+}
+
+/// The tracking row of a record whose pending attempt is no longer wanted (its
+/// collection's `updates` became "ignore"): delivered, as far as ferry is concerned.
+pub fn settled(due: &Due, now: Millis) -> Option<Tracking> {
+    let mut row = due.tracking.clone()?;
+    row.status = Status::Success;
+    row.sync_date = rfc3339(now);
+    row.error_message = None;
+    row.next_attempt_at = None;
+    row.version = Some(due.version.clone());
+    row.fingerprint = Some(due.fingerprint);
+    Some(row)
 }
 
 /// The tracking row of a record that cannot be sent as things stand.
@@ -694,21 +745,21 @@ pub fn refused(
     row
 }
 
-/// A record deleted before its delivery was settled. Never delivered (the server
-/// holds nothing of it): its row is forgotten (`None`), so a record written later
-/// under the same key is new. Delivered before: the server keeps the last version it
-/// got (deletions are not sent), so the row says success again.
-pub fn abandoned(due: &Due, now: Millis) -> Option<Tracking> {
+/// A record deleted before its delivery was settled: nothing to send, and the key is
+/// free for a record written later (`None`: the row is forgotten). Unless a create
+/// of it may be on the server still unconfirmed: then the row keeps its claim — a
+/// record written again under this key reuses that create's Idempotency-Key — and
+/// waits `retry_failed_every` rather than being looked at on every pass.
+pub fn abandoned(due: &Due, now: Millis, policy: RetryPolicy) -> Option<Tracking> {
     let row = due.tracking.as_ref()?;
-    if !row.created && row.remote_id.is_none() {
-        return None;
-    }
+    row.claim.as_ref()?;
     let mut row = row.clone();
-    row.status = Status::Success;
-    row.sync_date = rfc3339(now);
-    row.error_message = None;
-    row.next_attempt_at = None;
-    row.claim = None;
+    row.error_message = Some(
+        "the record was deleted while its create was unconfirmed; kept so that a record \
+         written again under this key reuses the same Idempotency-Key"
+            .into(),
+    );
+    row.next_attempt_at = Some(now.saturating_add(policy.failed_every.as_millis() as Millis));
     Some(row)
 }
 

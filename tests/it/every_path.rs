@@ -308,11 +308,12 @@ fn a_key_used_again_after_its_record_was_deleted_is_a_new_record() {
          INSERT INTO evenement (date, capteur) VALUES ('2026-12-01 10:00', 'PIR'), ('2026-12-01 10:05', 'PIR');",
     );
     assert_eq!(sync_once(&fx).status.code(), Some(0));
-    db.execute_batch(
-        "DELETE FROM evenement;
-         INSERT INTO evenement (date, capteur) VALUES ('2026-12-02 08:00', 'porte');",
-    )
-    .unwrap();
+    // The delivered rows are purged; ferry looks (its key is free), then the next
+    // event takes id 1.
+    db.execute_batch("DELETE FROM evenement;").unwrap();
+    assert_eq!(sync_once(&fx).status.code(), Some(0));
+    db.execute_batch("INSERT INTO evenement (date, capteur) VALUES ('2026-12-02 08:00', 'porte');")
+        .unwrap();
     assert_eq!(sync_once(&fx).status.code(), Some(0));
     let stored = server.stored();
     let ones: Vec<_> = stored.iter().filter(|s| s.key == "1").collect();
@@ -329,6 +330,7 @@ fn a_key_used_again_after_its_record_was_deleted_is_a_new_record() {
     put(&fx, "events", json!({"id": 1, "what": "first"}));
     assert_eq!(sync_once(&fx).status.code(), Some(0));
     fx.open().delete("events", &Key::Int(1)).unwrap();
+    assert_eq!(sync_once(&fx).status.code(), Some(0));
     put(&fx, "events", json!({"id": 1, "what": "second"}));
     assert_eq!(sync_once(&fx).status.code(), Some(0));
     let whats: Vec<Value> = server
@@ -584,4 +586,82 @@ fn an_edited_event_in_a_table_whose_keys_are_never_reused_is_not_sent_again() {
         1,
         "the edit was not sent as a new event"
     );
+}
+
+#[test]
+fn a_column_added_to_an_append_only_table_sends_nothing_again() {
+    // Every row's content changes at once; none is a new record.
+    let (server, fx, db) = seed_003_events(
+        "CREATE TABLE evenement (id_evenement INTEGER PRIMARY KEY, date TEXT, capteur TEXT);
+         INSERT INTO evenement (date, capteur) VALUES ('2026-12-01 10:00', 'PIR'), ('2026-12-01 10:05', 'PIR');",
+    );
+    assert_eq!(sync_once(&fx).status.code(), Some(0));
+    db.execute_batch("ALTER TABLE evenement ADD COLUMN salle TEXT DEFAULT 'cuisine';")
+        .unwrap();
+    assert_eq!(sync_once(&fx).status.code(), Some(0));
+    assert_eq!(server.stored().len(), 2, "nothing sent again");
+}
+
+#[test]
+fn hundreds_of_changes_only_a_sweep_sees_all_go_out_promptly() {
+    // updated_at stepped back for 600 delivered jobs (a clock set right): more than a
+    // batch, all of it behind the changed-records watermark.
+    let server = TestServer::start(Faults::default());
+    let fx = fixture(Backend::Sqlite, &server, "", "", JOBS);
+    let mut store = fx.open();
+    let jobs = (0..600)
+        .map(|i| record(job(&format!("j{i:03}"), 0, Some("2026-06-01T00:00:00Z"))))
+        .collect();
+    store.put_many("jobs", jobs).unwrap();
+    drop(store);
+    assert_eq!(sync_once(&fx).status.code(), Some(0));
+    let mut child = spawn_run(&fx);
+    std::thread::sleep(Duration::from_millis(1_500));
+    let db = rusqlite::Connection::open(fx.path("state/ferry.db")).unwrap();
+    db.execute(
+        "UPDATE jobs SET record = json_set(record, '$.progress', 50, '$.updated_at', '2026-05-01T00:00:00Z')",
+        [],
+    )
+    .unwrap();
+    let all = server.wait_for(Duration::from_secs(15), |s| {
+        s.stored().iter().filter(|r| r.method == "PUT").count() >= 600
+    });
+    terminate(&mut child);
+    let puts = server.stored().iter().filter(|r| r.method == "PUT").count();
+    assert!(all, "{puts} of 600 updates went out");
+    assert_eq!(server.duplicates(), 0);
+}
+
+#[test]
+fn a_change_within_one_second_of_updated_at_goes_out() {
+    // Seed 000's downloads keep updated_at to the second; progress moves faster.
+    let server = TestServer::start(Faults::default());
+    let fx = fixture(
+        Backend::Sqlite,
+        &server,
+        "",
+        "",
+        "[[collections]]\nname = \"downloads\"\nkey = \"id\"\nupdated_at = \"updated_at\"\nendpoint = \"/api/downloads\"\nupdates = \"put\"\n",
+    );
+    put(
+        &fx,
+        "downloads",
+        json!({"id": "dl-1", "status": "downloading", "progress": 50.0, "updated_at": "2026-12-01 10:00:01"}),
+    );
+    let mut child = spawn_run(&fx);
+    assert!(server.wait_for(Duration::from_secs(10), |s| !s.stored().is_empty()));
+    past_the_update_throttle();
+    let db = rusqlite::Connection::open(fx.path("state/ferry.db")).unwrap();
+    db.execute(
+        "UPDATE downloads SET progress = 100.0, status = 'completed' WHERE id = 'dl-1'",
+        [],
+    )
+    .unwrap();
+    let arrived = server.wait_for(Duration::from_secs(5), |s| {
+        rows_of(s, "/api/downloads", "dl-1")
+            .first()
+            .is_some_and(|r| r["status"] == json!("completed"))
+    });
+    terminate(&mut child);
+    assert!(arrived, "the final state went out");
 }

@@ -198,6 +198,7 @@ fn deliver_all(
             include_changed: false,
             full_scan,
             pace: false,
+            peek: false,
         };
         full_scan = false;
         let due = store.due(collection, &query).unwrap();

@@ -18,6 +18,7 @@ fn query(now: i64) -> DueQuery {
         include_changed: true,
         full_scan: false,
         pace: false,
+        peek: false,
     }
 }
 

@@ -720,6 +720,9 @@ fn delivery_settings_that_cannot_work_exit_78() {
 
 #[test]
 fn a_record_deleted_while_pending_and_written_again_is_delivered() {
+    // A 503: the server may have stored it. Deleted meanwhile, its row keeps the
+    // claim, so that written again it goes out under the same key; nothing is left
+    // to deliver while it is gone.
     let server = TestServer::start(Faults {
         per_key: [("7".to_string(), Fault::Status(503))]
             .into_iter()
@@ -733,8 +736,10 @@ fn a_record_deleted_while_pending_and_written_again_is_delivered() {
         Some(75),
         "7 is pending"
     );
+    let claimed = fx.open().tracking("events", &Key::Int(7)).unwrap().unwrap();
+    let key = claimed.claim.clone().expect("claimed").key;
     fx.open().delete("events", &Key::Int(7)).unwrap();
-    let mut row = fx.open().tracking("events", &Key::Int(7)).unwrap().unwrap();
+    let mut row = claimed;
     row.next_attempt_at = None;
     fx.open().write_tracking(&[row]).unwrap();
     assert_eq!(
@@ -742,16 +747,35 @@ fn a_record_deleted_while_pending_and_written_again_is_delivered() {
         Some(0),
         "nothing left once it is gone"
     );
-    assert_eq!(
-        fx.open().tracking("events", &Key::Int(7)).unwrap(),
-        None,
-        "its row is forgotten"
-    );
+    assert!(fx
+        .open()
+        .tracking("events", &Key::Int(7))
+        .unwrap()
+        .is_some());
     server.set(|f| f.per_key.clear());
     put_events(&fx, 7..8);
+    fx.ferry(&["retry"], None);
     assert_eq!(fx.ferry(&["sync", "--once"], None).status.code(), Some(0));
-    assert!(
-        server.keys("/api/events").contains("7"),
-        "written again: delivered"
-    );
+    let sent: Vec<_> = server
+        .stored()
+        .into_iter()
+        .filter(|s| s.key == "7")
+        .collect();
+    assert_eq!(sent.len(), 1, "written again: delivered once");
+    assert_eq!(sent[0].idempotency_key.as_deref(), Some(key.as_str()));
+
+    // A definite refusal (400) stores nothing: deleted, the key is free at once.
+    let server = TestServer::start(Faults {
+        per_key: [("8".to_string(), Fault::Status(400))]
+            .into_iter()
+            .collect(),
+        ..Faults::default()
+    });
+    let fx = fixture(Backend::Sqlite, &server, "", "", EVENTS);
+    put_events(&fx, 8..9);
+    assert_eq!(fx.ferry(&["sync", "--once"], None).status.code(), Some(75));
+    fx.open().delete("events", &Key::Int(8)).unwrap();
+    fx.ferry(&["retry"], None);
+    assert_eq!(fx.ferry(&["sync", "--once"], None).status.code(), Some(0));
+    assert_eq!(fx.open().tracking("events", &Key::Int(8)).unwrap(), None);
 }

@@ -21,6 +21,7 @@ fn due(key: i64, version: &str, tracking: Option<Tracking>) -> Due {
         key: Key::Int(key),
         record: Some(serde_json::from_value(json!({"id": key})).unwrap()),
         version: version.to_string(),
+        fingerprint: 0,
         tracking,
         found: crate::store::Found::New,
     }
@@ -219,7 +220,7 @@ fn actions_follow_updates_and_throttle_fast_changes() {
 }
 
 #[test]
-fn a_delivered_key_with_other_content_in_an_append_only_collection_is_a_new_record() {
+fn an_append_only_record_edited_in_place_is_not_sent_again_but_a_new_one_under_its_key_is() {
     let events = collection("");
     let now = 1_000_000;
     let mut delivered = Tracking::new("c", Key::Int(7), 0);
@@ -227,15 +228,85 @@ fn a_delivered_key_with_other_content_in_an_append_only_collection_is_a_new_reco
     delivered.created = true;
     delivered.remote_id = Some(Key::Int(70));
     delivered.version = Some("fp-0000000000000001".into());
-    let same = due(7, "fp-0000000000000001", Some(delivered.clone()));
-    assert_eq!(action(&same, &events, now), Action::Skip);
-    let reused = due(7, "fp-0000000000000002", Some(delivered));
-    assert_eq!(action(&reused, &events, now), Action::Create);
-    // Its key differs from the first record's: the server does not answer it from
-    // the old one's.
-    let first = request_for(&same, &Action::Create, &events, "pi").unwrap();
-    let second = request_for(&reused, &Action::Create, &events, "pi").unwrap();
-    assert_ne!(first.idempotency_key, second.idempotency_key);
+    delivered.fingerprint = Some(1);
+    let first = Due {
+        fingerprint: 1,
+        ..due(7, "fp-0000000000000001", Some(delivered.clone()))
+    };
+    assert_eq!(action(&first, &events, now), Action::Skip);
+    // Edited in place (a flag set, a column added): an append-only collection
+    // ignores changes.
+    let edited = Due {
+        fingerprint: 2,
+        ..due(7, "fp-0000000000000002", Some(delivered))
+    };
+    assert_eq!(action(&edited, &events, now), Action::Skip);
+    // Deleted, seen gone (its row forgotten), then written again with other content:
+    // a new record, under a key of its own — the server does not answer it from the
+    // old record's.
+    let again = Due {
+        fingerprint: 2,
+        ..due(7, "fp-0000000000000002", None)
+    };
+    assert_eq!(action(&again, &events, now), Action::Create);
+    let old_key = request_for(&first, &Action::Create, &events, "pi").unwrap();
+    let new_key = request_for(&again, &Action::Create, &events, "pi").unwrap();
+    assert_ne!(old_key.idempotency_key, new_key.idempotency_key);
+}
+
+#[test]
+fn a_change_within_one_tick_of_updated_at_is_a_change() {
+    let put = collection("updated_at = \"u\"\nupdates = \"put\"\n");
+    let mut delivered = Tracking::new("c", Key::Int(1), 0);
+    delivered.status = Status::Success;
+    delivered.created = true;
+    delivered.remote_id = Some(Key::Int(5));
+    delivered.version = Some("2026-12-01 10:00:01".into());
+    delivered.fingerprint = Some(0xaaaa_0000_0000_0000);
+    let same_second = Due {
+        fingerprint: 0xbbbb_0000_0000_0000,
+        ..due(1, "2026-12-01 10:00:01", Some(delivered))
+    };
+    assert_eq!(action(&same_second, &put, 10_000), Action::Put(Key::Int(5)));
+    // And its key is not the delivered state's: a strict server would refuse one key
+    // with two bodies.
+    let key = request_for(&same_second, &Action::Put(Key::Int(5)), &put, "pi").unwrap();
+    assert!(
+        key.idempotency_key
+            .ends_with(":2026-12-01%2010%3A00%3A01~bbbb0000"),
+        "{key:?}"
+    );
+}
+
+#[test]
+fn an_update_that_is_no_longer_wanted_is_settled_not_found_again_and_again() {
+    let ignore = collection("updated_at = \"u\"\nupdates = \"ignore\"\n");
+    let mut retrying = Tracking::new("c", Key::Int(1), 0);
+    retrying.status = Status::Pending;
+    retrying.created = true;
+    retrying.remote_id = Some(Key::Int(5));
+    retrying.version = Some("v2".into());
+    let d = due(1, "v3", Some(retrying));
+    assert_eq!(action(&d, &ignore, 10_000), Action::Settle);
+    let row = settled(&d, 10_000).unwrap();
+    assert_eq!((row.status, row.next_attempt_at), (Status::Success, None));
+    assert_eq!(row.version.as_deref(), Some("v3"));
+}
+
+#[test]
+fn a_clock_that_went_back_does_not_hold_an_update_back() {
+    let put = collection("updated_at = \"u\"\nupdates = \"put\"\n");
+    let mut delivered = Tracking::new("c", Key::Int(1), 0);
+    delivered.status = Status::Success;
+    delivered.created = true;
+    delivered.remote_id = Some(Key::Int(5));
+    delivered.version = Some("v1".into());
+    // Delivered "in an hour": the clock stepped back since.
+    delivered.sync_date = rfc3339(10_000 + 3_600_000);
+    assert_eq!(
+        action(&due(1, "v2", Some(delivered)), &put, 10_000),
+        Action::Put(Key::Int(5))
+    );
 }
 
 #[test]
@@ -294,7 +365,9 @@ fn attempt(d: &Due, c: &Collection, body_hash: u64) -> Attempt {
         action,
         idempotency_key: request.idempotency_key,
         version: d.version.clone(),
+        fingerprint: 0,
         body_hash,
+        body: None,
     }
 }
 
@@ -419,7 +492,7 @@ fn tracking_follows_outcomes() {
         record: None,
         ..due(2, "", Some(Tracking::new("c", Key::Int(2), 0)))
     };
-    assert_eq!(abandoned(&never_sent, now), None);
+    assert_eq!(abandoned(&never_sent, now, POLICY), None);
     let mut sent = Tracking::new("c", Key::Int(2), 0);
     sent.remote_id = Some(Key::Int(9));
     sent.created = true;
@@ -428,8 +501,9 @@ fn tracking_follows_outcomes() {
         ..due(2, "", Some(sent))
     };
     assert_eq!(
-        abandoned(&was_sent, now).map(|r| r.status),
-        Some(Status::Success)
+        abandoned(&was_sent, now, POLICY),
+        None,
+        "a deleted record frees its key"
     );
 }
 
@@ -625,7 +699,7 @@ fn with_updates_post_each_version_is_its_own_create() {
     let a_same = attempt(&same, &post, 1);
     let a_newer = attempt(&newer, &post, 2);
     assert_ne!(a_same.idempotency_key, a_newer.idempotency_key);
-    assert!(a_newer.idempotency_key.ends_with(":v2"));
+    assert!(a_newer.idempotency_key.contains(":v2~"), "{a_newer:?}");
 }
 
 #[test]
@@ -667,4 +741,26 @@ fn a_loop_wakes_at_its_earliest_reason_but_not_before_a_probe_is_due() {
         until: 4_000,
     };
     assert_eq!(next_wake(10_000, Some(300), None, None, down), 4_000);
+}
+
+#[test]
+fn a_claim_whose_fate_is_unknown_keeps_its_body_and_outlives_a_deletion() {
+    let put = collection("updated_at = \"u\"\nupdates = \"put\"\n");
+    let first = due(1, "v1", None);
+    let mut a = attempt(&first, &put, 11);
+    a.body = Some(b"{\"id\":1}".to_vec());
+    let row = after(&first, &put, &a, &no_answer(), 0, POLICY, 0.5);
+    let claim = row.claim.clone().unwrap();
+    assert_eq!(claim.body.as_deref(), Some(&b"{\"id\":1}"[..]));
+    // The record is deleted meanwhile: the row stays, with its claim, and rests.
+    let gone = Due {
+        record: None,
+        ..due(1, "", Some(row))
+    };
+    let kept = abandoned(&gone, 5_000, POLICY).expect("kept");
+    assert_eq!(kept.claim, Some(claim));
+    assert_eq!(kept.next_attempt_at, Some(5_000 + 3_600_000));
+    // A claimed create that then gets a definite answer stores nothing more.
+    let ok = after(&first, &put, &a, &created(3), 0, POLICY, 0.5);
+    assert_eq!(ok.claim, None);
 }
