@@ -3,6 +3,7 @@
 mod support;
 
 mod cli;
+mod json_interop;
 mod migrate;
 mod operator;
 mod server;
