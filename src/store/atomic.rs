@@ -25,7 +25,8 @@
 //!   the old content is written back.
 //!
 //! Temp files carry the writer's pid. `remove_stale_temps` clears a file's temps under
-//! its exclusive lock.
+//! its exclusive lock; `remove_dead_temps` clears the temps of backups whose process
+//! is gone (a backup has no lock: several may run at once).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -372,6 +373,93 @@ pub fn remove_stale_temps(path: &Path) {
     }
 }
 
+/// What marks a backup's temp file or folder: `.<dest name>.ferry-tmp-<pid>`.
+const BACKUP_TEMP_MARK: &str = ".ferry-tmp-";
+
+/// The temp file or folder a backup to `dest` is written to before it is moved in.
+pub fn backup_temp(dest: &Path) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    parent(dest).join(format!(".{name}{BACKUP_TEMP_MARK}{}", std::process::id()))
+}
+
+/// Writes a small file of a backup (its note) atomically through its backup temp.
+pub fn write_backup_file(dest: &Path, content: &[u8]) -> io::Result<()> {
+    let temp = backup_temp(dest);
+    let result = (|| {
+        let mut file = File::create(&temp)?;
+        file.write_all(content)?;
+        file.sync_all()?;
+        fs::rename(&temp, dest)?;
+        File::open(parent(dest))?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+/// Removes, in `dir`, the backup temps (`backup_temp`) of processes that are gone: a
+/// `kill -9` or a power cut during a backup leaves one. A temp whose process still
+/// runs is another backup in progress and is left alone. Returns what it removed.
+pub fn remove_dead_temps(dir: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return removed;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let Some(pid) = backup_temp_pid(&name) else {
+            continue;
+        };
+        if pid == std::process::id() || process_alive(pid) {
+            continue;
+        }
+        let path = entry.path();
+        let gone = match entry.file_type() {
+            Ok(t) if t.is_dir() => fs::remove_dir_all(&path),
+            _ => fs::remove_file(&path),
+        };
+        match gone {
+            Ok(()) => removed.push(path),
+            Err(err) => {
+                tracing::warn!(path = %path.display(), "cannot remove what a killed backup left: {err}")
+            }
+        }
+    }
+    removed
+}
+
+/// The pid in a backup temp's name: `.<name>.ferry-tmp-<pid>`, or SQLite's files
+/// beside it (VACUUM INTO writes its target through a rollback journal, `-journal`).
+fn backup_temp_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let rest = ["-journal", "-wal", "-shm"]
+        .iter()
+        .find_map(|suffix| rest.strip_suffix(suffix))
+        .unwrap_or(rest);
+    let (_, pid) = rest.rsplit_once(BACKUP_TEMP_MARK)?;
+    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return true;
+    }
+    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+    let rc = unsafe { libc::kill(pid, 0) };
+    // EPERM: it exists, under another user.
+    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
 fn parent(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -490,5 +578,18 @@ mod tests {
             Recovery::Dropped(_)
         ));
         assert_eq!(fs::read(&path).unwrap(), OLD);
+    }
+
+    #[test]
+    fn backup_temps_are_named_with_their_pid() {
+        assert_eq!(backup_temp_pid(".b3.db.ferry-tmp-4242"), Some(4242));
+        assert_eq!(backup_temp_pid(".copy.ferry-tmp-17"), Some(17));
+        assert_eq!(backup_temp_pid(".b3.db.ferry-tmp-17-journal"), Some(17));
+        assert_eq!(backup_temp_pid(".b3.db.ferry-tmp-17-wal"), Some(17));
+        assert_eq!(backup_temp_pid(".b3.db.ferry-tmp-17-other"), None);
+        assert_eq!(backup_temp_pid("b3.db.ferry-tmp-17"), None);
+        assert_eq!(backup_temp_pid(".b3.db.tmp-17"), None);
+        assert_eq!(backup_temp_pid(".b3.db.ferry-tmp-"), None);
+        assert_eq!(backup_temp_pid(".b3.db.ferry-tmp-12x"), None);
     }
 }

@@ -1096,22 +1096,70 @@ impl Store for JsonStore {
     }
 
     fn backup(&mut self, dest: &Path) -> Result<(), StoreError> {
-        fs::create_dir_all(dest).map_err(StoreError::io(dest, "creating the backup folder"))?;
+        // Written into a temp folder beside `dest`, then moved in: a killed backup
+        // leaves only that folder (named with its pid), which the next one removes.
+        let parent = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs::create_dir_all(&parent)
+            .map_err(StoreError::io(&parent, "creating the backup folder"))?;
+        atomic::remove_dead_temps(&parent);
+        if dest.is_dir() {
+            atomic::remove_dead_temps(dest);
+        }
+        let temp = atomic::backup_temp(dest);
+        // Only a process that had this pid before can have left it.
+        let _ = fs::remove_dir_all(&temp);
+        fs::create_dir(&temp)
+            .map_err(StoreError::io(&temp, "creating the backup's temp folder"))?;
         let mut files: Vec<PathBuf> = self.collections.iter().map(|c| self.file_of(c)).collect();
         files.push(self.dir.join(TRACKING_FILE));
         files.push(self.dir.join(TOMBSTONES_FILE));
-        for file in files {
-            let _guard = lock(&file, false)?;
-            let bytes = match fs::read(&file) {
-                Ok(bytes) => bytes,
-                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
-                Err(err) => return Err(StoreError::io(&file, "reading for a backup")(err)),
+        let result = (|| {
+            let mut names = Vec::new();
+            for file in files {
+                let bytes = {
+                    let _guard = lock(&file, false)?;
+                    match fs::read(&file) {
+                        Ok(bytes) => bytes,
+                        Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                        Err(err) => return Err(StoreError::io(&file, "reading for a backup")(err)),
+                    }
+                };
+                let name = file.file_name().unwrap_or_default().to_os_string();
+                let target = temp.join(&name);
+                File::create(&target)
+                    .and_then(|mut out| {
+                        out.write_all(&bytes)?;
+                        out.sync_all()
+                    })
+                    .map_err(StoreError::io(&target, "writing the backup"))?;
+                names.push(name);
+            }
+            let sync = |dir: &Path| {
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(StoreError::io(dir, "writing the backup"))
             };
-            let target = dest.join(file.file_name().unwrap_or_default());
-            atomic::replace(&target, |out| out.write_all(&bytes))
-                .map_err(StoreError::io(&target, "writing the backup"))?;
+            sync(&temp)?;
+            if dest.exists() {
+                for name in &names {
+                    fs::rename(temp.join(name), dest.join(name))
+                        .map_err(StoreError::io(dest.join(name), "writing the backup"))?;
+                }
+                sync(dest)?;
+                fs::remove_dir(&temp)
+                    .map_err(StoreError::io(&temp, "removing the backup's temp folder"))?;
+            } else {
+                fs::rename(&temp, dest).map_err(StoreError::io(dest, "finishing the backup"))?;
+            }
+            sync(&parent)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&temp);
         }
-        Ok(())
+        result
     }
 }
 

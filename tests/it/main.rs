@@ -2,6 +2,7 @@
 
 mod support;
 
+mod backup_leftovers;
 mod cli;
 mod json_interop;
 mod migrate;
