@@ -479,3 +479,91 @@ fn in_place_writes_are_seen_by_a_reader_that_cached_the_file() {
         token = next;
     }
 }
+
+/// A tmpfs mounted on a folder for one test, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// `None` where mounting is not allowed (not root).
+    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(Stdio::null())
+            .status();
+        matches!(mounted, Ok(s) if s.success()).then(|| Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system of `dir` with `dir/filler`, then frees `pages` 4 KiB pages.
+fn fill_leaving(dir: &Path, pages: u64) -> PathBuf {
+    let filler = dir.join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    let block = vec![7u8; 4096];
+    while file.write_all(&block).is_ok() {}
+    let _ = file.flush();
+    let len = std::fs::metadata(&filler).unwrap().len();
+    file.set_len(len.saturating_sub(pages * 4096)).unwrap();
+    filler
+}
+
+/// A full disk fails an in-place write before the file is touched, and says so: the
+/// disk is full, which file, nothing lost. Both when even the journal does not fit,
+/// and when the journal fits but the file's growth does not.
+#[test]
+fn a_full_disk_fails_an_in_place_write_and_keeps_the_old_content() {
+    let fx = fixture();
+    let json = fx.path("state/json");
+    let Some(_tmpfs) = Tmpfs::mount(&json, "2m") else {
+        eprintln!("cannot mount a tmpfs here (needs root): test skipped");
+        return;
+    };
+    // About 40 KiB of records.
+    let records: String = (0..40)
+        .map(|i| {
+            format!(
+                "{}\n",
+                json!({"id": format!("d{i:02}"), "note": "n".repeat(900)})
+            )
+        })
+        .collect();
+    let out = fx.ferry(&["put", "downloads"], Some(records.as_bytes()));
+    assert_eq!(out.status.code(), Some(0));
+    let path = data_file(&fx);
+    let before = std::fs::read(&path).unwrap();
+    // The new record doubles the file: journal ~80 KiB (20 pages), growth 10 pages.
+    let big = json!({"id": "big", "note": "b".repeat(40_000)}).to_string();
+    for (case, free_pages) in [
+        ("the journal does not fit", 2),
+        ("the growth does not fit", 25),
+    ] {
+        let filler = fill_leaving(&json, free_pages);
+        let out = fx.ferry(&["put", "downloads"], Some(big.as_bytes()));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{case}: {err}");
+        assert!(err.contains("the disk is full"), "{case}: {err}");
+        assert!(err.contains("nothing was lost"), "{case}: {err}");
+        assert!(err.contains(&*path.to_string_lossy()), "{case}: {err}");
+        assert!(
+            std::fs::read(&path).unwrap() == before,
+            "{case}: the file changed"
+        );
+        let leftovers: Vec<String> = std::fs::read_dir(&json)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.') || n.ends_with(".journal"))
+            .collect();
+        assert!(leftovers.is_empty(), "{case}: {leftovers:?}");
+        std::fs::remove_file(filler).unwrap();
+    }
+    let out = fx.ferry(&["put", "downloads"], Some(big.as_bytes()));
+    assert_eq!(out.status.code(), Some(0), "with space again");
+    assert!(read_object(&path).contains_key("big"));
+}
