@@ -368,15 +368,27 @@ pub fn kill_backup(run: &Run, tally: &mut Tally) -> Result<(), BoxError> {
             String::from_utf8_lossy(&out.stdout)
         ),
     );
-    let (mut whole_files, mut leftovers) = (0, 0);
+    // Each backup removes what killed ones left; one more leaves none.
+    let out = ferry(
+        run,
+        &config,
+        &["backup", &backups.join("last.db").to_string_lossy()],
+        Duration::from_secs(120),
+    )?;
+    tally.check(out.status.success(), "a backup after the killed ones");
+    let (mut whole_files, mut notes, mut leftovers) = (0, 0, Vec::new());
     for entry in std::fs::read_dir(&backups)? {
         let path = entry?.path();
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if !name.ends_with(".db") {
-            leftovers += 1;
+        if name.ends_with(".db.txt") {
+            notes += 1;
+            continue;
+        }
+        if !name.ends_with(".db") || name.starts_with('.') {
+            leftovers.push(name);
             continue;
         }
         let sound = rusqlite::Connection::open(&path).and_then(|c| {
@@ -387,7 +399,14 @@ pub fn kill_backup(run: &Run, tally: &mut Tally) -> Result<(), BoxError> {
         tally.check(matches!(sound, Ok(true)), format!("backup {name} is whole"));
         whole_files += 1;
     }
-    println!("  {whole_files} backup files, all checked whole; {leftovers} temp files left by killed backups");
+    tally.check(
+        leftovers.is_empty(),
+        format!("killed backups left files behind: {leftovers:?}"),
+    );
+    println!(
+        "  {whole_files} backup files, all checked whole, {notes} notes; {} files left by killed backups",
+        leftovers.len()
+    );
     Ok(())
 }
 
