@@ -1,7 +1,10 @@
 //! `make torture`: the real `ferry` binary through crashes, faults and bad input, with
 //! one table at the end that shows what was written, delivered, lost and duplicated.
 //!
-//! torture [--quick] [--ferry PATH] [--kills N]
+//! torture [--quick] [--ferry PATH] [--kills N] [--only CASE]
+//!
+//! CASE: kill-loop, kill-migration, kill-backup, crash-snapshots, full-disk,
+//! bad-input (the whole run when absent).
 //!
 //! Cases: `kill -9` of `ferry run` at random moments while this process keeps
 //! writing records and the server fails 10–30 % of requests in every way it knows
@@ -96,6 +99,7 @@ fn run() -> Result<bool, BoxError> {
     let mut quick = false;
     let mut ferry = None;
     let mut kills = None;
+    let mut only: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -108,6 +112,7 @@ fn run() -> Result<bool, BoxError> {
                         .ok_or("--kills needs a number")?,
                 )
             }
+            "--only" => only = Some(args.next().ok_or("--only needs a case name")?),
             other => return Err(format!("unknown argument {other:?} (try --quick)").into()),
         }
     }
@@ -139,16 +144,42 @@ fn run() -> Result<bool, BoxError> {
     );
     let started = std::time::Instant::now();
     let mut tally = Tally::default();
-    for backend in ["sqlite", "json"] {
-        cases::kill_loop(&run, backend, &mut tally)?;
+    let cases = [
+        "kill-loop",
+        "kill-migration",
+        "kill-backup",
+        "crash-snapshots",
+        "full-disk",
+        "bad-input",
+    ];
+    if let Some(case) = &only {
+        if !cases.contains(&case.as_str()) {
+            return Err(format!("--only {case:?}: the cases are {}", cases.join(", ")).into());
+        }
     }
-    cases::kill_migration(&run, &mut tally)?;
-    cases::kill_backup(&run, &mut tally)?;
-    for backend in ["sqlite", "json"] {
-        cases::crash_snapshots(&run, backend, &mut tally)?;
+    let runs = |case: &str| only.as_deref().is_none_or(|o| o == case);
+    if runs("kill-loop") {
+        for backend in ["sqlite", "json"] {
+            cases::kill_loop(&run, backend, &mut tally)?;
+        }
     }
-    cases::full_disk(&run, &mut tally)?;
-    cases::bad_input(&run, &mut tally)?;
+    if runs("kill-migration") {
+        cases::kill_migration(&run, &mut tally)?;
+    }
+    if runs("kill-backup") {
+        cases::kill_backup(&run, &mut tally)?;
+    }
+    if runs("crash-snapshots") {
+        for backend in ["sqlite", "json"] {
+            cases::crash_snapshots(&run, backend, &mut tally)?;
+        }
+    }
+    if runs("full-disk") {
+        cases::full_disk(&run, &mut tally)?;
+    }
+    if runs("bad-input") {
+        cases::bad_input(&run, &mut tally)?;
+    }
     print_table(&tally);
     println!(
         "(the whole run took {:.0} s)",

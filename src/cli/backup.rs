@@ -45,7 +45,9 @@ pub fn backup(config: &Config, dest: &Path) -> Result<Exit, CliError> {
         }
         Backend::Json => dest.join("BACKUP.txt"),
     };
-    std::fs::write(&note_path, &note)
+    // Through a temp named with this pid, like the backup: a kill leaves no half note,
+    // and the next backup removes the temp.
+    store::atomic::write_backup_file(&note_path, note.as_bytes())
         .map_err(|e| CliError::Runtime(format!("writing {}: {e}", note_path.display())))?;
     let mut out = Stdout::new();
     out.line(format_args!(

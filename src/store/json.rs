@@ -5,8 +5,22 @@
 //!
 //! Every file has a lock file beside it (`<file>.lock`): writers take an exclusive
 //! `flock(2)` on it, readers a shared one, so ferry processes and other programs that
-//! follow the same rule never lose a write. Writes replace the file atomically. A file
-//! that does not parse is never written to; the error says where it breaks.
+//! follow the same rule never lose a write. Other programs that lock the data file
+//! itself are honoured too: ferry also takes an flock and an OFD record lock on the
+//! data file (seed 000's service locks it with Python's `fcntl.flock` or
+//! `fcntl.lockf`). Every wait is bounded (30 s) and ends in an error that names the
+//! file.
+//!
+//! A collection's file may be open in another program, owned by it, with its mode:
+//! ferry rewrites it in place, through a journal (`<file>.journal`, see `atomic`),
+//! so it keeps its inode, owner and mode, and a crash leaves the old content or the
+//! new once ferry has taken the file's lock again (an interrupted write is finished
+//! or dropped under the lock, before anything reads the file). ferry's own files are
+//! replaced atomically (temp file, fsync, rename). A file that does not parse is never
+//! written to; the error says where it breaks.
+//!
+//! Parses are cached while a file's identity (inode, length, modification and change
+//! times) holds; an in-place write that would leave it unchanged moves the time on.
 //!
 //! This backend keeps a collection in memory while it works on it: it suits the
 //! thousands of records a hand-editable file holds, not millions (use SQLite for those).
@@ -17,6 +31,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
@@ -29,7 +44,9 @@ use crate::config::{Backend, Collection};
 
 pub const TRACKING_FILE: &str = "sync_tracking.json";
 /// The longest ferry waits for another process's lock on a JSON file.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+/// How often a waiting lock is tried again.
+const LOCK_POLL: Duration = Duration::from_millis(5);
 pub const TOMBSTONES_FILE: &str = "ferry_tombstones.json";
 /// `{"store_id": …, "collections": {name: baseline}}`: see [`Baseline`].
 pub const BASELINE_FILE: &str = "ferry_baseline.json";
@@ -71,11 +88,58 @@ pub struct JsonStore {
 
 type TrackingRows = Arc<HashMap<String, HashMap<Key, Tracking>>>;
 
-/// An flock held on a lock file, released on drop (closing the descriptor releases it).
-pub(crate) struct FileLock(#[allow(dead_code)] File);
+/// The locks held on a JSON file, released on drop (closing a descriptor releases the
+/// flock and the OFD lock taken through it).
+pub(crate) struct FileLock {
+    _lock_file: File,
+    /// The data file itself, locked the way other programs lock it; `None` when it
+    /// does not exist. Open for writing under an exclusive lock.
+    data: Option<File>,
+}
 
-/// Takes the lock every reader (shared) and writer (exclusive) of `path` takes.
+impl FileLock {
+    fn data(&self) -> Option<&File> {
+        self.data.as_ref()
+    }
+}
+
+/// Takes the locks every reader (shared) and writer (exclusive) of `path` takes: an
+/// flock on `<path>.lock` (ferry's protocol, SPEC §4), then, on the data file itself,
+/// an flock and an OFD record lock (what seed 000's service takes with
+/// `fcntl.flock` or `fcntl.lockf`; OFD locks conflict with `lockf`'s and belong to
+/// the descriptor, not the process, so closing another descriptor of the file does
+/// not drop them). An interrupted in-place write found under the lock is finished
+/// (or dropped) before this returns.
 pub(crate) fn lock(path: &Path, exclusive: bool) -> Result<FileLock, StoreError> {
+    // Waiting is bounded: a process that holds a lock for this long is stuck, and
+    // ferry says so rather than freezing behind it.
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        let lock_file = lock_lock_file(path, exclusive, deadline)?;
+        let data = lock_data_file(path, exclusive, deadline)?;
+        let journal = atomic::journal_path(path);
+        if fs::symlink_metadata(&journal).is_err() {
+            return Ok(FileLock {
+                _lock_file: lock_file,
+                data,
+            });
+        }
+        if exclusive {
+            finish_journal(path, data.as_ref())?;
+            return Ok(FileLock {
+                _lock_file: lock_file,
+                data,
+            });
+        }
+        // A reader cannot finish a write: it takes the writer's lock to do so, then
+        // its own again.
+        drop(data);
+        drop(lock_file);
+        drop(lock(path, true)?);
+    }
+}
+
+fn lock_lock_file(path: &Path, exclusive: bool, deadline: Instant) -> Result<File, StoreError> {
     let lock_path = lock_path(path);
     let file = OpenOptions::new()
         .read(true)
@@ -89,9 +153,6 @@ pub(crate) fn lock(path: &Path, exclusive: bool) -> Result<FileLock, StoreError>
             _ => Err(err),
         })
         .map_err(StoreError::io(&lock_path, "opening the lock file"))?;
-    // Waiting is bounded: a process that holds a lock for this long is stuck, and
-    // ferry says so rather than freezing behind it.
-    let started = std::time::Instant::now();
     loop {
         let attempt = if exclusive {
             file.try_lock()
@@ -99,9 +160,9 @@ pub(crate) fn lock(path: &Path, exclusive: bool) -> Result<FileLock, StoreError>
             file.try_lock_shared()
         };
         match attempt {
-            Ok(()) => return Ok(FileLock(file)),
-            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_WAIT => {
-                std::thread::sleep(std::time::Duration::from_millis(5));
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(LOCK_POLL);
             }
             Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(StoreError::Io {
@@ -112,6 +173,139 @@ pub(crate) fn lock(path: &Path, exclusive: bool) -> Result<FileLock, StoreError>
             }
             Err(std::fs::TryLockError::Error(err)) => return Err(StoreError::io(&lock_path, "locking")(err)),
         }
+    }
+}
+
+/// Opens and locks the data file (`None` if it does not exist).
+fn lock_data_file(
+    path: &Path,
+    exclusive: bool,
+    deadline: Instant,
+) -> Result<Option<File>, StoreError> {
+    loop {
+        let opened = OpenOptions::new().read(true).write(exclusive).open(path);
+        let file = match opened {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) if exclusive => {
+                return Err(StoreError::io(
+                    path,
+                    "opening the file for writing in place",
+                )(err))
+            }
+            Err(err) => return Err(StoreError::io(path, "opening the file for reading")(err)),
+        };
+        let locked = try_lock_data(&file, exclusive).map_err(StoreError::io(path, "locking"))?;
+        if locked {
+            // A program that replaced the file (a rename) while ferry waited: the lock
+            // is on a file no longer there; lock the one that is.
+            if is_still(&file, path) {
+                return Ok(Some(file));
+            }
+            continue;
+        }
+        if Instant::now() >= deadline {
+            return Err(StoreError::Io {
+                path: path.to_path_buf(),
+                op: "waiting for another program's lock on the file (held for 30 s: is the \
+                     program that shares this file stuck?)",
+                source: io::Error::from(io::ErrorKind::TimedOut),
+            });
+        }
+        drop(file);
+        std::thread::sleep(LOCK_POLL);
+    }
+}
+
+/// Takes both locks on the data file, or neither: ferry never waits while holding
+/// one of them, so a program that takes them in the other order cannot deadlock it.
+fn try_lock_data(file: &File, exclusive: bool) -> io::Result<bool> {
+    let flock = if exclusive {
+        file.try_lock()
+    } else {
+        file.try_lock_shared()
+    };
+    match flock {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
+        Err(std::fs::TryLockError::Error(err)) => return Err(err),
+    }
+    match try_lock_ofd(file, exclusive) {
+        Ok(true) => Ok(true),
+        Ok(false) => {
+            file.unlock()?;
+            Ok(false)
+        }
+        Err(err) => {
+            let _ = file.unlock();
+            Err(err)
+        }
+    }
+}
+
+/// An OFD record lock on the whole file (`F_OFD_SETLK`): false when another holds a
+/// conflicting lock (an OFD lock, or a classic POSIX lock such as Python's `lockf`).
+fn try_lock_ofd(file: &File, exclusive: bool) -> io::Result<bool> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: an all-zero `flock` is a valid value of this plain C struct.
+    let mut request: libc::flock = unsafe { std::mem::zeroed() };
+    request.l_type = if exclusive {
+        libc::F_WRLCK as libc::c_short
+    } else {
+        libc::F_RDLCK as libc::c_short
+    };
+    request.l_whence = libc::SEEK_SET as libc::c_short;
+    // l_start = 0, l_len = 0: the whole file, however it grows; l_pid must be 0.
+    // SAFETY: fcntl on a descriptor we own, with a pointer to a live `flock`.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &request) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EAGAIN | libc::EACCES) => Ok(false),
+        // A kernel older than 3.15 has no OFD locks: the flock still excludes
+        // programs that use flock.
+        Some(libc::EINVAL) => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| tracing::warn!("this kernel has no OFD locks: JSON files are locked with flock only, which programs using lockf do not see"));
+            Ok(true)
+        }
+        _ => Err(err),
+    }
+}
+
+/// Whether `path` still names the file open as `file`.
+fn is_still(file: &File, path: &Path) -> bool {
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
+    }
+}
+
+/// Finishes (or drops) what an interrupted in-place write left, under the exclusive
+/// lock, and says so in the log.
+fn finish_journal(path: &Path, file: Option<&File>) -> Result<(), StoreError> {
+    let journal = atomic::journal_path(path);
+    atomic::remove_stale_temps(&journal);
+    match atomic::finish_journal(path, file) {
+        Ok(atomic::Recovery::None) => Ok(()),
+        Ok(atomic::Recovery::Completed) => {
+            tracing::info!(path = %path.display(), "removed the journal of a write that was interrupted after it had reached the file");
+            Ok(())
+        }
+        Ok(atomic::Recovery::Replayed) => {
+            tracing::warn!(path = %path.display(), "finished a write that was interrupted (a crash or a kill) from its journal");
+            Ok(())
+        }
+        Ok(atomic::Recovery::Dropped(why)) => {
+            tracing::warn!(path = %path.display(), "dropped the journal of an interrupted write: {why}");
+            Ok(())
+        }
+        Err(err) => Err(StoreError::io(
+            journal,
+            "finishing an interrupted write from its journal",
+        )(err)),
     }
 }
 
@@ -187,15 +381,16 @@ impl JsonStore {
         Ok(object)
     }
 
-    /// Changes the object in `path` under an exclusive lock and replaces the file
-    /// atomically. `change` returns whether it changed anything; nothing is written
-    /// when it did not.
+    /// Changes the object in `path` under an exclusive lock and writes it back: a
+    /// collection's file in place (it may be shared with another program, which
+    /// keeps its inode, owner and mode), ferry's own files by an atomic replace.
+    /// `change` returns whether it changed anything; nothing is written when it did not.
     fn update<R>(
         &mut self,
         path: &Path,
         change: impl FnOnce(&mut Map<String, Value>) -> Result<(R, bool), StoreError>,
     ) -> Result<R, StoreError> {
-        let _guard = lock(path, true)?;
+        let guard = lock(path, true)?;
         // Always read afresh under the exclusive lock: a cached parse is trusted for
         // reads, never as the base of a write (an inode number can be reused).
         self.cache.remove(path);
@@ -205,8 +400,28 @@ impl JsonStore {
         let (result, changed) = change(&mut object)?;
         if changed {
             atomic::remove_stale_temps(path);
-            atomic::replace(path, |out| write_pretty(out, &object))
-                .map_err(StoreError::io(path, "writing"))?;
+            let shared = self.collections.iter().any(|c| self.file_of(c) == path);
+            match guard.data() {
+                Some(file) if shared => write_in_place(path, file, &object)?,
+                None if shared => {
+                    let mut bytes = Vec::new();
+                    write_pretty(&mut bytes, &object).map_err(StoreError::io(path, "writing"))?;
+                    atomic::create_new(path, &bytes).map_err(|err| {
+                        if err.kind() == io::ErrorKind::AlreadyExists {
+                            StoreError::Io {
+                                path: path.to_path_buf(),
+                                op: "creating the file (another program created it at the same \
+                                     moment; nothing was written: try again)",
+                                source: err,
+                            }
+                        } else {
+                            StoreError::io(path, "creating the file")(err)
+                        }
+                    })?;
+                }
+                _ => atomic::replace(path, |out| write_pretty(out, &object))
+                    .map_err(StoreError::io(path, "writing"))?,
+            }
             let meta = fs::metadata(path).map_err(StoreError::io(path, "reading metadata"))?;
             self.cache.insert(
                 path.to_path_buf(),
@@ -218,6 +433,7 @@ impl JsonStore {
                 },
             );
         }
+        drop(guard);
         Ok(result)
     }
 
@@ -339,6 +555,37 @@ fn record_from_entry(collection: &Collection, key_text: &str, value: &Value) -> 
 fn write_pretty(out: &mut dyn Write, object: &Map<String, Value>) -> io::Result<()> {
     serde_json::to_writer_pretty(&mut *out, object).map_err(io::Error::from)?;
     out.write_all(b"\n")
+}
+
+/// Rewrites a collection's file in place through `file` (open for writing, locked
+/// exclusively), crash-safe through a journal (see `atomic`).
+fn write_in_place(path: &Path, file: &File, object: &Map<String, Value>) -> Result<(), StoreError> {
+    let mut bytes = Vec::new();
+    write_pretty(&mut bytes, object).map_err(StoreError::io(path, "writing"))?;
+    let before = file
+        .metadata()
+        .map_err(StoreError::io(path, "reading metadata"))?;
+    let before = FileIdentity::of(&before);
+    atomic::remove_stale_temps(&atomic::journal_path(path));
+    atomic::rewrite_in_place(path, file, &bytes)
+        .map_err(StoreError::io(path, "writing the file in place"))?;
+    make_change_visible(file, before, bytes[0]).map_err(StoreError::io(path, "writing"))
+}
+
+/// Readers keep a parse while the file's identity (inode, length, times) holds. An
+/// in-place rewrite keeps the inode, often the length, and within one tick of the
+/// kernel's coarse clock the times too: then the first byte is written again until
+/// the time moves (a write needs only write access; setting a time needs ownership).
+fn make_change_visible(file: &File, before: FileIdentity, first: u8) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    for _ in 0..100 {
+        if FileIdentity::of(&file.metadata()?) != before {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+        file.write_all_at(&[first], 0)?;
+    }
+    Ok(())
 }
 
 fn tracking_to_json(row: &Tracking) -> Value {
@@ -1109,22 +1356,150 @@ impl Store for JsonStore {
     }
 
     fn backup(&mut self, dest: &Path) -> Result<(), StoreError> {
-        fs::create_dir_all(dest).map_err(StoreError::io(dest, "creating the backup folder"))?;
+        // Written into a temp folder beside `dest`, then moved in: a killed backup
+        // leaves only that folder (named with its pid), which the next one removes.
+        let parent = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs::create_dir_all(&parent)
+            .map_err(StoreError::io(&parent, "creating the backup folder"))?;
+        atomic::remove_dead_temps(&parent);
+        if dest.is_dir() {
+            atomic::remove_dead_temps(dest);
+        }
+        let temp = atomic::backup_temp(dest);
+        // Only a process that had this pid before can have left it.
+        let _ = fs::remove_dir_all(&temp);
+        fs::create_dir(&temp)
+            .map_err(StoreError::io(&temp, "creating the backup's temp folder"))?;
         let mut files: Vec<PathBuf> = self.collections.iter().map(|c| self.file_of(c)).collect();
         files.push(self.dir.join(TRACKING_FILE));
         files.push(self.dir.join(TOMBSTONES_FILE));
         files.push(self.dir.join(BASELINE_FILE));
-        for file in files {
-            let _guard = lock(&file, false)?;
-            let bytes = match fs::read(&file) {
-                Ok(bytes) => bytes,
-                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
-                Err(err) => return Err(StoreError::io(&file, "reading for a backup")(err)),
+        let result = (|| {
+            let mut names = Vec::new();
+            for file in files {
+                let bytes = {
+                    let _guard = lock(&file, false)?;
+                    match fs::read(&file) {
+                        Ok(bytes) => bytes,
+                        Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                        Err(err) => return Err(StoreError::io(&file, "reading for a backup")(err)),
+                    }
+                };
+                let name = file.file_name().unwrap_or_default().to_os_string();
+                let target = temp.join(&name);
+                File::create(&target)
+                    .and_then(|mut out| {
+                        out.write_all(&bytes)?;
+                        out.sync_all()
+                    })
+                    .map_err(StoreError::io(&target, "writing the backup"))?;
+                names.push(name);
+            }
+            let sync = |dir: &Path| {
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(StoreError::io(dir, "writing the backup"))
             };
-            let target = dest.join(file.file_name().unwrap_or_default());
-            atomic::replace(&target, |out| out.write_all(&bytes))
-                .map_err(StoreError::io(&target, "writing the backup"))?;
+            sync(&temp)?;
+            if dest.exists() {
+                for name in &names {
+                    fs::rename(temp.join(name), dest.join(name))
+                        .map_err(StoreError::io(dest.join(name), "writing the backup"))?;
+                }
+                sync(dest)?;
+                fs::remove_dir(&temp)
+                    .map_err(StoreError::io(&temp, "removing the backup's temp folder"))?;
+            } else {
+                fs::rename(&temp, dest).map_err(StoreError::io(dest, "finishing the backup"))?;
+            }
+            sync(&parent)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&temp);
         }
-        Ok(())
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Even a write that changed nothing a reader's cache looks at (same inode, same
+    /// length, times within one clock tick) ends with the file's identity moved on.
+    #[test]
+    fn make_change_visible_moves_an_unchanged_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("downloads.json");
+        fs::write(&path, "{}\n").unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let before = FileIdentity::of(&file.metadata().unwrap());
+        make_change_visible(&file, before, b'{').unwrap();
+        assert_ne!(FileIdentity::of(&fs::metadata(&path).unwrap()), before);
+        assert_eq!(fs::read(&path).unwrap(), b"{}\n");
+    }
+
+    /// ferry's locks exclude another program's: Python's `fcntl.flock` and
+    /// `fcntl.lockf` on the data file, tried without waiting, fail while ferry holds
+    /// its exclusive lock; a shared one lets another reader in.
+    #[test]
+    fn ferrys_locks_exclude_python_flock_and_lockf() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("downloads.json");
+        fs::write(&path, "{}\n").unwrap();
+        let try_lock = |how: &str| {
+            let script = r#"
+import fcntl, sys
+path, how = sys.argv[1], sys.argv[2]
+with open(path, 'r+') as f:
+    try:
+        if how == 'flock-ex':
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        elif how == 'flock-sh':
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        elif how == 'lockf-ex':
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            fcntl.lockf(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        print('got it')
+    except OSError:
+        print('blocked')
+"#;
+            let out = std::process::Command::new("python3")
+                .args(["-c", script])
+                .arg(&path)
+                .arg(how)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let held = lock(&path, true).unwrap();
+        for how in ["flock-ex", "flock-sh", "lockf-ex", "lockf-sh"] {
+            assert_eq!(
+                try_lock(how),
+                "blocked",
+                "{how} under ferry's exclusive lock"
+            );
+        }
+        drop(held);
+        let held = lock(&path, false).unwrap();
+        assert_eq!(try_lock("flock-sh"), "got it");
+        assert_eq!(try_lock("lockf-sh"), "got it");
+        assert_eq!(try_lock("flock-ex"), "blocked");
+        assert_eq!(try_lock("lockf-ex"), "blocked");
+        drop(held);
+        assert_eq!(try_lock("lockf-ex"), "got it");
     }
 }

@@ -6,7 +6,7 @@
 //! The store owns records, delivery tracking (`sync_tracking`), deletion tombstones
 //! and the bookkeeping that makes finding work cheap. It never talks to the network.
 
-mod atomic;
+pub(crate) mod atomic;
 mod error;
 pub mod json;
 pub mod migrate;

@@ -2553,13 +2553,21 @@ impl Store for SqliteStore {
         // VACUUM INTO writes one consistent snapshot in a single statement (the
         // stepwise online backup starts over whenever another connection commits, and
         // may never finish while the daemon writes); it goes to a temp file, then an
-        // atomic rename: a reader of `dest` never sees half a backup.
-        let temp = dest.with_file_name(format!(
-            "{}{}",
-            atomic::temp_prefix(dest),
-            std::process::id()
-        ));
+        // atomic rename: a reader of `dest` never sees half a backup. A temp is named
+        // with its pid: what killed backups left is removed here.
+        let folder = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        atomic::remove_dead_temps(folder);
+        let temp = atomic::backup_temp(dest);
+        let journal = {
+            let mut name = temp.clone().into_os_string();
+            name.push("-journal");
+            std::path::PathBuf::from(name)
+        };
         let _ = std::fs::remove_file(&temp);
+        let _ = std::fs::remove_file(&journal);
         let target = temp.to_string_lossy().into_owned();
         let result = self
             .conn
@@ -2570,10 +2578,12 @@ impl Store for SqliteStore {
                 std::fs::File::open(&temp)
                     .and_then(|f| f.sync_all())
                     .and_then(|()| std::fs::rename(&temp, dest))
+                    .and_then(|()| std::fs::File::open(folder)?.sync_all())
                     .map_err(StoreError::io(dest, "finishing the backup"))
             });
         if result.is_err() {
             let _ = std::fs::remove_file(&temp);
+            let _ = std::fs::remove_file(&journal);
         }
         result
     }

@@ -2,8 +2,10 @@
 
 mod support;
 
+mod backup_leftovers;
 mod cli;
 mod every_path;
+mod json_interop;
 mod migrate;
 mod operator;
 mod run_lock;
