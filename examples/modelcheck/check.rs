@@ -299,10 +299,19 @@ pub fn check_server(input: &Input, findings: &mut Vec<Finding>, tally: &mut Tall
                     )
                 })
                 .collect();
+            let sigs: std::collections::BTreeSet<&str> = group
+                .iter()
+                .filter_map(|row| row.created.get(field).and_then(Value::as_str))
+                .collect();
+            let same = if sigs.len() == 1 {
+                " (the same version each time; the bodies differ at most in how updated_at is spelt)"
+            } else {
+                ""
+            };
             findings.push(Finding::new(
                 Kind::Duplicated,
                 format!(
-                    "{name} {key} (incarnation {inc}{}) stored {} times{}: {}",
+                    "{name} {key} (incarnation {inc}{}) stored {} times{}{same}: {}",
                     if ver > 0 {
                         format!(", version {ver}")
                     } else {

@@ -395,6 +395,10 @@ impl Driver<'_> {
                 );
                 return Ok(false);
             }
+            if self.ferry.is_none() {
+                // The server model's kill -9 (armed before a reload): start again.
+                return self.start(&format!("{what}, after the kill on a request"));
+            }
             std::thread::sleep(Duration::from_millis(2));
         }
         self.finding(
@@ -444,20 +448,28 @@ impl Driver<'_> {
         Ok(Some(()))
     }
 
-    /// The child's exit, if it exited; it is reaped (under the kill arm's lock).
+    /// The child's exit, if it exited; it is reaped (under the kill arm's lock). A
+    /// `kill -9` the server model fired on a request is expected: it is counted and
+    /// said here, and comes back as `None` with the child gone.
     fn reap_if_exited(&mut self) -> Result<Option<String>, BoxError> {
         let Some(child) = self.ferry.as_mut() else {
             return Ok(None);
         };
         let mut arm = self.kill.lock().unwrap_or_else(|p| p.into_inner());
-        match child.try_wait()? {
-            None => Ok(None),
-            Some(status) => {
-                arm.pid = None;
-                self.ferry = None;
-                Ok(Some(describe_status(status)))
-            }
+        let Some(status) = child.try_wait()? else {
+            return Ok(None);
+        };
+        arm.pid = None;
+        self.ferry = None;
+        let code = describe_status(status);
+        if arm.fired && code == "signal 9" {
+            arm.fired = false;
+            drop(arm);
+            self.counts.kill_on_request += 1;
+            self.say("ferry killed (-9) by the server model on a request");
+            return Ok(None);
         }
+        Ok(Some(code))
     }
 
     /// Between events: a ferry that died is restarted; an unexpected death is a finding.
@@ -465,24 +477,17 @@ impl Driver<'_> {
         if self.ferry.is_none() || self.broken {
             return Ok(());
         }
-        let fired = self.kill.lock().map(|a| a.fired).unwrap_or(false);
         if let Some(code) = self.reap_if_exited()? {
-            if fired && code == "signal 9" {
-                if let Ok(mut arm) = self.kill.lock() {
-                    arm.fired = false;
-                }
-                self.counts.kill_on_request += 1;
-                self.say("ferry killed (-9) by the server model on a request; start again");
-            } else {
-                self.finding(
-                    Kind::Crash,
-                    format!(
-                        "ferry run exited by itself ({code}); its log:\n{}",
-                        self.log_tail(12)
-                    ),
-                    Vec::new(),
-                );
-            }
+            self.finding(
+                Kind::Crash,
+                format!(
+                    "ferry run exited by itself ({code}); its log:\n{}",
+                    self.log_tail(12)
+                ),
+                Vec::new(),
+            );
+        }
+        if self.ferry.is_none() {
             self.start("after a kill")?;
         }
         Ok(())
@@ -535,6 +540,10 @@ impl Driver<'_> {
                 } else {
                     self.say(format!("ferry stopped (SIGTERM, {why}): exit 0"));
                 }
+                return Ok(());
+            }
+            if self.ferry.is_none() {
+                // The server model's kill -9 came first.
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -1141,17 +1150,15 @@ impl Driver<'_> {
             std::thread::sleep(Duration::from_millis(50));
         }
         let waited = drain_start.elapsed();
-        let cpu = match (cpu_start, self.cpu_ticks()) {
+        let cpu_percent = match (cpu_start, self.cpu_ticks()) {
             (Some(a), Some(b)) => {
                 // SAFETY: sysconf has no preconditions.
                 let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-                format!(
-                    "{:.0} % CPU",
-                    b.saturating_sub(a) as f64 / hz / waited.as_secs_f64() * 100.0
-                )
+                b.saturating_sub(a) as f64 / hz / waited.as_secs_f64() * 100.0
             }
-            _ => "CPU unknown".into(),
+            _ => 0.0,
         };
+        let cpu = format!("{cpu_percent:.0} % CPU");
         self.say(format!(
             "drain: {} after {:.1} s of ferry run ({cpu})",
             if converged {
@@ -1187,17 +1194,21 @@ impl Driver<'_> {
             self.must(&["retry"])?;
             let (code, text) =
                 self.ferry_command_within(&["sync", "--once"], Duration::from_secs(8))?;
-            let delivered = check::missing(&self.colls, &self.server.snapshot().rows).is_empty();
+            let still: Vec<String> = check::missing(&self.colls, &self.server.snapshot().rows)
+                .iter()
+                .map(|m| format!("{}/{}", m.collection, m.key))
+                .filter(|id| stuck.contains(id))
+                .collect();
             once_result = format!(
-                "; then `ferry sync --once` {} and the server {}{}",
+                "; then `ferry sync --once` {} and {}{}",
                 match code {
                     Some(code) => format!("exited {code}"),
                     None => "did not finish in 8 s".into(),
                 },
-                if delivered {
-                    "had everything"
+                if still.is_empty() {
+                    "delivered them".to_string()
                 } else {
-                    "still missed records"
+                    format!("{} of them were still missing", still.len())
                 },
                 text.lines()
                     .last()
@@ -1237,9 +1248,10 @@ impl Driver<'_> {
             found.push(Finding::new(
                 Kind::Stalled,
                 format!(
-                    "{} record(s) not delivered {:.0} s after the last write with faults off ({cpu} meanwhile; ferry stats said {stuck_pending} pending){once_result}: {}{}",
+                    "{} record(s) not delivered {:.0} s after the last write with faults off (ferry run {} meanwhile: {cpu}; ferry stats said {stuck_pending} pending){once_result}: {}{}",
                     stuck.len().max(stuck_pending as usize),
                     waited.as_secs_f64(),
+                    if cpu_percent > 20.0 { "spinning" } else { "idle" },
                     shown.join(", "),
                     if stuck.len() > shown.len() { ", …" } else { "" }
                 ),

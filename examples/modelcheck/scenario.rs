@@ -543,7 +543,7 @@ impl Scenario {
     pub fn describe(&self) -> String {
         let kinds: Vec<&str> = self.faults.kinds.iter().map(|k| k.name()).collect();
         format!(
-            "{} backend; {}; max_concurrent {}, timeout {} ms, max_retry_delay {} ms, retry_failed_every {}, batch_size {}; faults {:.0} % of {}{}",
+            "{} backend; {}; max_concurrent {}, timeout {} ms, max_retry_delay {} ms, retry_failed_every {}, batch_size {}; faults {:.0} % of requests, from {}{}",
             self.backend.as_str(),
             self.specs.iter().map(Spec::describe).collect::<Vec<_>>().join(", "),
             self.ferry.max_concurrent,
