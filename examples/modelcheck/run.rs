@@ -728,10 +728,12 @@ impl Driver<'_> {
             return Ok(());
         }
         let log = self.log_tail(400);
+        // Since this SIGHUP: ferry says "reload failed, going back to the previous
+        // config", then "reloaded" with the old one.
         let failed = log
             .lines()
             .rev()
-            .take_while(|l| !l.contains("reloaded"))
+            .take_while(|l| !l.contains("SIGHUP"))
             .find(|l| l.contains("reload failed") || l.contains("reload refused"));
         if let Some(line) = failed {
             self.finding(Kind::Crash, format!("{why}: {line}"), Vec::new());
