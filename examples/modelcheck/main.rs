@@ -333,25 +333,22 @@ fn real_main() -> Result<bool, BoxError> {
     }
     let run_time = started.elapsed();
 
-    // Shrink the first failure of each kind (or the one seed asked for).
+    // Shrink the first failure of each kind, keeping that kind: a scenario that fails
+    // in several ways gives one short history per way.
     let mut shrunk = Vec::new();
     if args.shrink && args.events.is_none() {
-        let mut done_kinds = Vec::new();
         let mut sorted: Vec<&Outcome> = outcomes.iter().filter(|o| o.failed()).collect();
         sorted.sort_by_key(|o| o.seed);
-        for outcome in sorted {
-            let kinds = outcome.kinds();
-            if kinds.iter().all(|k| done_kinds.contains(k)) {
-                continue;
-            }
-            done_kinds.extend(kinds.iter().copied());
-            let budget = Duration::from_secs(if args.quick {
-                args.shrink_secs.min(30)
-            } else {
-                args.shrink_secs
-            });
-            if let Some(result) = shrink(outcome, &opts, budget, &out)? {
-                shrunk.push(result);
+        let budget = Duration::from_secs(if args.quick {
+            args.shrink_secs.min(30)
+        } else {
+            args.shrink_secs
+        });
+        for kind in KINDS {
+            if let Some(outcome) = sorted.iter().find(|o| o.kinds().contains(&kind)) {
+                if let Some(result) = shrink(outcome, kind, &opts, budget, &out)? {
+                    shrunk.push(result);
+                }
             }
         }
     }
@@ -481,35 +478,29 @@ struct Shrunk {
     to: usize,
     keep: Vec<bool>,
     runs: u32,
-    kinds: Vec<Kind>,
+    kind: Kind,
 }
 
-/// Takes events out while the failure (one of its kinds) persists, chunks first,
-/// then one by one, until the budget is spent.
+/// Takes events out while a failure of kind `wanted` persists, chunks first, then
+/// one by one, until the budget is spent.
 fn shrink(
     original: &Outcome,
+    wanted: Kind,
     opts: &Options,
     budget: Duration,
     out: &Path,
 ) -> Result<Option<Shrunk>, BoxError> {
     let scenario = Scenario::generate(original.seed);
     let count = scenario.events.len();
-    let wanted = original.kinds();
     let started = Instant::now();
     let mut keep = vec![true; count];
     let mut best: Option<Outcome> = None;
     let mut runs = 0;
     let mut chunk = count.div_ceil(2).max(1);
     println!(
-        "shrinking seed {} ({} events; {} s at most; it fails with {})",
+        "shrinking seed {} for {wanted} ({count} events; {} s at most)",
         original.seed,
-        count,
         budget.as_secs(),
-        wanted
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
     );
     'outer: while chunk >= 1 {
         let mut progressed = false;
@@ -530,7 +521,7 @@ fn shrink(
             }
             runs += 1;
             let outcome = run::run(&scenario, Some(&candidate), opts)?;
-            if outcome.kinds().iter().any(|k| wanted.contains(k)) {
+            if outcome.kinds().contains(&wanted) {
                 keep = candidate;
                 best = Some(outcome);
                 progressed = true;
@@ -556,9 +547,9 @@ fn shrink(
         "shrunk from {count} to {kept} events in {runs} runs ({:.0} s, time-bounded; timing varies between runs, so an event kept may not be needed)",
         started.elapsed().as_secs_f64()
     );
-    let path = out.join(format!("seed-{}-shrunk.txt", original.seed));
+    let path = out.join(format!("seed-{}-shrunk-{wanted}.txt", original.seed));
     write_report(&best, &path, Some(&note))?;
-    println!("SHRUNK seed {}: {note}", original.seed);
+    println!("SHRUNK seed {} ({wanted}): {note}", original.seed);
     for finding in &best.findings {
         println!(
             "  - {}: {}",
@@ -582,7 +573,7 @@ fn shrink(
         to: kept,
         keep,
         runs,
-        kinds: best.kinds(),
+        kind: wanted,
     }))
 }
 
@@ -724,13 +715,9 @@ fn print_table(
     }
     for s in shrunk {
         println!(
-            "| shrunk: seed {} ({}) | {} → {} events in {} runs: --seed {} --events {} |",
+            "| shrunk: {} (seed {}) | {} → {} events in {} runs: --seed {} --events {} |",
+            s.kind,
             s.seed,
-            s.kinds
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
             s.from,
             s.to,
             s.runs,

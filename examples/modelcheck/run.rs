@@ -416,9 +416,7 @@ impl Driver<'_> {
     /// Starts `ferry run` and waits for READY=1; then checks the store (a start-up
     /// migration may have changed it).
     fn start(&mut self, why: &str) -> Result<bool, BoxError> {
-        let Some(()) = self.spawn()? else {
-            return Ok(false);
-        };
+        self.spawn()?;
         if !self.wait_ready(why)? {
             self.broken = true;
             return Ok(false);
@@ -428,7 +426,7 @@ impl Driver<'_> {
         Ok(true)
     }
 
-    fn spawn(&mut self) -> Result<Option<()>, BoxError> {
+    fn spawn(&mut self) -> Result<(), BoxError> {
         self.counts.starts += 1;
         let log = std::fs::File::create(self.log_path(self.counts.starts))?;
         self.flush_notify();
@@ -445,7 +443,7 @@ impl Driver<'_> {
             self.backend.as_str()
         ));
         self.ferry = Some(child);
-        Ok(Some(()))
+        Ok(())
     }
 
     /// The child's exit, if it exited; it is reaped (under the kill arm's lock). A
