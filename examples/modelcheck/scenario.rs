@@ -542,8 +542,17 @@ impl Scenario {
     /// One line: the collections, backend, config and faults.
     pub fn describe(&self) -> String {
         let kinds: Vec<&str> = self.faults.kinds.iter().map(|k| k.name()).collect();
+        let faults = if self.faults.rate > 0.0 {
+            format!(
+                "faults on {:.0} % of requests, from {}",
+                self.faults.rate * 100.0,
+                kinds.join(", ")
+            )
+        } else {
+            "no faults".to_string()
+        };
         format!(
-            "{} backend; {}; max_concurrent {}, timeout {} ms, max_retry_delay {} ms, retry_failed_every {}, batch_size {}; faults {:.0} % of requests, from {}{}",
+            "{} backend; {}; max_concurrent {}, timeout {} ms, max_retry_delay {} ms, retry_failed_every {}, batch_size {}; {faults}{}",
             self.backend.as_str(),
             self.specs.iter().map(Spec::describe).collect::<Vec<_>>().join(", "),
             self.ferry.max_concurrent,
@@ -551,8 +560,6 @@ impl Scenario {
             self.ferry.max_retry_delay_ms,
             self.ferry.retry_failed_every,
             self.ferry.batch_size,
-            self.faults.rate * 100.0,
-            kinds.join(", "),
             if self.faults.id_in_422 > 0.0 { "" } else { "; 422 answers carry no id" },
         )
     }
