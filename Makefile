@@ -31,7 +31,7 @@ export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER ?= arm-linux-gnueabihf-
 export CC_armv7_unknown_linux_gnueabihf ?= arm-linux-gnueabihf-gcc
 export AR_armv7_unknown_linux_gnueabihf ?= arm-linux-gnueabihf-ar
 
-.PHONY: help build release man test lint fmt run-example bench torture install deb deb-test cross clean
+.PHONY: help build release man test lint fmt run-example bench torture modelcheck install deb deb-test cross clean
 
 help:
 	@echo "make build        debug build"
@@ -41,6 +41,7 @@ help:
 	@echo "make run-example  run ferry on the bundled example config (SQLite, state in $(EXAMPLE))"
 	@echo "make bench        benchmarks that print their figures against the targets"
 	@echo "make torture      kill -9, faults, crash copies, a full disk, bad input: lost/duplicated table"
+	@echo "make modelcheck   seeded scenarios of writes, faults and crashes, checked against a model (10 min)"
 	@echo "make install      install into DESTDIR (default /): binary, config, unit, sysusers, man page"
 	@echo "make deb          build target/deb/ferry_<version>_<arch>.deb (TARGET=<triple> for another board)"
 	@echo "make deb-test     build two .debs, lintian, install/upgrade/remove/purge here (root or sudo)"
@@ -123,6 +124,14 @@ install: release man
 		chmod 0644 $(DESTDIR)$(PREFIX)/share/man/man1/$${page##*/}.gz || exit 1; \
 	done
 	install -d -m 0750 $(DESTDIR)/var/lib/ferry
+
+# The model check (examples/modelcheck/): the fixed seeds of seeds.txt, then fresh
+# random seeds for ten minutes, against the release binary; one table at the end, and
+# a non-zero exit on any failure. MODELCHECK_ARGS="--seed N" replays one scenario.
+MODELCHECK_ARGS ?= --fixed examples/modelcheck/seeds.txt --time 600
+modelcheck:
+	$(CARGO) build --release --locked --bins --examples
+	target/release/examples/modelcheck $(MODELCHECK_ARGS)
 
 # The Debian package: make install into a staging tree, plus DEBIAN/ (packaging/deb/).
 deb:
