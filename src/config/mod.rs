@@ -279,11 +279,12 @@ impl Collection {
         }
     }
 
-    /// Whether a delivered record whose version changed is sent again: as an update
-    /// (`updates` put or post), or — in an append-only collection, whose records do
-    /// not change — as the new record its key now names.
+    /// Whether a delivered record that changed is sent again (as an update, `updates`
+    /// put or post). An append-only collection ignores changes: a record written
+    /// again under a delivered key is a new record only once ferry has seen the first
+    /// one gone (its tracking is then forgotten).
     pub fn sends_changes(&self) -> bool {
-        self.updated_at.is_none() || self.updates() != Updates::Ignore
+        self.updates() != Updates::Ignore
     }
 
     pub fn json_file_name(&self) -> String {
