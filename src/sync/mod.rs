@@ -493,7 +493,12 @@ impl Engine {
                 }
                 Err(err) => return Err(err),
             };
-            if tally != Tally::default() {
+            // A pause is told once, when it starts ("the server is not answering").
+            let quiet = Tally {
+                paused: false,
+                ..tally.clone()
+            };
+            if quiet != Tally::default() {
                 tracing::info!(
                     collection = %name,
                     "{name}: {} delivered, {} to retry, {} failed{}",
@@ -636,7 +641,8 @@ impl Engine {
                     }
                 }
             }
-            if !forget.is_empty() {
+            let forgot = !forget.is_empty();
+            if forgot {
                 let forget_name = name.clone();
                 self.store
                     .call(move |s| s.delete_tracking(&forget_name, &forget))
@@ -724,7 +730,8 @@ impl Engine {
                     self.random(),
                 ));
             }
-            if !rows.is_empty() {
+            let wrote_rows = !rows.is_empty();
+            if wrote_rows {
                 self.store.call(move |s| s.write_tracking(&rows)).await?;
                 lane.beat.step();
             }
@@ -758,14 +765,16 @@ impl Engine {
                 }
             }
             lane.health = health;
-            let progressed = !batch.is_empty() || tally.failed > 0;
+            // Progress: something was sent, or a tracking row changed (abandoned,
+            // settled, refused, forgotten) so that what was handed out is not handed
+            // out again — and more may be waiting behind it (a probe asks for one).
+            let progressed = !batch.is_empty() || wrote_rows || forgot;
             total.add(&tally);
             if single_pass && (tally.paused || !progressed) {
                 return Ok((total, deferred));
             }
             if !progressed {
-                // Everything due was held back (changed too recently), skipped or
-                // abandoned.
+                // Everything due was held back (changed too recently) or skipped.
                 return Ok((total, deferred));
             }
         }
