@@ -10,9 +10,9 @@ use std::time::Duration;
 use reqwest::header::{
     HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER,
 };
-use reqwest::Method;
 
 use super::plan::{self, Outcome};
+use super::transport::{Request, Sending, Transport};
 use super::SyncError;
 use crate::config::Remote;
 use crate::store::now_ms;
@@ -66,16 +66,6 @@ pub struct Client {
     token: Option<Token>,
     idempotency_header: Option<HeaderName>,
     timeout: Duration,
-}
-
-/// A request to make for one record.
-pub struct Request {
-    pub method: Method,
-    /// The path after the base URL (`/api/media`, `/api/downloads/17`).
-    pub path: String,
-    pub body: super::body::JsonBody,
-    pub idempotency_key: String,
-    pub remote_id_pointer: String,
 }
 
 impl Client {
@@ -142,7 +132,7 @@ impl Client {
     }
 
     /// Makes one request and says what came of it.
-    pub async fn send(&self, request: Request) -> Outcome {
+    pub async fn request(&self, request: Request) -> Outcome {
         let bytes = request.body.len() as u64;
         let mut builder = self
             .http
@@ -263,4 +253,10 @@ fn io_kind(err: &dyn std::error::Error) -> Option<std::io::ErrorKind> {
         source = cause.source();
     }
     None
+}
+
+impl Transport for Client {
+    fn send(&self, request: Request) -> Sending<'_> {
+        Box::pin(self.request(request))
+    }
 }
