@@ -25,6 +25,23 @@ use crate::store::{now_ms, Due, DueQuery, Millis, Tracking};
 /// rarely fails that many in a row).
 const TRIP_AFTER: usize = 5;
 
+/// What one batch did.
+struct Step {
+    tally: Tally,
+    /// The earliest time a change held back (one update a second) may go.
+    deferred: Option<Millis>,
+    progressed: bool,
+}
+
+/// What a batch's answers say of the server.
+#[derive(Default)]
+struct Answers {
+    finished: usize,
+    /// Answers that show the server, not the record, is the problem.
+    unhealthy: usize,
+    retry_after: Option<Duration>,
+}
+
 impl Engine {
     /// Runs batches for one collection until nothing is due, the server looks down,
     /// or a stop is asked for. Returns what happened and, if some records were held
@@ -36,225 +53,294 @@ impl Engine {
         single_pass: bool,
     ) -> Result<(Tally, Option<Millis>), SyncError> {
         let mut total = Tally::default();
-        let name = lane.collection.name.as_str().to_string();
-        let policy = plan::RetryPolicy {
-            failed_every: self.config.sync.retry_failed_every.get(),
-            max_delay: self.config.sync.max_retry_delay.get(),
-        };
         loop {
-            let now = now_ms();
             if *shutdown.borrow() {
                 return Ok((total, None));
             }
-            let probing = match lane.health {
-                Health::Up => false,
-                Health::Down { until, .. } if now < until => {
-                    total.paused = true;
-                    return Ok((total, None));
-                }
-                Health::Down { .. } => true,
+            let now = now_ms();
+            let Some(query) = self.next_query(lane, now, single_pass) else {
+                total.paused = true;
+                return Ok((total, None));
             };
-            let full_scan = now >= lane.next_full_scan;
-            if full_scan {
-                lane.next_full_scan =
-                    now + self.config.sync.retry_failed_every.get().as_millis() as Millis;
-            }
-            let query = DueQuery {
-                now,
-                limit: if probing {
-                    1
-                } else {
-                    self.batch_limit(&lane.collection)
-                },
-                include_changed: lane.collection.sends_changes(),
-                full_scan,
-                pace: !single_pass,
-                peek: false,
-            };
-            let query_name = name.clone();
-            let due = self.store.call(move |s| s.due(&query_name, &query)).await?;
+            let name = lane.collection.name.as_str().to_string();
+            let due = self.store.call(move |s| s.due(&name, &query)).await?;
             lane.beat.step();
             if due.is_empty() {
                 return Ok((total, None));
             }
-            let mut tally = Tally::default();
-            let mut rows: Vec<Tracking> = Vec::new();
-            let mut forget: Vec<crate::store::Key> = Vec::new();
-            let mut sends: Vec<Prepared> = Vec::new();
-            let mut deferred: Option<Millis> = None;
-            let device_id = self.config.device_id();
-            for d in due {
-                match plan::action(&d, &lane.collection, now) {
-                    Action::Abandon => match plan::abandoned(&d, now, policy) {
-                        Some(row) => rows.push(row),
-                        None => forget.push(d.key.clone()),
-                    },
-                    Action::Settle => rows.extend(plan::settled(&d, now)),
-                    Action::Defer(at) => {
-                        deferred = Some(deferred.map_or(at, |d: Millis| d.min(at)))
-                    }
-                    Action::Skip => {}
-                    Action::Refuse(error) => {
-                        tally.failed += 1;
-                        tracing::warn!(collection = %name, local_id = %d.key, "{name} {}: {error}", d.key);
-                        rows.push(plan::refused(&d, &name, &error, now, policy));
-                    }
-                    action @ (Action::Create | Action::Put(_)) => {
-                        match Prepared::new(d, action, &lane.collection, device_id) {
-                            Ok(prepared) => sends.push(prepared),
-                            Err((d, attempt, outcome)) => {
-                                tally.failed += 1;
-                                rows.push(plan::after(
-                                    &d,
-                                    &lane.collection,
-                                    &attempt,
-                                    &outcome,
-                                    now,
-                                    policy,
-                                    self.random(),
-                                ));
-                            }
-                        }
-                    }
-                }
-            }
-            let forgot = !forget.is_empty();
-            if forgot {
-                let forget_name = name.clone();
-                self.store
-                    .call(move |s| s.delete_tracking(&forget_name, &forget))
-                    .await?;
-            }
-            // Creates are claimed before any leaves: from here on, a crash, a reload
-            // or a change of the record cannot make their retries use another key.
-            let claims: Vec<Tracking> = sends
-                .iter()
-                .filter(|p| p.attempt.action == Action::Create)
-                .map(|p| plan::claim(&p.due, &name, &p.attempt, now))
-                .collect();
-            if !claims.is_empty() {
-                self.store.call(move |s| s.write_tracking(&claims)).await?;
-                lane.beat.step();
-            }
-            let (batch, unsent) = self
-                .send_batch(&lane.collection, sends, shutdown, &lane.beat)
-                .await;
-            // Creates that never left give their claim back: nothing can have been
-            // stored, and a claim would pin a key for nothing.
-            let mut unclaim: Vec<crate::store::Key> = Vec::new();
-            for p in unsent {
-                if p.attempt.action != Action::Create {
-                    continue;
-                }
-                match &p.due.tracking {
-                    Some(previous) => rows.push(previous.clone()),
-                    None => unclaim.push(p.due.key.clone()),
-                }
-            }
-            if !unclaim.is_empty() {
-                let unclaim_name = name.clone();
-                self.store
-                    .call(move |s| s.delete_tracking(&unclaim_name, &unclaim))
-                    .await?;
-            }
-            let mut unhealthy = 0usize;
-            let mut retry_after: Option<Duration> = None;
-            let now = now_ms();
-            for (p, outcome) in &batch {
-                let d = &p.due;
-                match outcome {
-                    Outcome::Delivered { .. } => tally.delivered += 1,
-                    Outcome::Retry {
-                        retry_after: after, ..
-                    } => {
-                        tally.retrying += 1;
-                        unhealthy += 1;
-                        retry_after = retry_after.max(*after);
-                    }
-                    Outcome::Failed { error, status, .. } => {
-                        tally.failed += 1;
-                        tracing::warn!(
-                            collection = %name,
-                            local_id = %d.key,
-                            http_status = status.map(u32::from),
-                            "{name} {}: {error}",
-                            d.key
-                        );
-                    }
-                }
-                if let Outcome::Delivered {
-                    status, remote_id, ..
-                } = outcome
-                {
-                    tracing::debug!(
-                        collection = %name,
-                        local_id = %d.key,
-                        remote_id = remote_id.as_ref().map(ToString::to_string),
-                        http_status = u32::from(*status),
-                        "{name} {}: delivered",
-                        d.key
-                    );
-                } else {
-                    tracing::debug!(collection = %name, local_id = %d.key, "{name} {}: {outcome:?}", d.key);
-                }
-                rows.push(plan::after(
-                    d,
-                    &lane.collection,
-                    &p.attempt,
-                    outcome,
-                    now,
-                    policy,
-                    self.random(),
-                ));
-            }
-            let wrote_rows = !rows.is_empty();
-            if wrote_rows {
-                self.store.call(move |s| s.write_tracking(&rows)).await?;
-                lane.beat.step();
-            }
-            if tally.delivered > 0 {
-                self.activity.last_push.store(now, Ordering::Relaxed);
-            }
-            if !batch.is_empty() {
-                self.activity.generation.fetch_add(1, Ordering::Relaxed);
-                self.activity.changed.notify_one();
-            }
-            let health = plan::health_after(
-                lane.health,
-                batch.len(),
-                unhealthy,
-                retry_after,
-                now,
-                self.random(),
-            );
-            match (lane.health, health) {
-                (Health::Down { .. }, Health::Up) => {
-                    tracing::info!(collection = %name, "{name}: the server answers again");
-                }
-                (Health::Up, Health::Down { .. }) => {
-                    tracing::warn!(collection = %name, "{name}: the server is not answering; pausing, then probing");
-                }
-                _ => {}
-            }
-            if let Health::Down { .. } = health {
-                if unhealthy > 0 && batch.len() == unhealthy {
-                    tally.paused = true;
-                }
-            }
-            lane.health = health;
-            // Progress: something was sent, or a tracking row changed (abandoned,
-            // settled, refused, forgotten) so that what was handed out is not handed
-            // out again — and more may be waiting behind it (a probe asks for one).
-            let progressed = !batch.is_empty() || wrote_rows || forgot;
-            total.add(&tally);
-            if single_pass && (tally.paused || !progressed) {
-                return Ok((total, deferred));
-            }
-            if !progressed {
-                // Everything due was held back (changed too recently) or skipped.
-                return Ok((total, deferred));
+            let step = self.step(lane, due, now, shutdown).await?;
+            total.add(&step.tally);
+            // Nothing changed (everything was held back or skipped), or the server
+            // looks down during a one-shot pass: this drain is over.
+            if !step.progressed || (single_pass && step.tally.paused) {
+                return Ok((total, step.deferred));
             }
         }
+    }
+
+    /// What to ask the store for next: a batch, or one record to probe a server that
+    /// looked down; `None` while the collection waits out its pause. Once every
+    /// `retry_failed_every`, a full look (the safety net for what the store's
+    /// watermarks cannot see).
+    fn next_query(&self, lane: &mut Lane, now: Millis, single_pass: bool) -> Option<DueQuery> {
+        let probing = match lane.health {
+            Health::Up => false,
+            Health::Down { until, .. } if now < until => return None,
+            Health::Down { .. } => true,
+        };
+        let full_scan = now >= lane.next_full_scan;
+        if full_scan {
+            lane.next_full_scan =
+                now + self.config.sync.retry_failed_every.get().as_millis() as Millis;
+        }
+        Some(DueQuery {
+            now,
+            limit: if probing {
+                1
+            } else {
+                self.batch_limit(&lane.collection)
+            },
+            include_changed: lane.collection.sends_changes(),
+            full_scan,
+            pace: !single_pass,
+            peek: false,
+        })
+    }
+
+    fn policy(&self) -> plan::RetryPolicy {
+        plan::RetryPolicy {
+            failed_every: self.config.sync.retry_failed_every.get(),
+            max_delay: self.config.sync.max_retry_delay.get(),
+        }
+    }
+
+    /// One batch: what [`plan::triage`] decided is written or sent; creates are
+    /// claimed before they leave; every outcome is recorded in one write.
+    async fn step(
+        &self,
+        lane: &mut Lane,
+        due: Vec<Due>,
+        now: Millis,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<Step, SyncError> {
+        let name = lane.collection.name.as_str().to_string();
+        let triage = plan::triage(due, &lane.collection, now, self.policy());
+        let mut tally = Tally {
+            failed: triage.refused,
+            ..Tally::default()
+        };
+        let mut rows = triage.rows;
+        for row in rows
+            .iter()
+            .filter(|r| r.status == crate::store::Status::Failed)
+        {
+            if let Some(error) = &row.error_message {
+                tracing::warn!(collection = %name, local_id = %row.key, "{name} {}: {error}", row.key);
+            }
+        }
+        let forgot = !triage.forget.is_empty();
+        self.forget(&name, triage.forget).await?;
+        let (sends, unbuildable) = self.prepare(triage.sends, &lane.collection);
+        for (d, attempt, outcome) in unbuildable {
+            tally.failed += 1;
+            rows.push(plan::after(
+                &d,
+                &lane.collection,
+                &attempt,
+                &outcome,
+                now,
+                self.policy(),
+                self.random(),
+            ));
+        }
+        self.claim(lane, &sends, now).await?;
+        let (batch, unsent) = self
+            .send_batch(&lane.collection, sends, shutdown, &lane.beat)
+            .await;
+        self.give_back_claims(&name, unsent, &mut rows).await?;
+        let answers = self.read_outcomes(lane, &batch, &mut rows, &mut tally);
+        let wrote = !rows.is_empty();
+        if wrote {
+            self.store.call(move |s| s.write_tracking(&rows)).await?;
+            lane.beat.step();
+        }
+        self.note_activity(&tally, batch.len(), now);
+        self.judge_health(lane, answers, &mut tally, now);
+        Ok(Step {
+            tally,
+            deferred: triage.deferred,
+            // Something was sent, or a tracking row changed (abandoned, settled,
+            // refused, forgotten) so that what was handed out is not handed out again —
+            // and more may be waiting behind it (a probe asks for one).
+            progressed: !batch.is_empty() || wrote || forgot,
+        })
+    }
+
+    async fn forget(&self, name: &str, keys: Vec<crate::store::Key>) -> Result<(), SyncError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let name = name.to_string();
+        self.store
+            .call(move |s| s.delete_tracking(&name, &keys))
+            .await
+    }
+
+    /// The requests for what is to be sent; the records whose body cannot be built,
+    /// with the outcome that says why.
+    #[allow(clippy::type_complexity)]
+    fn prepare(
+        &self,
+        sends: Vec<(Due, Action)>,
+        collection: &Collection,
+    ) -> (Vec<Prepared>, Vec<(Due, plan::Attempt, Outcome)>) {
+        let device_id = self.config.device_id();
+        let mut ready = Vec::with_capacity(sends.len());
+        let mut unbuildable = Vec::new();
+        for (d, action) in sends {
+            match Prepared::new(d, action, collection, device_id) {
+                Ok(prepared) => ready.push(prepared),
+                Err(refused) => unbuildable.push(refused),
+            }
+        }
+        (ready, unbuildable)
+    }
+
+    /// Creates are claimed before any leaves: from here on, a crash, a reload or a
+    /// change of the record cannot make their retries use another key.
+    async fn claim(&self, lane: &Lane, sends: &[Prepared], now: Millis) -> Result<(), SyncError> {
+        let name = lane.collection.name.as_str();
+        let claims: Vec<Tracking> = sends
+            .iter()
+            .filter(|p| p.attempt.action == Action::Create)
+            .map(|p| plan::claim(&p.due, name, &p.attempt, now))
+            .collect();
+        if !claims.is_empty() {
+            self.store.call(move |s| s.write_tracking(&claims)).await?;
+            lane.beat.step();
+        }
+        Ok(())
+    }
+
+    /// Creates that never left give their claim back: nothing can have been stored,
+    /// and a claim would pin a key for nothing.
+    async fn give_back_claims(
+        &self,
+        name: &str,
+        unsent: Vec<Prepared>,
+        rows: &mut Vec<Tracking>,
+    ) -> Result<(), SyncError> {
+        let mut unclaim = Vec::new();
+        for p in unsent
+            .into_iter()
+            .filter(|p| p.attempt.action == Action::Create)
+        {
+            match p.due.tracking {
+                Some(previous) => rows.push(previous),
+                None => unclaim.push(p.due.key),
+            }
+        }
+        self.forget(name, unclaim).await
+    }
+
+    /// The tracking rows of a batch's outcomes (into `rows`), the tally, and what
+    /// they say of the server's health.
+    fn read_outcomes(
+        &self,
+        lane: &Lane,
+        batch: &[(Prepared, Outcome)],
+        rows: &mut Vec<Tracking>,
+        tally: &mut Tally,
+    ) -> Answers {
+        let name = lane.collection.name.as_str();
+        let now = now_ms();
+        let mut answers = Answers {
+            finished: batch.len(),
+            ..Answers::default()
+        };
+        for (p, outcome) in batch {
+            let key = &p.due.key;
+            match outcome {
+                Outcome::Delivered {
+                    status, remote_id, ..
+                } => {
+                    tally.delivered += 1;
+                    tracing::debug!(
+                        collection = %name,
+                        local_id = %key,
+                        remote_id = remote_id.as_ref().map(ToString::to_string),
+                        http_status = u32::from(*status),
+                        "{name} {key}: delivered"
+                    );
+                }
+                Outcome::Retry { retry_after, .. } => {
+                    tally.retrying += 1;
+                    answers.unhealthy += 1;
+                    answers.retry_after = answers.retry_after.max(*retry_after);
+                    tracing::debug!(collection = %name, local_id = %key, "{name} {key}: {outcome:?}");
+                }
+                Outcome::Failed { error, status, .. } => {
+                    tally.failed += 1;
+                    tracing::warn!(
+                        collection = %name,
+                        local_id = %key,
+                        http_status = status.map(u32::from),
+                        "{name} {key}: {error}"
+                    );
+                }
+            }
+            rows.push(plan::after(
+                &p.due,
+                &lane.collection,
+                &p.attempt,
+                outcome,
+                now,
+                self.policy(),
+                self.random(),
+            ));
+        }
+        answers
+    }
+
+    /// What `STATUS=` shows follows what batches did.
+    fn note_activity(&self, tally: &Tally, sent: usize, now: Millis) {
+        if tally.delivered > 0 {
+            self.activity.last_push.store(now, Ordering::Relaxed);
+        }
+        if sent > 0 {
+            self.activity.generation.fetch_add(1, Ordering::Relaxed);
+            self.activity.changed.notify_one();
+        }
+    }
+
+    /// The collection's health after a batch ([`plan::health_after`]), said in the
+    /// log when it turns.
+    fn judge_health(&self, lane: &mut Lane, answers: Answers, tally: &mut Tally, now: Millis) {
+        let name = lane.collection.name.as_str();
+        let health = plan::health_after(
+            lane.health,
+            answers.finished,
+            answers.unhealthy,
+            answers.retry_after,
+            now,
+            self.random(),
+        );
+        match (lane.health, health) {
+            (Health::Down { .. }, Health::Up) => {
+                tracing::info!(collection = %name, "{name}: the server answers again");
+            }
+            (Health::Up, Health::Down { .. }) => {
+                tracing::warn!(collection = %name, "{name}: the server is not answering; pausing, then probing");
+            }
+            _ => {}
+        }
+        if matches!(health, Health::Down { .. })
+            && answers.unhealthy > 0
+            && answers.finished == answers.unhealthy
+        {
+            tally.paused = true;
+        }
+        lane.health = health;
     }
 
     /// Sends a batch, first attempts in order; stops starting new requests when the

@@ -354,6 +354,43 @@ fn delivered_as_it_is(tracking: &Tracking, due: &Due) -> bool {
     !tracking.differs_from(&due.version, due.fingerprint)
 }
 
+/// What a batch's due records come to, record by record ([`action`]): tracking rows
+/// to write (abandoned, settled, refused), rows to forget, requests to send, and when
+/// changes held back (one update a second) may go.
+#[derive(Debug, Default)]
+pub struct Triage {
+    pub rows: Vec<Tracking>,
+    pub forget: Vec<Key>,
+    pub sends: Vec<(Due, Action)>,
+    pub deferred: Option<Millis>,
+    /// Records refused as things stand (counted as failed).
+    pub refused: usize,
+}
+
+pub fn triage(due: Vec<Due>, collection: &Collection, now: Millis, policy: RetryPolicy) -> Triage {
+    let mut triage = Triage::default();
+    let name = collection.name.as_str();
+    for d in due {
+        match action(&d, collection, now) {
+            Action::Abandon => match abandoned(&d, now, policy) {
+                Some(row) => triage.rows.push(row),
+                None => triage.forget.push(d.key.clone()),
+            },
+            Action::Settle => triage.rows.extend(settled(&d, now)),
+            Action::Defer(at) => {
+                triage.deferred = Some(triage.deferred.map_or(at, |d: Millis| d.min(at)));
+            }
+            Action::Skip => {}
+            Action::Refuse(error) => {
+                triage.refused += 1;
+                triage.rows.push(refused(&d, name, &error, now, policy));
+            }
+            action @ (Action::Create | Action::Put(_)) => triage.sends.push((d, action)),
+        }
+    }
+    triage
+}
+
 /// A request to make: its method, path (after the base URL) and Idempotency-Key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestPlan {
