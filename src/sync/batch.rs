@@ -366,21 +366,8 @@ impl Engine {
         loop {
             // Start as many as the global limit allows.
             while !stop_starting && !*shutdown.borrow() && queue.len() > 0 {
-                let permit = match Arc::clone(&self.in_flight).try_acquire_owned() {
-                    Ok(permit) => permit,
-                    Err(_) if tasks.is_empty() => {
-                        // Other collections hold every permit: wait for one and keep
-                        // it (a permit given back and taken again by nobody would
-                        // leave every lane waiting on the others).
-                        tokio::select! {
-                            permit = Arc::clone(&self.in_flight).acquire_owned() => match permit {
-                                Ok(permit) => permit,
-                                Err(_) => break,
-                            },
-                            Ok(()) = shutdown.changed() => break,
-                        }
-                    }
-                    Err(_) => break,
+                let Some(permit) = self.permit(tasks.is_empty(), &mut shutdown).await else {
+                    break;
                 };
                 let Some(mut prepared) = queue.next() else {
                     break;
@@ -428,6 +415,28 @@ impl Engine {
             }
         }
         (results, queue.collect())
+    }
+}
+
+impl Engine {
+    /// A permit to have one more request in flight (`remote.max_concurrent`, all
+    /// collections together): one free now, or — when this batch has nothing in
+    /// flight, so nothing of its own will free one — the next one given back, kept
+    /// (a permit given back and taken again by nobody would leave every lane waiting
+    /// on the others). `None`: none to be had now, or a stop.
+    async fn permit(
+        &self,
+        idle: bool,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        match Arc::clone(&self.in_flight).try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) if idle => tokio::select! {
+                permit = Arc::clone(&self.in_flight).acquire_owned() => permit.ok(),
+                Ok(()) = shutdown.changed() => None,
+            },
+            Err(_) => None,
+        }
     }
 }
 

@@ -363,70 +363,14 @@ impl Engine {
             if *shutdown.borrow() {
                 return Ok(());
             }
-            let (tally, deferred) = match self.drain(&mut lane, &shutdown, false).await {
-                Ok(result) => result,
-                // A full disk, a locked database, a damaged file: say so, keep the
-                // other collections running, try again when it may have mended.
-                Err(err) => match err.retry_after() {
-                    Some(wait) => {
-                        tracing::error!(
-                            collection = %name,
-                            "store error, trying again in {}: {err}",
-                            crate::config::HumanDuration(wait)
-                        );
-                        (
-                            Tally::default(),
-                            Some(now_ms() + wait.as_millis() as Millis),
-                        )
-                    }
-                    None => return Err(err),
-                },
-            };
-            // A pause is told once, when it starts ("the server is not answering").
-            let quiet = Tally {
-                paused: false,
-                ..tally.clone()
-            };
-            if quiet != Tally::default() {
-                tracing::info!(
-                    collection = %name,
-                    "{name}: {} delivered, {} to retry, {} failed{}",
-                    tally.delivered,
-                    tally.retrying,
-                    tally.failed,
-                    if tally.paused { " (server not answering: paused)" } else { "" }
-                );
-            }
+            let deferred = self.drain_and_tell(&mut lane, &shutdown).await?;
             let now = now_ms();
             if periodic && next_pass <= now {
                 next_pass = now + interval;
             }
-            let query_name = name.clone();
-            let retry_at = self
-                .store
-                .call(move |s| s.next_attempt_at(&query_name))
-                .await
-                .unwrap_or(None);
-            let wake = plan::next_wake(
-                lane.next_full_scan,
-                retry_at,
-                deferred,
-                periodic.then_some(next_pass),
-                lane.health,
-            );
-            // Never spin: wait at least a little, whatever the arithmetic says.
-            let wait = Duration::from_millis(u64::try_from(wake - now).unwrap_or(0).max(50));
-            if wait >= IDLE_RELEASE_AFTER {
-                // A long wait ahead: hand back the caches and freed heap (figure 3).
-                let _ = self
-                    .store
-                    .call(|s| {
-                        s.release_memory();
-                        release_freed_heap();
-                        Ok(())
-                    })
-                    .await;
-            }
+            let wait = self
+                .wait_before_next(&lane, deferred, periodic.then_some(next_pass), now)
+                .await;
             lane.beat.wait();
             tokio::select! {
                 // A closed channel (Err) disables the branch rather than firing it.
@@ -436,5 +380,84 @@ impl Engine {
             }
             lane.beat.step();
         }
+    }
+
+    /// One drain of a lane, told in the log. A store error that may mend (a full
+    /// disk, a locked database, a damaged file) is said and tried again later, the
+    /// other collections running on; one that cannot ends the loop. Returns when
+    /// to look again at changes held back.
+    async fn drain_and_tell(
+        &self,
+        lane: &mut Lane,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<Option<Millis>, SyncError> {
+        let name = lane.collection.name.as_str().to_string();
+        let (tally, deferred) = match self.drain(lane, shutdown, false).await {
+            Ok(result) => result,
+            Err(err) => {
+                let Some(wait) = err.retry_after() else {
+                    return Err(err);
+                };
+                tracing::error!(
+                    collection = %name,
+                    "store error, trying again in {}: {err}",
+                    crate::config::HumanDuration(wait)
+                );
+                return Ok(Some(now_ms() + wait.as_millis() as Millis));
+            }
+        };
+        // A pause is told once, when it starts ("the server is not answering").
+        let quiet = Tally {
+            paused: false,
+            ..tally.clone()
+        };
+        if quiet != Tally::default() {
+            tracing::info!(
+                collection = %name,
+                "{name}: {} delivered, {} to retry, {} failed{}",
+                tally.delivered,
+                tally.retrying,
+                tally.failed,
+                if tally.paused { " (server not answering: paused)" } else { "" }
+            );
+        }
+        Ok(deferred)
+    }
+
+    /// How long a lane sleeps before it looks again ([`plan::next_wake`]), never less
+    /// than 50 ms whatever the arithmetic says. Before a long sleep it gives back the
+    /// store's caches and the freed heap (`make bench` figure 3).
+    async fn wait_before_next(
+        &self,
+        lane: &Lane,
+        deferred: Option<Millis>,
+        next_pass: Option<Millis>,
+        now: Millis,
+    ) -> Duration {
+        let name = lane.collection.name.as_str().to_string();
+        let retry_at = self
+            .store
+            .call(move |s| s.next_attempt_at(&name))
+            .await
+            .unwrap_or(None);
+        let wake = plan::next_wake(
+            lane.next_full_scan,
+            retry_at,
+            deferred,
+            next_pass,
+            lane.health,
+        );
+        let wait = Duration::from_millis(u64::try_from(wake - now).unwrap_or(0).max(50));
+        if wait >= IDLE_RELEASE_AFTER {
+            let _ = self
+                .store
+                .call(|s| {
+                    s.release_memory();
+                    release_freed_heap();
+                    Ok(())
+                })
+                .await;
+        }
+        wait
     }
 }

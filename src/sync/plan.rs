@@ -583,7 +583,6 @@ pub fn claim(due: &Due, collection: &str, attempt: &Attempt, now: Millis) -> Tra
 
 /// The tracking row after `outcome` of `attempt` for the record in `due` (whose
 /// tracking is as it was before the attempt's claim).
-#[allow(clippy::too_many_arguments)]
 pub fn after(
     due: &Due,
     collection: &Collection,
@@ -593,28 +592,22 @@ pub fn after(
     policy: RetryPolicy,
     random: f64,
 ) -> Tracking {
-    let name = collection.name.as_str();
     let previous = due.tracking.as_ref();
-    // The claim this attempt was made under, if it reused an earlier one's key.
-    let pinned = previous
-        .and_then(|t| t.claim.as_ref())
-        .filter(|c| c.key == attempt.idempotency_key);
     let same_version = previous.is_some_and(|t| {
         t.status != Status::Success && t.version.as_deref() == Some(&attempt.version)
     });
-    let attempts = if same_version {
-        previous.map_or(0, |t| t.attempts) + 1
-    } else {
-        1
-    };
     let mut row = previous
         .cloned()
-        .unwrap_or_else(|| Tracking::new(name, due.key.clone(), now));
-    row.attempts = attempts;
+        .unwrap_or_else(|| Tracking::new(collection.name.as_str(), due.key.clone(), now));
+    row.attempts = if same_version { row.attempts + 1 } else { 1 };
     row.sync_date = rfc3339(now);
-    let is_create = attempt.action == Action::Create;
-    // The body differs from the claimed attempt's: the record changed meanwhile.
-    let body_changed = pinned.is_some_and(|c| c.body_hash != attempt.body_hash);
+    let sent = Sent {
+        attempt,
+        // The claim this attempt was made under, if it reused an earlier one's key.
+        pinned: previous
+            .and_then(|t| t.claim.as_ref())
+            .filter(|c| c.key == attempt.idempotency_key),
+    };
     match outcome {
         Outcome::Delivered {
             status,
@@ -622,41 +615,15 @@ pub fn after(
             bytes,
             replayed,
         } => {
-            row.status = Status::Success;
-            if remote_id.is_some() || is_create {
-                // A create's answer names the new record (or nothing).
-                row.remote_id = remote_id
-                    .clone()
-                    .or(row.remote_id.take().filter(|_| !is_create));
-            }
-            row.error_message = None;
-            row.next_attempt_at = None;
-            // After a changed retry of a claimed create, the server may hold the
-            // claimed version (a replay; a server that keeps keys but not bodies) or
-            // this one. Where an update follows, assume the older: the update then
-            // brings the latest state whichever it holds.
-            // The server holds what this request carried — unless it carried a
-            // changed body under a claimed key (the first body was too big to keep):
-            // then it may hold the claimed version (a replay; a server that keeps keys
-            // but not bodies) or this one. Where an update follows, assume the older:
-            // the update then brings the latest state whichever it holds.
-            let (version, fingerprint) = match pinned {
-                Some(claim)
-                    if body_changed
-                        && (*replayed
-                            || (collection.updated_at.is_some()
-                                && collection.updates() == Updates::Put)) =>
-                {
-                    (claim.version.clone(), claim.fingerprint)
-                }
-                _ => (attempt.version.clone(), attempt.fingerprint),
-            };
-            row.version = Some(version);
-            row.fingerprint = Some(fingerprint);
-            row.last_http_status = Some(*status);
+            let (version, fingerprint) = sent.delivered_version(collection, *replayed);
+            delivered(
+                &mut row,
+                *status,
+                remote_id.as_ref(),
+                sent.is_create(),
+                (version, fingerprint),
+            );
             row.bytes_sent = row.bytes_sent.saturating_add(*bytes);
-            row.created = true;
-            row.claim = None;
         }
         // A 422 to a changed retry of a claimed create: the key was used before with
         // another body (the IETF Idempotency-Key draft) — the server holds the claimed
@@ -665,21 +632,13 @@ pub fn after(
             status: Some(422),
             remote_id,
             ..
-        } if is_create && body_changed => {
-            let Some(claim) = pinned else {
-                unreachable!("body_changed implies a pinned claim")
-            };
-            row.status = Status::Success;
-            if remote_id.is_some() {
-                row.remote_id = remote_id.clone();
-            }
-            row.error_message = None;
-            row.next_attempt_at = None;
-            row.version = Some(claim.version.clone());
-            row.fingerprint = Some(claim.fingerprint);
-            row.last_http_status = Some(422);
-            row.created = true;
-            row.claim = None;
+        } if sent.is_create() && sent.body_changed() => {
+            let claim = sent
+                .pinned
+                .unwrap_or_else(|| unreachable!("a changed body is a pinned one"));
+            let version = (claim.version.clone(), claim.fingerprint);
+            let remote_id = remote_id.as_ref().or(row.remote_id.as_ref()).cloned();
+            delivered(&mut row, 422, remote_id.as_ref(), false, version);
         }
         Outcome::Retry {
             status,
@@ -689,30 +648,103 @@ pub fn after(
             ..
         } => {
             // An update being retried is pending again: `stats` shows it outstanding.
-            row.status = Status::Pending;
-            row.error_message = Some(error.clone());
             let wait = retry_after
-                .unwrap_or_else(|| backoff(attempts, RETRY_BASE, policy.max_delay, random));
+                .unwrap_or_else(|| backoff(row.attempts, RETRY_BASE, policy.max_delay, random));
+            not_delivered(&mut row, Status::Pending, *status, error, &sent);
             row.next_attempt_at = Some(now + wait.as_millis() as Millis);
-            row.version = Some(attempt.version.clone());
-            row.fingerprint = Some(attempt.fingerprint);
-            row.last_http_status = *status;
-            row.claim = settle_claim(is_create, pinned, attempt, *maybe_processed);
+            row.claim = sent.claim_left(*maybe_processed);
         }
         Outcome::Failed { status, error, .. } => {
-            row.status = Status::Failed;
-            row.error_message = Some(error.clone());
+            not_delivered(&mut row, Status::Failed, *status, error, &sent);
             row.next_attempt_at =
                 Some(now.saturating_add(policy.failed_every.as_millis() as Millis));
-            row.version = Some(attempt.version.clone());
-            row.fingerprint = Some(attempt.fingerprint);
-            row.last_http_status = *status;
             // A refusal means the request was not acted on; an earlier attempt
             // whose outcome is unknown still may have been.
-            row.claim = settle_claim(is_create, pinned, attempt, false);
+            row.claim = sent.claim_left(false);
         }
     }
     row
+}
+
+/// One attempt as [`after`] reads its outcome.
+struct Sent<'a> {
+    attempt: &'a Attempt,
+    pinned: Option<&'a Claim>,
+}
+
+impl Sent<'_> {
+    fn is_create(&self) -> bool {
+        self.attempt.action == Action::Create
+    }
+
+    /// The body differs from the claimed attempt's: the record changed meanwhile
+    /// (and the first body was too big to keep).
+    fn body_changed(&self) -> bool {
+        self.pinned
+            .is_some_and(|c| c.body_hash != self.attempt.body_hash)
+    }
+
+    /// What a 2xx says the server holds: what this request carried — unless it
+    /// carried a changed body under a claimed key: then it may hold the claimed
+    /// version (a replay; a server that keeps keys but not bodies) or this one. Where
+    /// an update follows, assume the older: the update then brings the latest state
+    /// whichever it holds.
+    fn delivered_version(&self, collection: &Collection, replayed: bool) -> (String, u64) {
+        match self.pinned {
+            Some(claim)
+                if self.body_changed()
+                    && (replayed
+                        || (collection.updated_at.is_some()
+                            && collection.updates() == Updates::Put)) =>
+            {
+                (claim.version.clone(), claim.fingerprint)
+            }
+            _ => (self.attempt.version.clone(), self.attempt.fingerprint),
+        }
+    }
+
+    fn claim_left(&self, maybe_processed: bool) -> Option<Claim> {
+        settle_claim(self.is_create(), self.pinned, self.attempt, maybe_processed)
+    }
+}
+
+/// A row the server now holds `version` of; a create's answer names the new record
+/// (or nothing), an update's keeps the id it had.
+fn delivered(
+    row: &mut Tracking,
+    status: u16,
+    remote_id: Option<&Key>,
+    is_create: bool,
+    (version, fingerprint): (String, u64),
+) {
+    row.status = Status::Success;
+    if remote_id.is_some() || is_create {
+        row.remote_id = remote_id
+            .cloned()
+            .or(row.remote_id.take().filter(|_| !is_create));
+    }
+    row.error_message = None;
+    row.next_attempt_at = None;
+    row.version = Some(version);
+    row.fingerprint = Some(fingerprint);
+    row.last_http_status = Some(status);
+    row.created = true;
+    row.claim = None;
+}
+
+/// A row whose attempt did not deliver (`status` pending or failed).
+fn not_delivered(
+    row: &mut Tracking,
+    status: Status,
+    http: Option<u16>,
+    error: &str,
+    sent: &Sent<'_>,
+) {
+    row.status = status;
+    row.error_message = Some(error.to_string());
+    row.version = Some(sent.attempt.version.clone());
+    row.fingerprint = Some(sent.attempt.fingerprint);
+    row.last_http_status = http;
 }
 
 /// The claim a create leaves after an answer that did not settle it: kept while the
