@@ -6,6 +6,7 @@ mod duration;
 mod env;
 mod error;
 mod ini;
+mod secrets;
 mod types;
 
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 pub use duration::{parse as parse_duration, HumanDuration};
 pub use env::{Env, ProcessEnv};
 pub use error::{ConfigError, ConfigProblem, Origin};
+pub use secrets::Token;
 pub use types::{CollectionName, Endpoint, FieldName, HeaderName, JsonPointer, RemoteUrl};
 
 /// The config file read when neither `--config` nor `FERRY_CONFIG` names one.

@@ -2,9 +2,6 @@
 //! the system's roots plus `ca_file`), the bearer token, and turning a request's
 //! result into an [`Outcome`]. Only the start of an answer is read, whatever its size.
 
-use std::fmt;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::time::Duration;
 
 use reqwest::header::{
@@ -14,51 +11,11 @@ use reqwest::header::{
 use super::plan::{self, Outcome};
 use super::transport::{Request, Sending, Transport};
 use super::SyncError;
-use crate::config::Remote;
+use crate::config::{ConfigError, Remote, Token};
 use crate::store::now_ms;
 
 /// How much of an answer is read: enough for an id or an error message.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
-
-/// The bearer token; its `Debug` and `Display` never show it.
-#[derive(Clone)]
-pub struct Token(String);
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Token(***)")
-    }
-}
-
-impl Token {
-    /// Reads the token file, refusing one that others can read.
-    pub fn read(path: &Path) -> Result<Token, SyncError> {
-        let shown = path.display();
-        let meta = std::fs::metadata(path).map_err(|e| {
-            SyncError::Config(format!("remote.token_file: cannot read {shown}: {e}"))
-        })?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(SyncError::Config(format!(
-                "remote.token_file: {shown} can be read by other users (mode {mode:o}); \
-                 run `sudo chmod 600 {shown}` (and `sudo chown ferry: {shown}` for the service), then start ferry again"
-            )));
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            SyncError::Config(format!("remote.token_file: cannot read {shown}: {e}"))
-        })?;
-        let token = text.trim();
-        if token.is_empty()
-            || token.contains(['\n', '\r'])
-            || HeaderValue::from_str(&format!("Bearer {token}")).is_err()
-        {
-            return Err(SyncError::Config(format!(
-                "remote.token_file: {shown} must hold the token alone, on one line of printable characters"
-            )));
-        }
-        Ok(Token(token.to_string()))
-    }
-}
 
 pub struct Client {
     http: reqwest::Client,
@@ -88,29 +45,17 @@ impl Client {
             // detour: following one turns a POST into a GET (301, 302) or sends the
             // record where nobody configured it to go (SPEC §5).
             .redirect(reqwest::redirect::Policy::none());
-        if let Some(path) = &remote.ca_file {
-            let shown = path.display();
-            let pem = std::fs::read(path).map_err(|e| {
-                SyncError::Config(format!("remote.ca_file: cannot read {shown}: {e}"))
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                SyncError::Config(format!(
-                    "remote.ca_file: {shown} is not a PEM certificate: {e}"
-                ))
-            })?;
-            if certs.is_empty() {
-                return Err(SyncError::Config(format!(
-                    "remote.ca_file: {shown} holds no PEM certificate"
-                )));
-            }
-            for cert in certs {
+        for pem in remote.ca_certificates().map_err(config_error)? {
+            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                SyncError::Config(format!("remote.ca_file: not a PEM certificate: {e}"))
+            })? {
                 builder = builder.add_root_certificate(cert);
             }
         }
         let http = builder
             .build()
             .map_err(|e| SyncError::Config(format!("cannot set up the HTTP client: {e}")))?;
-        let token = remote.token_file.as_deref().map(Token::read).transpose()?;
+        let token = remote.token().map_err(config_error)?;
         let idempotency_header = match remote.idempotency_header.as_str() {
             "" => None,
             name => Some(
@@ -141,7 +86,7 @@ impl Client {
             .header(CONTENT_LENGTH, bytes)
             .body(request.body.into_body());
         if let Some(token) = &self.token {
-            builder = builder.bearer_auth(&token.0);
+            builder = builder.bearer_auth(token.expose());
         }
         if let Some(name) = &self.idempotency_header {
             if let Ok(value) = HeaderValue::from_str(&request.idempotency_key) {
@@ -259,4 +204,16 @@ impl Transport for Client {
     fn send(&self, request: Request) -> Sending<'_> {
         Box::pin(self.request(request))
     }
+}
+
+/// A config problem met while setting up the client, as the sync error that ends a
+/// start with exit 78.
+fn config_error(err: ConfigError) -> SyncError {
+    SyncError::Config(
+        err.problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "),
+    )
 }
