@@ -1,535 +1,341 @@
-//! A collection's batches: read what is due, decide per record ([`plan::triage`]),
-//! claim the creates, send with at most `max_concurrent` requests in flight (all
-//! collections together), record every outcome in one write, and judge the server's
-//! health — until nothing is due, the server looks down, or a stop is asked for.
+//! The batch contract (`docs/PROTOCOL.md` §3), pure: which records go in one request,
+//! the request's body and key, and what its answer means for each member. The loop in
+//! `drain.rs` sends what this builds.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Duration;
+use std::ops::Range;
 
-use reqwest::Method;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use serde_json::Value;
 
-use super::body;
-use super::engine::{Engine, Lane, SHUTDOWN_GRACE};
-use super::plan::{self, Action, Health, Outcome};
-use super::transport::Request;
-use super::{Beat, SyncError, Tally};
-use crate::config::Collection;
-use crate::store::{now_ms, Due, DueQuery, Millis, Tracking};
+use super::plan::{self, classify, Outcome};
+use super::transport::{AnswerHeaders, Reply};
+use crate::store::record::{Fnv, Key};
+use crate::store::Millis;
 
-/// Consecutive failed requests (no answer, 5xx, 429) after which a batch stops
-/// starting new ones and the server is treated as down: at least this many, and at
-/// least `max_concurrent` (a down server fails every request in flight; a flaky one
-/// rarely fails that many in a row).
-const TRIP_AFTER: usize = 5;
+/// How much of a batch's answer is read: every member's result fits.
+pub const ANSWER_LIMIT: usize = 4 * 1024 * 1024;
 
-/// What one batch did.
-struct Step {
-    tally: Tally,
-    /// The earliest time a change held back (one update a second) may go.
-    deferred: Option<Millis>,
-    progressed: bool,
+/// One member of a batch, as the body carries it.
+#[derive(Clone, Debug)]
+pub struct Member<'a> {
+    pub key: &'a Key,
+    /// `Some` for an update (`op: "update"`, what `PUT <endpoint>/<remote_id>` does).
+    pub remote_id: Option<&'a Key>,
+    pub idempotency_key: &'a str,
+    pub version: &'a str,
+    /// The member's body as the single-record API would send it (JSON).
+    pub record: &'a [u8],
 }
 
-/// What a batch's answers say of the server.
-#[derive(Default)]
-struct Answers {
-    finished: usize,
-    /// Answers that show the server, not the record, is the problem.
-    unhealthy: usize,
-    retry_after: Option<Duration>,
+/// Consecutive runs of members that fit the limits: at most `max_records`, and at most
+/// `max_bytes` of member bodies — a member bigger than that alone goes alone.
+pub fn pack(sizes: &[usize], max_records: usize, max_bytes: usize) -> Vec<Range<usize>> {
+    let mut batches = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0usize;
+    for (i, &size) in sizes.iter().enumerate() {
+        let full = i - start >= max_records.max(1) || (i > start && bytes + size > max_bytes);
+        if full {
+            batches.push(start..i);
+            start = i;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    if start < sizes.len() {
+        batches.push(start..sizes.len());
+    }
+    batches
 }
 
-impl Engine {
-    /// Runs batches for one collection until nothing is due, the server looks down,
-    /// or a stop is asked for. Returns what happened and, if some records were held
-    /// back because they changed too recently, when to look at them again.
-    pub(super) async fn drain(
-        &self,
-        lane: &mut Lane,
-        shutdown: &watch::Receiver<bool>,
-        single_pass: bool,
-    ) -> Result<(Tally, Option<Millis>), SyncError> {
-        let mut total = Tally::default();
-        loop {
-            if *shutdown.borrow() {
-                return Ok((total, None));
+/// The body of a batch: `{"device_id", "collection", "records": [...]}`, each member's
+/// record embedded as it is (already JSON).
+pub fn body(device_id: &str, collection: &str, members: &[Member<'_>]) -> Vec<u8> {
+    let size: usize = members.iter().map(|m| m.record.len() + 200).sum();
+    let mut out = Vec::with_capacity(size + 100);
+    let text = |out: &mut Vec<u8>, value: &str| {
+        out.extend_from_slice(Value::String(value.to_string()).to_string().as_bytes())
+    };
+    out.extend_from_slice(b"{\"device_id\":");
+    text(&mut out, device_id);
+    out.extend_from_slice(b",\"collection\":");
+    text(&mut out, collection);
+    out.extend_from_slice(b",\"records\":[");
+    for (i, member) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"key\":");
+        out.extend_from_slice(member.key.to_value().to_string().as_bytes());
+        match member.remote_id {
+            Some(remote_id) => {
+                out.extend_from_slice(b",\"op\":\"update\",\"remote_id\":");
+                out.extend_from_slice(remote_id.to_value().to_string().as_bytes());
             }
-            let now = now_ms();
-            let Some(query) = self.next_query(lane, now, single_pass) else {
-                total.paused = true;
-                return Ok((total, None));
-            };
-            let name = lane.collection.name.as_str().to_string();
-            let due = self.store.call(move |s| s.due(&name, &query)).await?;
-            lane.beat.step();
-            if due.is_empty() {
-                return Ok((total, None));
-            }
-            let step = self.step(lane, due, now, shutdown).await?;
-            total.add(&step.tally);
-            // Nothing changed (everything was held back or skipped), or the server
-            // looks down during a one-shot pass: this drain is over.
-            if !step.progressed || (single_pass && step.tally.paused) {
-                return Ok((total, step.deferred));
-            }
+            None => out.extend_from_slice(b",\"op\":\"create\""),
         }
+        out.extend_from_slice(b",\"idempotency_key\":");
+        text(&mut out, member.idempotency_key);
+        out.extend_from_slice(b",\"version\":");
+        text(&mut out, member.version);
+        out.extend_from_slice(b",\"record\":");
+        out.extend_from_slice(member.record);
+        out.push(b'}');
     }
+    out.extend_from_slice(b"]}");
+    out
+}
 
-    /// What to ask the store for next: a batch, or one record to probe a server that
-    /// looked down; `None` while the collection waits out its pause. Once every
-    /// `retry_failed_every`, a full look (the safety net for what the store's
-    /// watermarks cannot see).
-    fn next_query(&self, lane: &mut Lane, now: Millis, single_pass: bool) -> Option<DueQuery> {
-        let probing = match lane.health {
-            Health::Up => false,
-            Health::Down { until, .. } if now < until => return None,
-            Health::Down { .. } => true,
-        };
-        let full_scan = now >= lane.next_full_scan;
-        if full_scan {
-            lane.next_full_scan =
-                now + self.config.sync.retry_failed_every.get().as_millis() as Millis;
-        }
-        Some(DueQuery {
-            now,
-            limit: if probing {
-                1
-            } else {
-                self.batch_limit(&lane.collection)
-            },
-            include_changed: lane.collection.sends_changes(),
-            full_scan,
-            pace: !single_pass,
-            peek: false,
-        })
+/// The batch's own Idempotency-Key: `<device_id>:<collection>:batch:<hash of its
+/// members' keys>`, the same whenever the same members are sent again.
+pub fn key(device_id: &str, collection: &str, members: &[Member<'_>]) -> String {
+    let mut hash = Fnv::new();
+    for member in members {
+        hash.write(member.idempotency_key.as_bytes());
+        hash.write(&[0]);
     }
+    format!(
+        "{}:{}:batch:{:016x}",
+        plan::percent_encode(device_id),
+        plan::percent_encode(collection),
+        hash.finish()
+    )
+}
 
-    fn policy(&self) -> plan::RetryPolicy {
-        plan::RetryPolicy {
-            failed_every: self.config.sync.retry_failed_every.get(),
-            max_delay: self.config.sync.max_retry_delay.get(),
+/// What a batch's answer means.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Answer {
+    /// An outcome for each member, in the members' order.
+    Members(Vec<Outcome>),
+    /// `413`: too big for the server; send it in halves.
+    Split,
+}
+
+/// What came back from a batch means for each member (`keys`: their Idempotency-Keys,
+/// `bytes`: their bodies' sizes). `pointer` is where an id is in a member's result.
+pub fn answer(reply: &Reply, keys: &[&str], bytes: &[u64], pointer: &str, now: Millis) -> Answer {
+    let (status, headers, body) = match reply {
+        Reply::Answer {
+            status,
+            headers,
+            body,
+        } => (*status, headers, body),
+        failure => {
+            return Answer::Members(
+                bytes
+                    .iter()
+                    .map(|b| plan::outcome(failure, pointer, now, *b))
+                    .collect(),
+            )
         }
+    };
+    if status == 413 {
+        return Answer::Split;
     }
-
-    /// One batch: what [`plan::triage`] decided is written or sent; creates are
-    /// claimed before they leave; every outcome is recorded in one write.
-    async fn step(
-        &self,
-        lane: &mut Lane,
-        due: Vec<Due>,
-        now: Millis,
-        shutdown: &watch::Receiver<bool>,
-    ) -> Result<Step, SyncError> {
-        let name = lane.collection.name.as_str().to_string();
-        let triage = plan::triage(due, &lane.collection, now, self.policy());
-        let mut tally = Tally {
-            failed: triage.refused,
-            ..Tally::default()
-        };
-        let mut rows = triage.rows;
-        for row in rows
-            .iter()
-            .filter(|r| r.status == crate::store::Status::Failed)
-        {
-            if let Some(error) = &row.error_message {
-                tracing::warn!(collection = %name, local_id = %row.key, "{name} {}: {error}", row.key);
-            }
-        }
-        let forgot = !triage.forget.is_empty();
-        self.forget(&name, triage.forget).await?;
-        let (sends, unbuildable) = self.prepare(triage.sends, &lane.collection);
-        for (d, attempt, outcome) in unbuildable {
-            tally.failed += 1;
-            rows.push(plan::after(
-                &d,
-                &lane.collection,
-                &attempt,
-                &outcome,
-                now,
-                self.policy(),
-                self.random(),
-            ));
-        }
-        self.claim(lane, &sends, now).await?;
-        let (batch, unsent) = self
-            .send_batch(&lane.collection, sends, shutdown, &lane.beat)
-            .await;
-        self.give_back_claims(&name, unsent, &mut rows).await?;
-        let answers = self.read_outcomes(lane, &batch, &mut rows, &mut tally);
-        let wrote = !rows.is_empty();
-        if wrote {
-            self.store.call(move |s| s.write_tracking(&rows)).await?;
-            lane.beat.step();
-        }
-        self.note_activity(&tally, batch.len(), now);
-        self.judge_health(lane, answers, &mut tally, now);
-        Ok(Step {
-            tally,
-            deferred: triage.deferred,
-            // Something was sent, or a tracking row changed (abandoned, settled,
-            // refused, forgotten) so that what was handed out is not handed out again —
-            // and more may be waiting behind it (a probe asks for one).
-            progressed: !batch.is_empty() || wrote || forgot,
-        })
-    }
-
-    async fn forget(&self, name: &str, keys: Vec<crate::store::Key>) -> Result<(), SyncError> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let name = name.to_string();
-        self.store
-            .call(move |s| s.delete_tracking(&name, &keys))
-            .await
-    }
-
-    /// The requests for what is to be sent; the records whose body cannot be built,
-    /// with the outcome that says why.
-    #[allow(clippy::type_complexity)]
-    fn prepare(
-        &self,
-        sends: Vec<(Due, Action)>,
-        collection: &Collection,
-    ) -> (Vec<Prepared>, Vec<(Due, plan::Attempt, Outcome)>) {
-        let device_id = self.config.device_id();
-        let mut ready = Vec::with_capacity(sends.len());
-        let mut unbuildable = Vec::new();
-        for (d, action) in sends {
-            match Prepared::new(d, action, collection, device_id) {
-                Ok(prepared) => ready.push(prepared),
-                Err(refused) => unbuildable.push(refused),
-            }
-        }
-        (ready, unbuildable)
-    }
-
-    /// Creates are claimed before any leaves: from here on, a crash, a reload or a
-    /// change of the record cannot make their retries use another key.
-    async fn claim(&self, lane: &Lane, sends: &[Prepared], now: Millis) -> Result<(), SyncError> {
-        let name = lane.collection.name.as_str();
-        let claims: Vec<Tracking> = sends
-            .iter()
-            .filter(|p| p.attempt.action == Action::Create)
-            .map(|p| plan::claim(&p.due, name, &p.attempt, now))
-            .collect();
-        if !claims.is_empty() {
-            self.store.call(move |s| s.write_tracking(&claims)).await?;
-            lane.beat.step();
-        }
-        Ok(())
-    }
-
-    /// Creates that never left give their claim back: nothing can have been stored,
-    /// and a claim would pin a key for nothing.
-    async fn give_back_claims(
-        &self,
-        name: &str,
-        unsent: Vec<Prepared>,
-        rows: &mut Vec<Tracking>,
-    ) -> Result<(), SyncError> {
-        let mut unclaim = Vec::new();
-        for p in unsent
-            .into_iter()
-            .filter(|p| p.attempt.action == Action::Create)
-        {
-            match p.due.tracking {
-                Some(previous) => rows.push(previous),
-                None => unclaim.push(p.due.key),
-            }
-        }
-        self.forget(name, unclaim).await
-    }
-
-    /// The tracking rows of a batch's outcomes (into `rows`), the tally, and what
-    /// they say of the server's health.
-    fn read_outcomes(
-        &self,
-        lane: &Lane,
-        batch: &[(Prepared, Outcome)],
-        rows: &mut Vec<Tracking>,
-        tally: &mut Tally,
-    ) -> Answers {
-        let name = lane.collection.name.as_str();
-        let now = now_ms();
-        let mut answers = Answers {
-            finished: batch.len(),
-            ..Answers::default()
-        };
-        for (p, outcome) in batch {
-            let key = &p.due.key;
-            match outcome {
-                Outcome::Delivered {
-                    status, remote_id, ..
-                } => {
-                    tally.delivered += 1;
-                    tracing::debug!(
-                        collection = %name,
-                        local_id = %key,
-                        remote_id = remote_id.as_ref().map(ToString::to_string),
-                        http_status = u32::from(*status),
-                        "{name} {key}: delivered"
-                    );
-                }
-                Outcome::Retry { retry_after, .. } => {
-                    tally.retrying += 1;
-                    answers.unhealthy += 1;
-                    answers.retry_after = answers.retry_after.max(*retry_after);
-                    tracing::debug!(collection = %name, local_id = %key, "{name} {key}: {outcome:?}");
-                }
-                Outcome::Failed { error, status, .. } => {
-                    tally.failed += 1;
-                    tracing::warn!(
-                        collection = %name,
-                        local_id = %key,
-                        http_status = status.map(u32::from),
-                        "{name} {key}: {error}"
-                    );
-                }
-            }
-            rows.push(plan::after(
-                &p.due,
-                &lane.collection,
-                &p.attempt,
-                outcome,
-                now,
-                self.policy(),
-                self.random(),
-            ));
-        }
-        answers
-    }
-
-    /// What `STATUS=` shows follows what batches did.
-    fn note_activity(&self, tally: &Tally, sent: usize, now: Millis) {
-        if tally.delivered > 0 {
-            self.activity.last_push.store(now, Ordering::Relaxed);
-        }
-        if sent > 0 {
-            self.activity.generation.fetch_add(1, Ordering::Relaxed);
-            self.activity.changed.notify_one();
-        }
-    }
-
-    /// The collection's health after a batch ([`plan::health_after`]), said in the
-    /// log when it turns.
-    fn judge_health(&self, lane: &mut Lane, answers: Answers, tally: &mut Tally, now: Millis) {
-        let name = lane.collection.name.as_str();
-        let health = plan::health_after(
-            lane.health,
-            answers.finished,
-            answers.unhealthy,
-            answers.retry_after,
-            now,
-            self.random(),
+    if !(200..300).contains(&status) {
+        // The batch as a whole: every member gets what the answer means for one.
+        return Answer::Members(
+            bytes
+                .iter()
+                .map(|b| classify(status, body, headers, pointer, now, *b))
+                .collect(),
         );
-        match (lane.health, health) {
-            (Health::Down { .. }, Health::Up) => {
-                tracing::info!(collection = %name, "{name}: the server answers again");
-            }
-            (Health::Up, Health::Down { .. }) => {
-                tracing::warn!(collection = %name, "{name}: the server is not answering; pausing, then probing");
-            }
-            _ => {}
-        }
-        if matches!(health, Health::Down { .. })
-            && answers.unhealthy > 0
-            && answers.finished == answers.unhealthy
-        {
-            tally.paused = true;
-        }
-        lane.health = health;
     }
-
-    /// Sends a batch, first attempts in order; stops starting new requests when the
-    /// server looks down or a stop is asked for. Returns the outcome of every request
-    /// that finished, and the records whose request never started. A request still in
-    /// flight when the stop's grace ran out is in neither: its outcome is unknown, and
-    /// its record stays as it was (a create stays claimed).
-    async fn send_batch(
-        &self,
-        collection: &Collection,
-        sends: Vec<Prepared>,
-        shutdown: &watch::Receiver<bool>,
-        beat: &Beat,
-    ) -> (Vec<(Prepared, Outcome)>, Vec<Prepared>) {
-        let mut results = Vec::with_capacity(sends.len());
-        let mut tasks: JoinSet<(Prepared, Outcome)> = JoinSet::new();
-        let mut queue = sends.into_iter();
-        let mut consecutive_unhealthy = 0usize;
-        let mut stop_starting = false;
-        let mut shutdown = shutdown.clone();
-        let pointer = collection.remote_id.as_str().to_string();
-        let trip_after = TRIP_AFTER.max(self.config.remote.max_concurrent as usize);
-        loop {
-            // Start as many as the global limit allows.
-            while !stop_starting && !*shutdown.borrow() && queue.len() > 0 {
-                let Some(permit) = self.permit(tasks.is_empty(), &mut shutdown).await else {
-                    break;
-                };
-                let Some(mut prepared) = queue.next() else {
-                    break;
-                };
-                let transport = Arc::clone(&self.transport);
-                let pointer = pointer.clone();
-                tasks.spawn(async move {
-                    let outcome = match prepared.take_request(&pointer) {
-                        Some(request) => transport.send(request).await,
-                        None => plan::Outcome::refused("the request was already sent"),
-                    };
-                    drop(permit);
-                    (prepared, outcome)
-                });
-            }
-            if tasks.is_empty() {
-                break;
-            }
-            tokio::select! {
-                finished = tasks.join_next() => {
-                    let Some(Ok((prepared, outcome))) = finished else { continue };
-                    beat.step();
-                    if outcome.is_unhealthy() {
-                        consecutive_unhealthy += 1;
-                        if consecutive_unhealthy >= trip_after {
-                            stop_starting = true;
-                        }
-                    } else {
-                        consecutive_unhealthy = 0;
-                    }
-                    results.push((prepared, outcome));
-                }
-                Ok(()) = shutdown.changed() => {
-                    // Stop: let what is in flight finish, for a while.
-                    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-                    while let Ok(Some(finished)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {
-                        if let Ok(done) = finished {
-                            results.push(done);
-                        }
-                    }
-                    // Outcome unknown: left pending, sent again with the same key.
-                    tasks.abort_all();
-                    break;
-                }
-            }
-        }
-        (results, queue.collect())
-    }
+    let results = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("results").and_then(Value::as_array).cloned());
+    let Some(results) = results else {
+        // A 2xx without per-member results: every member was accepted.
+        return Answer::Members(
+            bytes
+                .iter()
+                .map(|b| classify(status, b"", headers, pointer, now, *b))
+                .collect(),
+        );
+    };
+    let find = |key: &str| {
+        results
+            .iter()
+            .find(|r| r.get("idempotency_key").and_then(Value::as_str) == Some(key))
+    };
+    Answer::Members(
+        keys.iter()
+            .zip(bytes)
+            .map(|(key, b)| match find(key) {
+                Some(result) => member_outcome(result, headers, pointer, now, *b),
+                None => Outcome::Retry {
+                    status: Some(status),
+                    error: "the batch's answer had no result for this record".into(),
+                    retry_after: None,
+                    transport: false,
+                    maybe_processed: true,
+                    failure: None,
+                },
+            })
+            .collect(),
+    )
 }
 
-impl Engine {
-    /// A permit to have one more request in flight (`remote.max_concurrent`, all
-    /// collections together): one free now, or — when this batch has nothing in
-    /// flight, so nothing of its own will free one — the next one given back, kept
-    /// (a permit given back and taken again by nobody would leave every lane waiting
-    /// on the others). `None`: none to be had now, or a stop.
-    async fn permit(
-        &self,
-        idle: bool,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        match Arc::clone(&self.in_flight).try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) if idle => tokio::select! {
-                permit = Arc::clone(&self.in_flight).acquire_owned() => permit.ok(),
-                Ok(()) = shutdown.changed() => None,
+/// One member's result: what its `status` would mean as the answer to it alone, its
+/// `id` read at `pointer` within the result, its `error` as the answer's text.
+fn member_outcome(
+    result: &Value,
+    headers: &AnswerHeaders,
+    pointer: &str,
+    now: Millis,
+    bytes: u64,
+) -> Outcome {
+    let status = result
+        .get("status")
+        .and_then(Value::as_u64)
+        .and_then(|s| u16::try_from(s).ok())
+        .unwrap_or(0);
+    let text = match result.get("error") {
+        Some(Value::String(error)) => error.clone().into_bytes(),
+        _ => result.to_string().into_bytes(),
+    };
+    let mut outcome = classify(status, &text, headers, pointer, now, bytes);
+    // The id is read from the result itself.
+    let id = plan::remote_id_from(result.to_string().as_bytes(), pointer);
+    match &mut outcome {
+        Outcome::Delivered { remote_id, .. } | Outcome::Failed { remote_id, .. } => *remote_id = id,
+        Outcome::Retry { .. } => {}
+    }
+    if status == 0 {
+        return Outcome::Retry {
+            status: None,
+            error: format!("the batch's answer gave this record no status: {result}"),
+            retry_after: None,
+            transport: false,
+            maybe_processed: true,
+            failure: None,
+        };
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn batches_keep_to_their_limits_and_a_big_record_goes_alone() {
+        assert_eq!(pack(&[10; 5], 2, 1000), [0..2, 2..4, 4..5]);
+        assert_eq!(pack(&[400, 400, 400], 10, 1000), [0..2, 2..3]);
+        assert_eq!(pack(&[10, 5000, 10, 10], 10, 1000), [0..1, 1..2, 2..4]);
+        assert_eq!(pack(&[], 10, 1000), Vec::<Range<usize>>::new());
+    }
+
+    #[test]
+    fn a_batch_body_is_the_protocols_json() {
+        let (a, b, id) = (Key::Int(1), Key::parse("dl-3"), Key::Int(17));
+        let members = [
+            Member {
+                key: &a,
+                remote_id: None,
+                idempotency_key: "pi:c:1:fp-1",
+                version: "fp-1",
+                record: br#"{"id":1}"#,
             },
-            Err(_) => None,
-        }
-    }
-}
-
-/// A request ready to go, with what is needed to read its outcome.
-struct Prepared {
-    due: Due,
-    attempt: plan::Attempt,
-    plan: plan::RequestPlan,
-    body: Option<body::JsonBody>,
-}
-
-impl Prepared {
-    /// The request for `action` on `due`; the record moves into its body. Or, when no
-    /// body can be built, the row's inputs and the outcome that says why.
-    #[allow(clippy::result_large_err)]
-    fn new(
-        mut due: Due,
-        action: Action,
-        collection: &Collection,
-        device_id: &str,
-    ) -> Result<Prepared, (Due, plan::Attempt, Outcome)> {
-        let Some(request) = plan::request_for(&due, &action, collection, device_id) else {
-            unreachable!("only creates and updates are prepared")
-        };
-        let is_create = action == Action::Create;
-        // A claimed create whose body was kept is sent again exactly as it was.
-        let kept = plan::pinned_claim(&due, collection)
-            .filter(|_| is_create)
-            .and_then(|claim| Some((claim.clone(), claim.body.clone()?)));
-        if let Some((claim, bytes)) = kept {
-            let attempt = plan::Attempt {
-                action,
-                idempotency_key: request.idempotency_key.clone(),
-                version: claim.version,
-                fingerprint: claim.fingerprint,
-                body_hash: claim.body_hash,
-                body: Some(bytes.clone()),
-            };
-            due.record = None;
-            return Ok(Prepared {
-                due,
-                attempt,
-                plan: request,
-                body: Some(body::JsonBody::from_bytes(bytes)),
-            });
-        }
-        let mut attempt = plan::Attempt {
-            action,
-            idempotency_key: request.idempotency_key.clone(),
-            version: due.version.clone(),
-            fingerprint: due.fingerprint,
-            body_hash: 0,
-            body: None,
-        };
-        let Some(record) = due.record.take() else {
-            return Err((
-                due,
-                attempt,
-                Outcome::refused("the record was deleted before it was delivered"),
-            ));
-        };
-        match body::JsonBody::new(plan::payload(record, collection, device_id)) {
-            Ok(body) => {
-                attempt.body_hash = body.hash();
-                if is_create && body.len() <= crate::store::CLAIM_BODY_MAX {
-                    attempt.body = Some(body.to_vec());
-                }
-                Ok(Prepared {
-                    due,
-                    attempt,
-                    plan: request,
-                    body: Some(body),
-                })
-            }
-            Err(e) => Err((
-                due,
-                attempt,
-                Outcome::refused(format!("the payload cannot be built: {e}")),
-            )),
-        }
-    }
-
-    fn take_request(&mut self, remote_id_pointer: &str) -> Option<Request> {
-        Some(Request {
-            method: if self.plan.method == "PUT" {
-                Method::PUT
-            } else {
-                Method::POST
+            Member {
+                key: &b,
+                remote_id: Some(&id),
+                idempotency_key: "pi:c:dl-3:v",
+                version: "v\"2",
+                record: br#"{"id":"dl-3","p":5}"#,
             },
-            path: self.plan.path.clone(),
-            body: self.body.take()?,
-            idempotency_key: self.plan.idempotency_key.clone(),
-            remote_id_pointer: remote_id_pointer.to_string(),
-        })
+        ];
+        let parsed: Value = serde_json::from_slice(&body("pi", "c", &members)).unwrap();
+        assert_eq!(
+            parsed,
+            json!({"device_id": "pi", "collection": "c", "records": [
+                {"key": 1, "op": "create", "idempotency_key": "pi:c:1:fp-1", "version": "fp-1", "record": {"id": 1}},
+                {"key": "dl-3", "op": "update", "remote_id": 17, "idempotency_key": "pi:c:dl-3:v",
+                 "version": "v\"2", "record": {"id": "dl-3", "p": 5}}
+            ]})
+        );
+        assert_eq!(key("pi", "c", &members), key("pi", "c", &members));
+        assert_ne!(key("pi", "c", &members), key("pi", "c", &members[..1]));
+    }
+
+    fn answered(status: u16, body: Value) -> Reply {
+        Reply::Answer {
+            status,
+            headers: AnswerHeaders::default(),
+            body: body.to_string().into_bytes(),
+        }
+    }
+
+    #[test]
+    fn per_member_results_decide_each_member_and_a_missing_one_is_retried() {
+        let reply = answered(
+            200,
+            json!({"results": [
+                {"idempotency_key": "k2", "status": 422, "error": "progress: must be <= 100"},
+                {"idempotency_key": "k1", "status": 201, "id": 42}
+            ]}),
+        );
+        let Answer::Members(outcomes) =
+            answer(&reply, &["k1", "k2", "k3"], &[10, 20, 30], "/id", 0)
+        else {
+            panic!()
+        };
+        assert!(
+            matches!(
+                &outcomes[0],
+                Outcome::Delivered {
+                    status: 201,
+                    remote_id: Some(Key::Int(42)),
+                    bytes: 10,
+                    ..
+                }
+            ),
+            "{:?}",
+            outcomes[0]
+        );
+        assert!(
+            matches!(&outcomes[1], Outcome::Failed { status: Some(422), error, .. } if error.contains("progress")),
+            "{:?}",
+            outcomes[1]
+        );
+        assert!(
+            matches!(
+                &outcomes[2],
+                Outcome::Retry {
+                    maybe_processed: true,
+                    ..
+                }
+            ),
+            "{:?}",
+            outcomes[2]
+        );
+    }
+
+    #[test]
+    fn answers_to_the_whole_batch() {
+        let all_ok = answer(&answered(204, json!(null)), &["a", "b"], &[1, 1], "/id", 0);
+        assert!(
+            matches!(&all_ok, Answer::Members(o) if o.iter().all(|o| matches!(o, Outcome::Delivered { .. })))
+        );
+        assert_eq!(
+            answer(&answered(413, json!({})), &["a"], &[1], "/id", 0),
+            Answer::Split
+        );
+        let busy = answer(&answered(503, json!({})), &["a", "b"], &[1, 1], "/id", 0);
+        assert!(
+            matches!(&busy, Answer::Members(o) if o.iter().all(|o| matches!(o, Outcome::Retry { maybe_processed: true, .. })))
+        );
+        let refused = answer(&answered(401, json!({})), &["a"], &[1], "/id", 0);
+        assert!(
+            matches!(&refused, Answer::Members(o) if matches!(o[0], Outcome::Failed { status: Some(401), .. }))
+        );
+        let lost = Reply::Failure {
+            kind: super::super::transport::FailureKind::Timeout,
+            error: "timeout".into(),
+            maybe_processed: true,
+        };
+        assert!(
+            matches!(answer(&lost, &["a"], &[1], "/id", 0), Answer::Members(o) if matches!(o[0], Outcome::Retry { transport: true, .. }))
+        );
     }
 }

@@ -5,17 +5,12 @@
 use std::time::Duration;
 
 use reqwest::header::{
-    HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER,
+    HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER,
 };
 
-use super::plan::{self, Outcome};
-use super::transport::{Request, Sending, Transport};
+use super::transport::{AnswerHeaders, FailureKind, Reply, Request, Sending, Transport};
 use super::SyncError;
 use crate::config::{ConfigError, Remote, Token};
-use crate::store::now_ms;
-
-/// How much of an answer is read: enough for an id or an error message.
-const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 pub struct Client {
     http: reqwest::Client,
@@ -76,8 +71,8 @@ impl Client {
         &self.base
     }
 
-    /// Makes one request and says what came of it.
-    pub async fn request(&self, request: Request) -> Outcome {
+    /// Makes one request and says what came back.
+    pub async fn request(&self, request: Request) -> Reply {
         let bytes = request.body.len() as u64;
         let mut builder = self
             .http
@@ -85,6 +80,9 @@ impl Client {
             .header(CONTENT_TYPE, "application/json")
             .header(CONTENT_LENGTH, bytes)
             .body(request.body.into_body());
+        if let Some(encoding) = request.encoding {
+            builder = builder.header(CONTENT_ENCODING, encoding);
+        }
         if let Some(token) = &self.token {
             builder = builder.bearer_auth(token.expose());
         }
@@ -95,7 +93,7 @@ impl Client {
         }
         let mut response = match builder.send().await {
             Ok(response) => response,
-            Err(err) => return self.transport_failure(&err),
+            Err(err) => return self.failure(&err),
         };
         let status = response.status().as_u16();
         let header = |name: &str| {
@@ -105,18 +103,18 @@ impl Client {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        let headers = plan::AnswerHeaders {
+        let headers = AnswerHeaders {
             retry_after: header(RETRY_AFTER.as_str()),
             location: header(LOCATION.as_str()),
             replayed: header("idempotent-replayed").is_some_and(|v| v.eq_ignore_ascii_case("true")),
         };
-        let mut answer = Vec::new();
+        let mut body = Vec::new();
         loop {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
-                    let room = MAX_ANSWER_BYTES - answer.len();
-                    answer.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                    if answer.len() >= MAX_ANSWER_BYTES {
+                    let room = request.answer_limit - body.len();
+                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    if body.len() >= request.answer_limit {
                         break; // the rest is never read; the connection is dropped
                     }
                 }
@@ -126,50 +124,55 @@ impl Client {
                 Err(_) => break,
             }
         }
-        plan::classify(
+        Reply::Answer {
             status,
-            &answer,
-            &headers,
-            &request.remote_id_pointer,
-            now_ms(),
-            bytes,
-        )
+            headers,
+            body,
+        }
     }
 
-    /// No answer: say why in words `ferry diagnose` can group by.
-    fn transport_failure(&self, err: &reqwest::Error) -> Outcome {
-        if err.is_builder() {
-            return Outcome::refused(format!("the request cannot be built: {}", chain(err)));
-        }
+    /// No answer: why, in a kind `ferry diagnose` groups by, and words.
+    fn failure(&self, err: &reqwest::Error) -> Reply {
         let text = chain(err);
+        if err.is_builder() {
+            return Reply::Failure {
+                kind: FailureKind::Request,
+                error: format!("the request cannot be built: {text}"),
+                maybe_processed: false,
+            };
+        }
         let lower = text.to_ascii_lowercase();
         // Failing to connect means nothing was sent; any later failure (a timeout
         // waiting for the answer, a connection reset) may come after the server
         // acted on the request.
         let connecting = err.is_connect();
-        let error = if err.is_timeout() && !connecting {
-            format!("timeout: no answer within {:?}", self.timeout)
+        let (kind, error) = if err.is_timeout() && !connecting {
+            (
+                FailureKind::Timeout,
+                format!("timeout: no answer within {:?}", self.timeout),
+            )
         } else if err.is_timeout() {
-            format!("timeout: could not connect within {:?}", self.timeout)
+            (
+                FailureKind::Timeout,
+                format!("timeout: could not connect within {:?}", self.timeout),
+            )
         } else if io_kind(err) == Some(std::io::ErrorKind::ConnectionRefused)
             || lower.contains("connection refused")
         {
-            format!("connection refused: {text}")
+            (FailureKind::Refused, format!("connection refused: {text}"))
         } else if lower.contains("dns error") || lower.contains("failed to lookup address") {
-            format!("DNS: {text}")
+            (FailureKind::Dns, format!("DNS: {text}"))
         } else if lower.contains("certificate")
             || lower.contains("tls")
             || lower.contains("handshake")
         {
-            format!("TLS: {text}")
+            (FailureKind::Tls, format!("TLS: {text}"))
         } else {
-            format!("connection error: {text}")
+            (FailureKind::Connection, format!("connection error: {text}"))
         };
-        Outcome::Retry {
-            status: None,
+        Reply::Failure {
+            kind,
             error,
-            retry_after: None,
-            transport: true,
             maybe_processed: !connecting,
         }
     }

@@ -1,5 +1,5 @@
 //! The delivery engine: one loop per collection (`lane_loop`), each draining its due
-//! records in batches (`batch.rs`), woken by the store's changes (continuous mode),
+//! records in batches (`drain.rs`), woken by the store's changes (continuous mode),
 //! a periodic pass, retries falling due, and a full look now and then. What to do
 //! with each record, when a server is down and when to wake are decided in
 //! [`super::plan`]; this is the thin loop around those decisions.

@@ -4,9 +4,10 @@
 //! - [`plan`]: every decision, pure — what to do with a due record, the request for it,
 //!   what an answer means, the tracking row after it, when a server is down, when to
 //!   wake. Tested on its own.
-//! - `engine.rs`: the engine and its per-collection loops; `batch.rs`: one
-//!   collection's batches (claim, send, record); `changes.rs`: waiting for another
-//!   process's writes (continuous mode).
+//! - `engine.rs`: the engine and its per-collection loops; `drain.rs`: one
+//!   collection's batches of work (claim, send, record); `batch.rs`: the batch contract
+//!   (`docs/PROTOCOL.md` §3), pure; `changes.rs`: waiting for another process's writes
+//!   (continuous mode).
 //! - [`transport`]: what requests go through; [`client`] is ferry's (reqwest, rustls),
 //!   with the bearer token and `ca_file`; `body.rs`: request bodies, blobs streamed.
 //! - [`causes`]: why records were not delivered, grouped for `ferry diagnose`.
@@ -20,6 +21,7 @@ mod body;
 pub mod causes;
 mod changes;
 pub mod client;
+mod drain;
 mod engine;
 mod error;
 pub mod plan;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use super::transport::{AnswerHeaders, FailureKind, Reply};
 use crate::config::{Collection, Updates};
 use crate::store::record::{self, Key, Record};
 use crate::store::{rfc3339, Claim, ClaimState, Due, Millis, Status, Tracking};
@@ -42,6 +43,8 @@ pub enum Outcome {
         /// The server may have acted on the request (no answer after it was sent, a
         /// 5xx, a 409 "still in progress"): a create stays claimed.
         maybe_processed: bool,
+        /// Why there was no answer, when there was none.
+        failure: Option<FailureKind>,
     },
     /// The server refused this record for good (other 4xx, 3xx), or it cannot be sent.
     Failed {
@@ -69,13 +72,33 @@ impl Outcome {
     }
 }
 
-/// What an answer carried besides its status and body.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct AnswerHeaders {
-    pub retry_after: Option<String>,
-    pub location: Option<String>,
-    /// `Idempotent-Replayed: true`.
-    pub replayed: bool,
+/// What came back from a request for one record means (SPEC §5). `pointer` is where
+/// the record's id is in the answer; `bytes` the body's size.
+pub fn outcome(reply: &Reply, pointer: &str, now: Millis, bytes: u64) -> Outcome {
+    match reply {
+        Reply::Answer {
+            status,
+            headers,
+            body,
+        } => classify(*status, body, headers, pointer, now, bytes),
+        Reply::Failure {
+            kind: FailureKind::Request,
+            error,
+            ..
+        } => Outcome::refused(error.clone()),
+        Reply::Failure {
+            kind,
+            error,
+            maybe_processed,
+        } => Outcome::Retry {
+            status: None,
+            error: error.clone(),
+            retry_after: None,
+            transport: true,
+            maybe_processed: *maybe_processed,
+            failure: Some(*kind),
+        },
+    }
 }
 
 /// What a server's answer means (SPEC §5). `body` is the start of the answer.
@@ -106,6 +129,7 @@ pub fn classify(
                 .and_then(|v| parse_retry_after(v, now)),
             transport: false,
             maybe_processed: status == 409 || status >= 500,
+            failure: None,
         },
         // A redirect is never followed: it would turn the POST into a GET (301, 302)
         // or send the record where nobody configured it to go.
