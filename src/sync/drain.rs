@@ -1,8 +1,11 @@
-//! A collection's batches: read what is due, decide per record ([`plan::triage`]),
-//! claim the creates, send with at most `max_concurrent` requests in flight (all
-//! collections together), record every outcome in one write, and judge the server's
-//! health — until nothing is due, the server looks down, or a stop is asked for.
+//! A collection's work, as a pipeline: the next records are read from the store,
+//! decided ([`plan::triage`]) and — creates — claimed while requests are in flight;
+//! requests go out with at most `max_concurrent` in flight (all collections
+//! together), one record or one batch each; outcomes are written in groups, each
+//! group before the next read; the server's health is judged as answers come. Until
+//! nothing is due, the server looks down, or a stop is asked for.
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,9 +19,9 @@ use super::body;
 use super::engine::{Engine, Lane, SHUTDOWN_GRACE};
 use super::plan::{self, Action, Health, Outcome};
 use super::transport::{Request, Transport};
-use super::{Beat, SyncError, Tally};
+use super::{SyncError, Tally};
 use crate::config::{Collection, Compression};
-use crate::store::{now_ms, Due, DueQuery, Millis, Tracking};
+use crate::store::{now_ms, Due, DueQuery, Key, Millis, Tracking};
 
 /// Consecutive failed requests (no answer, 5xx, 429) after which a batch stops
 /// starting new ones and the server is treated as down: at least this many, and at
@@ -33,15 +36,48 @@ const MEMBER_ENVELOPE: usize = 200;
 /// What a batch's JSON carries besides its members (generously).
 const BATCH_ENVELOPE: usize = 512;
 
-/// What one batch did.
-struct Step {
+/// A drain's state: what is queued, in flight, finished but not yet written.
+struct Flow {
+    /// Units (a record, or a batch) claimed and ready to send, in order.
+    queue: VecDeque<Vec<Prepared>>,
+    tasks: JoinSet<Vec<(Prepared, Outcome)>>,
+    /// Records queued, in flight, or finished and not yet written: the store would hand
+    /// them out again, and they must not go twice at once.
+    busy: HashSet<Key>,
+    /// Outcomes not yet written.
+    finished: Vec<(Prepared, Outcome)>,
+    /// Rows to write with them (records that never left give their claim back).
+    rows: Vec<Tracking>,
     tally: Tally,
     /// The earliest time a change held back (one update a second) may go.
     deferred: Option<Millis>,
-    progressed: bool,
+    /// The store had nothing more to hand out.
+    exhausted: bool,
+    answers: Answers,
+    consecutive_unhealthy: usize,
+    /// The server looks down: no new request starts.
+    stop_starting: bool,
 }
 
-/// What a batch's answers say of the server.
+impl Flow {
+    fn new() -> Flow {
+        Flow {
+            queue: VecDeque::new(),
+            tasks: JoinSet::new(),
+            busy: HashSet::new(),
+            finished: Vec::new(),
+            rows: Vec::new(),
+            tally: Tally::default(),
+            deferred: None,
+            exhausted: false,
+            answers: Answers::default(),
+            consecutive_unhealthy: 0,
+            stop_starting: false,
+        }
+    }
+}
+
+/// What answers since the last write say of the server.
 #[derive(Default)]
 struct Answers {
     finished: usize,
@@ -51,46 +87,137 @@ struct Answers {
 }
 
 impl Engine {
-    /// Runs batches for one collection until nothing is due, the server looks down,
-    /// or a stop is asked for. Returns what happened and, if some records were held
-    /// back because they changed too recently, when to look at them again.
+    /// Runs one collection's work until nothing is due, the server looks down, or a
+    /// stop is asked for. Returns what happened and, if some records were held back
+    /// because they changed too recently, when to look at them again.
     pub(super) async fn drain(
         &self,
         lane: &mut Lane,
         shutdown: &watch::Receiver<bool>,
         single_pass: bool,
     ) -> Result<(Tally, Option<Millis>), SyncError> {
-        let mut total = Tally::default();
+        let mut flow = Flow::new();
+        let mut shutdown = shutdown.clone();
+        let result = self
+            .run_flow(lane, &mut flow, &mut shutdown, single_pass)
+            .await;
+        // Whatever ended it, what finished is written and what never left gives its
+        // claim back; what is still in flight keeps its claim (outcome unknown).
+        let unsent: Vec<Prepared> = flow.queue.drain(..).flatten().collect();
+        let name = lane.collection.name.as_str().to_string();
+        let settle = self
+            .give_back_claims(&name, unsent, &mut flow.rows)
+            .await
+            .and(self.flush(lane, &mut flow).await);
+        flow.tasks.abort_all();
+        result.and(settle)?;
+        Ok((flow.tally, flow.deferred))
+    }
+
+    async fn run_flow(
+        &self,
+        lane: &mut Lane,
+        flow: &mut Flow,
+        shutdown: &mut watch::Receiver<bool>,
+        single_pass: bool,
+    ) -> Result<(), SyncError> {
+        let low_water = self.config.remote.max_concurrent as usize;
         loop {
             if *shutdown.borrow() {
-                return Ok((total, None));
+                return self.grace(flow).await;
             }
-            let now = now_ms();
-            let Some(query) = self.next_query(lane, now, single_pass) else {
-                total.paused = true;
-                return Ok((total, None));
-            };
-            let name = lane.collection.name.as_str().to_string();
-            let due = self.store.call(move |s| s.due(&name, &query)).await?;
-            lane.beat.step();
-            if due.is_empty() {
-                return Ok((total, None));
+            if !flow.exhausted && !flow.stop_starting && flow.queue.len() < low_water {
+                // Outcomes first: the next read must see them.
+                self.flush(lane, flow).await?;
+                match self.next_query(lane, now_ms(), single_pass, flow.busy.len()) {
+                    Some(query) => self.refill(lane, flow, query).await?,
+                    None => {
+                        // Paused, the server looks down: nothing new until the probe.
+                        flow.tally.paused = true;
+                        flow.exhausted = true;
+                    }
+                }
+                if single_pass && flow.tally.paused {
+                    flow.exhausted = true;
+                }
             }
-            let step = self.step(lane, due, now, shutdown).await?;
-            total.add(&step.tally);
-            // Nothing changed (everything was held back or skipped), or the server
-            // looks down during a one-shot pass: this drain is over.
-            if !step.progressed || (single_pass && step.tally.paused) {
-                return Ok((total, step.deferred));
+            self.start(lane, flow, shutdown).await;
+            if flow.tasks.is_empty() {
+                if flow.exhausted || flow.stop_starting {
+                    return Ok(());
+                }
+                continue;
+            }
+            tokio::select! {
+                finished = flow.tasks.join_next() => {
+                    if let Some(Ok(done)) = finished {
+                        lane.beat.step();
+                        self.finished(flow, done);
+                    }
+                }
+                Ok(()) = shutdown.changed() => {}
             }
         }
     }
 
-    /// What to ask the store for next: a batch, or one record to probe a server that
-    /// looked down; `None` while the collection waits out its pause. Once every
-    /// `retry_failed_every`, a full look (the safety net for what the store's
-    /// watermarks cannot see).
-    fn next_query(&self, lane: &mut Lane, now: Millis, single_pass: bool) -> Option<DueQuery> {
+    /// A stop: what is in flight may finish, for a while; what is still unanswered
+    /// then keeps its claim and is sent again, with the same key, later.
+    async fn grace(&self, flow: &mut Flow) -> Result<(), SyncError> {
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while let Ok(Some(finished)) =
+            tokio::time::timeout_at(deadline, flow.tasks.join_next()).await
+        {
+            if let Ok(done) = finished {
+                flow.finished.extend(done);
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts as many queued units as permits allow.
+    async fn start(&self, lane: &Lane, flow: &mut Flow, shutdown: &mut watch::Receiver<bool>) {
+        while !flow.stop_starting && !*shutdown.borrow() && !flow.queue.is_empty() {
+            let Some(permit) = self.permit(flow.tasks.is_empty(), shutdown).await else {
+                break;
+            };
+            let Some(unit) = flow.queue.pop_front() else {
+                break;
+            };
+            let sender = self.sender(&lane.collection);
+            flow.tasks.spawn(async move {
+                let done = sender.send(unit).await;
+                drop(permit);
+                done
+            });
+        }
+    }
+
+    /// A unit's outcomes: kept for the next write, counted, and — a run of answers that
+    /// show the server down — no new request starts.
+    fn finished(&self, flow: &mut Flow, done: Vec<(Prepared, Outcome)>) {
+        let trip_after = TRIP_AFTER.max(self.config.remote.max_concurrent as usize);
+        if !done.is_empty() && done.iter().all(|(_, o)| o.is_unhealthy()) {
+            flow.consecutive_unhealthy += 1;
+            if flow.consecutive_unhealthy >= trip_after {
+                flow.stop_starting = true;
+            }
+        } else {
+            flow.consecutive_unhealthy = 0;
+        }
+        flow.finished.extend(done);
+    }
+
+    /// What to ask the store for next: a batch (and as many more as are busy, which it
+    /// would hand out again), or one record to probe a server that looked down; `None`
+    /// while the collection waits out its pause. Once every `retry_failed_every`, a
+    /// full look (the safety net for what the store's watermarks cannot see).
+    fn next_query(
+        &self,
+        lane: &mut Lane,
+        now: Millis,
+        single_pass: bool,
+        busy: usize,
+    ) -> Option<DueQuery> {
         let probing = match lane.health {
             Health::Up => false,
             Health::Down { until, .. } if now < until => return None,
@@ -104,9 +231,9 @@ impl Engine {
         Some(DueQuery {
             now,
             limit: if probing {
-                1
+                1 + busy
             } else {
-                self.batch_limit(&lane.collection)
+                self.batch_limit(&lane.collection) + busy
             },
             include_changed: lane.collection.sends_changes(),
             full_scan,
@@ -115,30 +242,33 @@ impl Engine {
         })
     }
 
-    fn policy(&self) -> plan::RetryPolicy {
-        plan::RetryPolicy {
-            failed_every: self.config.sync.retry_failed_every.get(),
-            max_delay: self.config.sync.max_retry_delay.get(),
-        }
-    }
-
-    /// One batch: what [`plan::triage`] decided is written or sent; creates are
-    /// claimed before they leave; every outcome is recorded in one write.
-    async fn step(
+    /// Reads what is due and not busy, writes what [`plan::triage`] decides for it,
+    /// claims the creates, and queues the requests. Marks the flow exhausted when
+    /// nothing at all came of it.
+    async fn refill(
         &self,
         lane: &mut Lane,
-        due: Vec<Due>,
-        now: Millis,
-        shutdown: &watch::Receiver<bool>,
-    ) -> Result<Step, SyncError> {
+        flow: &mut Flow,
+        query: DueQuery,
+    ) -> Result<(), SyncError> {
         let name = lane.collection.name.as_str().to_string();
+        let now = query.now;
+        let probe = matches!(lane.health, Health::Down { .. });
+        let due_name = name.clone();
+        let mut due = self.store.call(move |s| s.due(&due_name, &query)).await?;
+        lane.beat.step();
+        due.retain(|d| !flow.busy.contains(&d.key));
+        if probe {
+            due.truncate(1);
+        }
+        if due.is_empty() {
+            flow.exhausted = true;
+            return Ok(());
+        }
         let triage = plan::triage(due, &lane.collection, now, self.policy());
-        let mut tally = Tally {
-            failed: triage.refused,
-            ..Tally::default()
-        };
-        let mut rows = triage.rows;
-        for row in rows
+        flow.tally.failed += triage.refused;
+        for row in triage
+            .rows
             .iter()
             .filter(|r| r.status == crate::store::Status::Failed)
         {
@@ -146,11 +276,15 @@ impl Engine {
                 tracing::warn!(collection = %name, local_id = %row.key, "{name} {}: {error}", row.key);
             }
         }
-        let forgot = !triage.forget.is_empty();
+        if let Some(at) = triage.deferred {
+            flow.deferred = Some(flow.deferred.map_or(at, |d| d.min(at)));
+        }
+        let wrote = !triage.rows.is_empty() || !triage.forget.is_empty();
         self.forget(&name, triage.forget).await?;
+        let mut rows = triage.rows;
         let (sends, unbuildable) = self.prepare(triage.sends, &lane.collection);
         for (d, attempt, outcome) in unbuildable {
-            tally.failed += 1;
+            flow.tally.failed += 1;
             rows.push(plan::after(
                 &d,
                 &lane.collection,
@@ -161,27 +295,65 @@ impl Engine {
                 self.random(),
             ));
         }
+        if !rows.is_empty() {
+            self.store.call(move |s| s.write_tracking(&rows)).await?;
+        }
+        if sends.is_empty() && !wrote {
+            // Everything due was held back (changed too recently) or skipped.
+            flow.exhausted = true;
+            return Ok(());
+        }
         self.claim(lane, &sends, now).await?;
-        let (batch, unsent) = self
-            .send_batch(&lane.collection, sends, shutdown, &lane.beat)
-            .await;
-        self.give_back_claims(&name, unsent, &mut rows).await?;
-        let answers = self.read_outcomes(lane, &batch, &mut rows, &mut tally);
-        let wrote = !rows.is_empty();
-        if wrote {
+        flow.busy.extend(sends.iter().map(|p| p.due.key.clone()));
+        flow.queue.extend(self.units(&lane.collection, sends));
+        if probe && !flow.queue.is_empty() {
+            // A probe is one request: the rest waits for its answer (the next drain,
+            // once it says the server is up). One that only settled rows (a deleted
+            // record's) sent nothing: the next record probes.
+            flow.exhausted = true;
+        }
+        Ok(())
+    }
+
+    /// Writes the outcomes finished since the last write (and the claims given back),
+    /// in one write, then judges the server's health on them.
+    async fn flush(&self, lane: &mut Lane, flow: &mut Flow) -> Result<(), SyncError> {
+        if flow.finished.is_empty() && flow.rows.is_empty() {
+            return Ok(());
+        }
+        let finished = std::mem::take(&mut flow.finished);
+        let mut rows = std::mem::take(&mut flow.rows);
+        let mut tally = Tally::default();
+        let answers = self.read_outcomes(lane, &finished, &mut rows, &mut tally);
+        for (p, _) in &finished {
+            flow.busy.remove(&p.due.key);
+        }
+        if !rows.is_empty() {
             self.store.call(move |s| s.write_tracking(&rows)).await?;
             lane.beat.step();
         }
-        self.note_activity(&tally, batch.len(), now);
-        self.judge_health(lane, answers, &mut tally, now);
-        Ok(Step {
-            tally,
-            deferred: triage.deferred,
-            // Something was sent, or a tracking row changed (abandoned, settled,
-            // refused, forgotten) so that what was handed out is not handed out again —
-            // and more may be waiting behind it (a probe asks for one).
-            progressed: !batch.is_empty() || wrote || forgot,
-        })
+        self.note_activity(&tally, finished.len(), now_ms());
+        flow.answers.finished += answers.finished;
+        flow.answers.unhealthy += answers.unhealthy;
+        flow.answers.retry_after = flow.answers.retry_after.max(answers.retry_after);
+        let answers = std::mem::take(&mut flow.answers);
+        self.judge_health(lane, answers, &mut tally, now_ms());
+        if matches!(lane.health, Health::Down { .. }) {
+            // Down (or still down after a probe): nothing new starts until the pause ends.
+            flow.stop_starting = true;
+        } else {
+            flow.stop_starting = false;
+            flow.consecutive_unhealthy = 0;
+        }
+        flow.tally.add(&tally);
+        Ok(())
+    }
+
+    fn policy(&self) -> plan::RetryPolicy {
+        plan::RetryPolicy {
+            failed_every: self.config.sync.retry_failed_every.get(),
+            max_delay: self.config.sync.max_retry_delay.get(),
+        }
     }
 
     async fn forget(&self, name: &str, keys: Vec<crate::store::Key>) -> Result<(), SyncError> {
@@ -251,6 +423,51 @@ impl Engine {
         self.forget(name, unclaim).await
     }
 
+    /// What `STATUS=` shows follows what batches did.
+    fn note_activity(&self, tally: &Tally, sent: usize, now: Millis) {
+        if tally.delivered > 0 {
+            self.activity.last_push.store(now, Ordering::Relaxed);
+        }
+        if sent > 0 {
+            self.activity.generation.fetch_add(1, Ordering::Relaxed);
+            self.activity.changed.notify_one();
+        }
+    }
+
+    /// What is sent in one request each: a record, or a batch of records that fits the
+    /// collection's limits.
+    fn units(&self, collection: &Collection, sends: Vec<Prepared>) -> Vec<Vec<Prepared>> {
+        if collection.batch_endpoint.is_none() {
+            return sends.into_iter().map(|p| vec![p]).collect();
+        }
+        // What each member adds to the batch's JSON: its body and its envelope.
+        let sizes: Vec<usize> = sends
+            .iter()
+            .map(|p| {
+                p.len() + p.plan.idempotency_key.len() + p.attempt.version.len() + MEMBER_ENVELOPE
+            })
+            .collect();
+        let ranges = batch::pack(
+            &sizes,
+            collection.batch_max_records as usize,
+            (collection.batch_max_bytes.get() as usize).saturating_sub(BATCH_ENVELOPE),
+        );
+        let mut sends = sends.into_iter();
+        ranges
+            .into_iter()
+            .map(|range| sends.by_ref().take(range.len()).collect())
+            .collect()
+    }
+
+    fn sender(&self, collection: &Collection) -> Sender {
+        Sender {
+            transport: Arc::clone(&self.transport),
+            collection: collection.clone(),
+            device_id: self.config.device_id().to_string(),
+            gzip: self.config.remote.compression == Compression::Gzip,
+        }
+    }
+
     /// The tracking rows of a batch's outcomes (into `rows`), the tally, and what
     /// they say of the server's health.
     fn read_outcomes(
@@ -310,17 +527,6 @@ impl Engine {
         answers
     }
 
-    /// What `STATUS=` shows follows what batches did.
-    fn note_activity(&self, tally: &Tally, sent: usize, now: Millis) {
-        if tally.delivered > 0 {
-            self.activity.last_push.store(now, Ordering::Relaxed);
-        }
-        if sent > 0 {
-            self.activity.generation.fetch_add(1, Ordering::Relaxed);
-            self.activity.changed.notify_one();
-        }
-    }
-
     /// The collection's health after a batch ([`plan::health_after`]), said in the
     /// log when it turns.
     fn judge_health(&self, lane: &mut Lane, answers: Answers, tally: &mut Tally, now: Millis) {
@@ -349,111 +555,6 @@ impl Engine {
             tally.paused = true;
         }
         lane.health = health;
-    }
-
-    /// Sends what is prepared — one request a record, or batches (`batch_endpoint`) —
-    /// first attempts in order, with at most `max_concurrent` requests in flight (all
-    /// collections together); stops starting new ones when the server looks down or a
-    /// stop is asked for. Returns the outcome of every record whose request finished,
-    /// and the records whose request never started. A request still in flight when the
-    /// stop's grace ran out is in neither: its outcome is unknown, and its records stay
-    /// as they were (a create stays claimed).
-    async fn send_batch(
-        &self,
-        collection: &Collection,
-        sends: Vec<Prepared>,
-        shutdown: &watch::Receiver<bool>,
-        beat: &Beat,
-    ) -> (Vec<(Prepared, Outcome)>, Vec<Prepared>) {
-        let mut results = Vec::with_capacity(sends.len());
-        let mut tasks: JoinSet<Vec<(Prepared, Outcome)>> = JoinSet::new();
-        let mut queue = self.units(collection, sends).into_iter();
-        let mut consecutive_unhealthy = 0usize;
-        let mut stop_starting = false;
-        let mut shutdown = shutdown.clone();
-        let trip_after = TRIP_AFTER.max(self.config.remote.max_concurrent as usize);
-        loop {
-            // Start as many as the global limit allows.
-            while !stop_starting && !*shutdown.borrow() && queue.len() > 0 {
-                let Some(permit) = self.permit(tasks.is_empty(), &mut shutdown).await else {
-                    break;
-                };
-                let Some(unit) = queue.next() else {
-                    break;
-                };
-                let sender = self.sender(collection);
-                tasks.spawn(async move {
-                    let done = sender.send(unit).await;
-                    drop(permit);
-                    done
-                });
-            }
-            if tasks.is_empty() {
-                break;
-            }
-            tokio::select! {
-                finished = tasks.join_next() => {
-                    let Some(Ok(done)) = finished else { continue };
-                    beat.step();
-                    if !done.is_empty() && done.iter().all(|(_, o)| o.is_unhealthy()) {
-                        consecutive_unhealthy += 1;
-                        if consecutive_unhealthy >= trip_after {
-                            stop_starting = true;
-                        }
-                    } else {
-                        consecutive_unhealthy = 0;
-                    }
-                    results.extend(done);
-                }
-                Ok(()) = shutdown.changed() => {
-                    // Stop: let what is in flight finish, for a while.
-                    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-                    while let Ok(Some(finished)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {
-                        if let Ok(done) = finished {
-                            results.extend(done);
-                        }
-                    }
-                    // Outcome unknown: left pending, sent again with the same key.
-                    tasks.abort_all();
-                    break;
-                }
-            }
-        }
-        (results, queue.flatten().collect())
-    }
-
-    /// What is sent in one request each: a record, or a batch of records that fits the
-    /// collection's limits.
-    fn units(&self, collection: &Collection, sends: Vec<Prepared>) -> Vec<Vec<Prepared>> {
-        if collection.batch_endpoint.is_none() {
-            return sends.into_iter().map(|p| vec![p]).collect();
-        }
-        // What each member adds to the batch's JSON: its body and its envelope.
-        let sizes: Vec<usize> = sends
-            .iter()
-            .map(|p| {
-                p.len() + p.plan.idempotency_key.len() + p.attempt.version.len() + MEMBER_ENVELOPE
-            })
-            .collect();
-        let ranges = batch::pack(
-            &sizes,
-            collection.batch_max_records as usize,
-            (collection.batch_max_bytes.get() as usize).saturating_sub(BATCH_ENVELOPE),
-        );
-        let mut sends = sends.into_iter();
-        ranges
-            .into_iter()
-            .map(|range| sends.by_ref().take(range.len()).collect())
-            .collect()
-    }
-
-    fn sender(&self, collection: &Collection) -> Sender {
-        Sender {
-            transport: Arc::clone(&self.transport),
-            collection: collection.clone(),
-            device_id: self.config.device_id().to_string(),
-            gzip: self.config.remote.compression == Compression::Gzip,
-        }
     }
 }
 
