@@ -18,7 +18,7 @@ use super::batch;
 use super::body;
 use super::engine::{Engine, Lane, SHUTDOWN_GRACE};
 use super::plan::{self, Action, Health, Outcome};
-use super::transport::{Request, Transport};
+use super::transport::{FailureKind, Reply, Request, Transport};
 use super::{SyncError, Tally};
 use crate::config::{Collection, Compression};
 use crate::store::{now_ms, Due, DueQuery, Key, Millis, Tracking};
@@ -465,6 +465,7 @@ impl Engine {
             collection: collection.clone(),
             device_id: self.config.device_id().to_string(),
             gzip: self.config.remote.compression == Compression::Gzip,
+            adaptive: self.adaptive.clone(),
         }
     }
 
@@ -564,6 +565,7 @@ struct Sender {
     collection: Collection,
     device_id: String,
     gzip: bool,
+    adaptive: Option<Arc<super::adaptive::Concurrency>>,
 }
 
 impl Sender {
@@ -601,8 +603,23 @@ impl Sender {
             encoding,
             answer_limit: MAX_ANSWER_BYTES,
         };
-        let reply = self.transport.send(request).await;
+        let reply = self.timed(request).await;
         plan::outcome(&reply, self.collection.remote_id.as_str(), now_ms(), bytes)
+    }
+
+    /// One request; with adaptive concurrency, its round trip and whether the server
+    /// pushed back (429, 503, no answer in time) size the permits.
+    async fn timed(&self, request: Request) -> Reply {
+        let started = std::time::Instant::now();
+        let reply = self.transport.send(request).await;
+        if let Some(adaptive) = &self.adaptive {
+            let pushed_back = match &reply {
+                Reply::Answer { status, .. } => matches!(status, 429 | 503),
+                Reply::Failure { kind, .. } => *kind == FailureKind::Timeout,
+            };
+            adaptive.observe(started.elapsed(), pushed_back);
+        }
+        reply
     }
 
     /// A batch, one request; a `413` splits it in halves, sent one after the other,
@@ -631,7 +648,7 @@ impl Sender {
                         encoding,
                         answer_limit: batch::ANSWER_LIMIT,
                     };
-                    Some(self.transport.send(request).await)
+                    Some(self.timed(request).await)
                 }
                 Err(outcome) => {
                     done.extend(unit.into_iter().map(|p| (p, outcome.clone())));

@@ -39,6 +39,8 @@ pub struct Engine {
     pub(super) transport: Arc<dyn Transport>,
     /// Requests in flight, all collections together (`remote.max_concurrent`).
     pub(super) in_flight: Arc<Semaphore>,
+    /// With `remote.concurrency = "adaptive"`: what sizes `in_flight` as answers come.
+    pub(super) adaptive: Option<Arc<super::adaptive::Concurrency>>,
     jitter: Mutex<Jitter>,
     beats: Vec<Arc<Beat>>,
     pub(super) activity: Arc<Activity>,
@@ -87,10 +89,18 @@ impl Engine {
         transport: Arc<dyn Transport>,
     ) -> Engine {
         let max = config.remote.max_concurrent as usize;
+        let adaptive = config.remote.concurrency == crate::config::Concurrency::Adaptive;
+        let in_flight = Arc::new(Semaphore::new(if adaptive { 1 } else { max }));
         Engine {
             store,
             transport,
-            in_flight: Arc::new(Semaphore::new(max)),
+            adaptive: adaptive.then(|| {
+                Arc::new(super::adaptive::Concurrency::new(
+                    max,
+                    Arc::clone(&in_flight),
+                ))
+            }),
+            in_flight,
             jitter: Mutex::new(Jitter::from_clock()),
             beats: config
                 .collections

@@ -16,6 +16,7 @@
 //! reuses its Idempotency-Key until a definite answer, so a crash, a lost answer or a
 //! change of the record in between can never make the server create it twice.
 
+mod adaptive;
 mod batch;
 mod body;
 pub mod causes;

@@ -212,3 +212,28 @@ fn gzip_bodies_are_decoded_by_the_server_and_much_smaller() {
     assert_eq!(fx.ferry(&["sync", "--once"], None).status.code(), Some(0));
     assert_eq!(server.stored()[0].body["text"], json!("abc ".repeat(100)));
 }
+
+#[test]
+fn adaptive_concurrency_fills_a_slow_link_within_max_concurrent() {
+    // Every answer takes 30 ms: one request at a time would take 9 s for 300 records.
+    let server = id_server(Faults {
+        delay: std::time::Duration::from_millis(30),
+        ..Faults::default()
+    });
+    let fx = fixture(
+        Backend::Sqlite,
+        &server,
+        "max_concurrent = 12\nconcurrency = \"adaptive\"",
+        "",
+        "[[collections]]\nname = \"evenement\"\nkey = \"id_evenement\"\nendpoint = \"/api/evenements\"\n",
+    );
+    put_events(&fx, 0..300);
+    let started = std::time::Instant::now();
+    assert_eq!(fx.ferry(&["sync", "--once"], None).status.code(), Some(0));
+    let took = started.elapsed();
+    let peak = server.peak_in_flight();
+    eprintln!("300 records in {took:?}, at most {peak} in flight");
+    assert_eq!(server.keys("/api/evenements").len(), 300);
+    assert!(peak > 4, "the limit grew: {peak}");
+    assert!(peak <= 12, "never above max_concurrent: {peak}");
+}

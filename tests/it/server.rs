@@ -128,6 +128,9 @@ struct State {
     gets: u64,
     /// Batches received: members, bytes of JSON, bytes on the wire.
     batches: Vec<(usize, usize, usize)>,
+    /// Requests being answered now (in their `delay`), and the most at once.
+    in_flight: usize,
+    peak_in_flight: usize,
     /// Faults injected so far, by kind.
     injected: HashMap<String, u64>,
 }
@@ -179,6 +182,11 @@ impl TestServer {
     /// Batches received: (members, bytes of JSON, bytes on the wire).
     pub fn batches(&self) -> Vec<(usize, usize, usize)> {
         self.state.lock().unwrap().batches.clone()
+    }
+
+    /// The most requests answered at once (each within its `delay`).
+    pub fn peak_in_flight(&self) -> usize {
+        self.state.lock().unwrap().peak_in_flight
     }
 
     /// GET requests received: a client that followed a redirect sent them.
@@ -445,9 +453,15 @@ async fn connection(
         };
         let Some(request) = request else { return };
         let (plan, delay) = decide(&state, &request);
+        {
+            let mut state = state.lock().unwrap();
+            state.in_flight += 1;
+            state.peak_in_flight = state.peak_in_flight.max(state.in_flight);
+        }
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        state.lock().unwrap().in_flight -= 1;
         match plan {
             Plan::Answer(status, body, extra) => {
                 if !respond(&mut socket, status, &body, &extra).await {
