@@ -1,0 +1,463 @@
+//! Finding work: the reads of [`Store::due`](crate::store::Store::due). Retries come
+//! from the `(table_name, sync_status, next_attempt_at)` index on `sync_tracking`; new
+//! records from above the rowid watermark (every row at or below it has a tracking
+//! row); changed records from the `updated_at` index, from the `updated_at` watermark
+//! up. So finding work costs what there is to send, not the size of the table.
+//!
+//! All the reads of one call share a read snapshot; watermark moves are collected and
+//! written after it ends, and not at all for a peek. This file never reads the whole
+//! table: that is the sweep's job (`sweep.rs`), paced.
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params, OptionalExtension, Row};
+
+use super::table::{compare_sql, key_from_sql, key_to_sql, sql_from_json, sql_text, Table};
+use super::tracking::{tracking_from_row, TRACKING_COLUMNS};
+use super::SqliteStore;
+use crate::store::record::{self, Key};
+use crate::store::{Due, DueQuery, Found, StoreError};
+
+/// Untracked rows read per batch, in batches: a batch is the first `limit` of a
+/// window this many times bigger, taken in insertion order and sorted by `order_by`.
+const NEW_RECORDS_WINDOW: i64 = 4;
+
+impl SqliteStore {
+    /// The reads of [`Store::due`], all in the caller's read snapshot; watermark
+    /// changes are collected in `updates`, written once the snapshot ends.
+    pub(super) fn due_in_snapshot(
+        &self,
+        collection: &str,
+        query: &DueQuery,
+        updates: &mut Vec<(&'static str, Vec<SqlValue>)>,
+    ) -> Result<Vec<Due>, StoreError> {
+        let table = self.table(collection)?;
+        let name = table.collection_name().to_string();
+        let path = self.path.clone();
+        let op = |what: &str| format!("finding {what} records of {name}");
+        let limit = query.limit as i64;
+        let mut due: Vec<Due> = Vec::new();
+        let row_to_due = |row: &Row<'_>, found: Found| table.due_from_row(&name, row, found);
+
+        // 1. Retries that are due, found through the tracking index.
+        let retry_keys: Vec<SqlValue> = self
+            .conn
+            .prepare_cached(
+                "SELECT local_id FROM sync_tracking WHERE table_name = ?1
+                   AND sync_status IN ('pending', 'failed') AND next_attempt_at <= ?2
+                 ORDER BY next_attempt_at LIMIT ?3",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![name, query.now, limit], |r| r.get(0))?
+                    .collect()
+            })
+            .map_err(StoreError::sqlite(&path, op("retry")))?;
+        due.extend(self.due_by_key(table, &retry_keys, Found::Retry)?);
+
+        // 2. Records never tried: only rows above the watermark are read.
+        let (mut watermark, watermark_key, changed_watermark) = self.watermarks(&name)?;
+        let watermark_stored = watermark;
+        if query.full_scan || !table.has_rowid {
+            watermark = 0;
+        } else if watermark > 0 {
+            // The row at the watermark must still be the one it was; if it was deleted,
+            // a new row may have taken a rowid below the watermark, so read from 0.
+            let at: Option<Option<Key>> = self
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT {} FROM {} AS t WHERE t.rowid = ?1",
+                    table.key_expr, table.name
+                ))
+                .and_then(|mut s| {
+                    s.query_row([watermark], |r| Ok(key_from_sql(r.get_ref(0)?)))
+                        .optional()
+                })
+                .map_err(StoreError::sqlite(&path, op("new")))?;
+            if at.flatten() != watermark_key {
+                tracing::debug!(collection = %name, watermark, "watermark row changed; reading the whole table once");
+                watermark = 0;
+            }
+        }
+        // A backlog bigger than the window goes out window by window, in insertion
+        // order; within a window, in order_by order. Records with blobs are big: they
+        // are read a batch at a time, in order_by order.
+        let windowed = table.has_rowid && table.collection.blob_fields.is_empty();
+        let sql = table.new_records_sql(windowed);
+        let window = if windowed {
+            limit.saturating_mul(NEW_RECORDS_WINDOW)
+        } else {
+            limit
+        };
+        let fresh: Vec<(i64, Due)> = self
+            .conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| {
+                s.query_map(params![name, watermark, window], |row| {
+                    Ok((row.get::<_, i64>(0)?, row_to_due(row, Found::New)?))
+                })?
+                .filter_map(|r| r.map(|(rowid, d)| d.map(|d| (rowid, d))).transpose())
+                .collect()
+            })
+            .map_err(StoreError::sqlite(&path, op("new")))?;
+        if table.has_rowid && (windowed || (fresh.len() as i64) < limit) {
+            // Every row between the watermark and the first untracked one is tracked
+            // (read in rowid order, or all of them read):
+            // move the watermark up to the row just below it (to the last row when
+            // nothing is untracked). After a full scan this may move it down, to
+            // untracked rows found below it (tracking deleted, a key reused).
+            let below = fresh
+                .iter()
+                .map(|(rowid, _)| *rowid)
+                .min()
+                .unwrap_or(i64::MAX);
+            let new: Option<(i64, Option<Key>)> = self
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT t.rowid, {} FROM {} AS t WHERE t.rowid < ?1 ORDER BY t.rowid DESC LIMIT 1",
+                    table.key_expr, table.name
+                ))
+                .and_then(|mut s| s.query_row([below], |r| Ok((r.get(0)?, key_from_sql(r.get_ref(1)?)))).optional())
+                .map_err(StoreError::sqlite(&path, op("new")))?;
+            let (new_mark, new_key) = new.unwrap_or((0, None));
+            if new_mark != watermark_stored || new_key != watermark_key {
+                updates.push((
+                    "UPDATE ferry_collections SET new_watermark = ?2, new_watermark_key = ?3 WHERE name = ?1",
+                    vec![
+                        SqlValue::Text(name.clone()),
+                        SqlValue::Integer(new_mark),
+                        new_key.as_ref().map_or(SqlValue::Null, key_to_sql),
+                    ],
+                ));
+            }
+        } else if table.has_rowid && query.full_scan && watermark_stored > 0 {
+            // A full scan found a whole batch of untracked rows: some may lie below the
+            // watermark (tracking deleted, a key reused). Read from 0 until they are
+            // all tracked, not just at the next full scan.
+            updates.push((
+                "UPDATE ferry_collections SET new_watermark = 0, new_watermark_key = NULL WHERE name = ?1",
+                vec![SqlValue::Text(name.clone())],
+            ));
+        }
+        due.extend(fresh.into_iter().map(|(_, d)| d));
+
+        // 3. Delivered records whose version moved, found through the updated_at index.
+        if let (true, Some(updated)) = (query.include_changed, table.updated_expr.as_deref()) {
+            let from = if query.full_scan {
+                SqlValue::Null
+            } else {
+                changed_watermark
+            };
+            let sql = table.changed_records_sql(from == SqlValue::Null);
+            let changed: Vec<Due> = self
+                .conn
+                .prepare_cached(&sql)
+                .and_then(|mut s| {
+                    s.query_map(params![name, from, limit], |row| {
+                        row_to_due(row, Found::Changed)
+                    })?
+                    .filter_map(Result::transpose)
+                    .collect()
+                })
+                .map_err(StoreError::sqlite(&path, op("changed")))?;
+            if (changed.len() as i64) < limit {
+                // Seen every change from `from` up: next time, start at the oldest one
+                // still undelivered, or at the newest value in the table.
+                let oldest_pending = changed
+                    .iter()
+                    .filter_map(|d| {
+                        d.record
+                            .as_ref()?
+                            .get(table.collection.updated_at.as_ref()?.as_str())
+                    })
+                    .filter_map(|v| sql_from_json(v).ok())
+                    .min_by(compare_sql);
+                let next = match oldest_pending {
+                    Some(v) => v,
+                    None => self
+                        .conn
+                        .prepare_cached(&format!("SELECT MAX({updated}) FROM {} AS t", table.name))
+                        .and_then(|mut s| s.query_row([], |r| r.get::<_, SqlValue>(0)))
+                        .map_err(StoreError::sqlite(&path, op("changed")))?,
+                };
+                if next != from {
+                    updates.push((
+                        "UPDATE ferry_collections SET changed_watermark = ?2 WHERE name = ?1",
+                        vec![SqlValue::Text(name.clone()), next],
+                    ));
+                }
+            }
+            due.extend(changed);
+        }
+
+        // One entry per key: a retry before a new record before a changed one.
+        let mut seen = std::collections::HashSet::new();
+        due.retain(|d| seen.insert(d.key.clone()));
+        // Drop what is delivered in the state it has now (the SQL compares updated_at;
+        // the content is compared here).
+        due.retain(|d| {
+            d.found != Found::Changed
+                || d.tracking
+                    .as_ref()
+                    .is_none_or(|t| t.differs_from(&d.version, d.fingerprint))
+        });
+        Ok(crate::store::compose_due(
+            due,
+            query.limit,
+            table.collection.order_by().as_str(),
+        ))
+    }
+
+    /// The full rows of `keys` as due records (`Found` as given); a tracked record
+    /// deleted since comes without its record.
+    pub(super) fn due_by_key(
+        &self,
+        table: &Table,
+        keys: &[SqlValue],
+        found: Found,
+    ) -> Result<Vec<Due>, StoreError> {
+        let name = table.collection_name();
+        let path = &self.path;
+        let op = || format!("reading records of {name} to deliver");
+        let mut due = Vec::new();
+        if keys.is_empty() {
+            return Ok(due);
+        }
+        let sql = table.due_sql(&format!("{} = ?2", table.key_expr), "");
+        let mut stmt = self
+            .conn
+            .prepare_cached(&sql)
+            .map_err(StoreError::sqlite(path, op()))?;
+        let mut orphans = Vec::new();
+        for key in keys {
+            match stmt
+                .query_row(params![name, key], |row| {
+                    table.due_from_row(name, row, found)
+                })
+                .optional()
+            {
+                Ok(Some(Some(d))) => due.push(d),
+                Ok(_) => orphans.push(key.clone()),
+                Err(e) => return Err(StoreError::sqlite(path, op())(e)),
+            }
+        }
+        drop(stmt);
+        // Tracked records deleted since: handed back without a record.
+        for key in orphans {
+            let row = self
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT {TRACKING_COLUMNS} FROM sync_tracking AS s WHERE s.table_name = ?1 AND s.local_id = ?2"
+                ))
+                .and_then(|mut s| s.query_row(params![name, key], |r| tracking_from_row(name, r, 0)).optional())
+                .map_err(StoreError::sqlite(path, op()))?
+                .flatten();
+            if let Some(row) = row {
+                due.push(Due {
+                    key: row.key.clone(),
+                    record: None,
+                    version: String::new(),
+                    fingerprint: 0,
+                    tracking: Some(row),
+                    found,
+                });
+            }
+        }
+        Ok(due)
+    }
+
+    /// The watermarks stored for a collection.
+    pub(super) fn watermarks(
+        &self,
+        collection: &str,
+    ) -> Result<(i64, Option<Key>, SqlValue), StoreError> {
+        self.conn
+            .query_row(
+                "SELECT new_watermark, new_watermark_key, changed_watermark FROM ferry_collections WHERE name = ?1",
+                [collection],
+                |r| Ok((r.get::<_, i64>(0)?, key_from_sql(r.get_ref(1)?), r.get::<_, SqlValue>(2)?)),
+            )
+            .optional()
+            .map_err(self.err("reading watermarks"))
+            .map(|w| w.unwrap_or((0, None, SqlValue::Null)))
+    }
+}
+
+impl Table {
+    /// The due-record query: rowid, record columns, version, tracking columns, for the
+    /// rows matching `condition`, then `tail` (ORDER BY / LIMIT).
+    pub(super) fn due_sql(&self, condition: &str, tail: &str) -> String {
+        self.due_sql_join("LEFT JOIN", condition, tail)
+    }
+
+    /// `join`: LEFT JOIN, or CROSS JOIN to make SQLite read the collection's table
+    /// first (by its own index) rather than every delivered tracking row.
+    pub(super) fn due_sql_join(&self, join: &str, condition: &str, tail: &str) -> String {
+        let version = self.version_sql();
+        let rowid = if self.has_rowid { "t.rowid" } else { "0" };
+        format!(
+            "SELECT {rowid}, {}, {version}, {TRACKING_COLUMNS} FROM {} AS t \
+             {join} sync_tracking AS s ON s.table_name = ?1 AND s.local_id = {} \
+             WHERE {condition} {tail}",
+            self.select_list, self.name, self.probe_expr
+        )
+    }
+
+    /// Records never tried, above the rowid watermark (?2), at most ?3. `windowed`:
+    /// the first ?3 in rowid order (insertion order), so the rowid range drives the
+    /// query and a backlog costs each batch a window, not the whole backlog; the
+    /// caller sorts the window by `order_by`. Otherwise (no rowid, or records with
+    /// blobs, which are read a batch at a time): the first ?3 by `order_by` among all
+    /// untracked rows (the `+` keeps the planner from walking an index in ORDER BY
+    /// order, which would read every row).
+    pub(super) fn new_records_sql(&self, windowed: bool) -> String {
+        let above = if self.has_rowid {
+            "t.rowid > ?2"
+        } else {
+            "?2 IS NOT NULL"
+        };
+        let order = if windowed {
+            "ORDER BY t.rowid LIMIT ?3".to_string()
+        } else {
+            format!("ORDER BY +{}, +{} LIMIT ?3", self.order_expr, self.key_expr)
+        };
+        self.due_sql(&format!("{above} AND s.local_id IS NULL"), &order)
+    }
+
+    /// Delivered records whose version moved, from `updated_at` ?2 up (read through the
+    /// `updated_at` index), or all of them when `from_start`.
+    pub(super) fn changed_records_sql(&self, from_start: bool) -> String {
+        let updated = self.updated_expr.as_deref().unwrap_or("NULL");
+        let version = format!("CAST({updated} AS TEXT)");
+        // A row without updated_at is versioned by its content: the sweep's to see.
+        let range = if from_start {
+            format!("?2 IS NULL AND {updated} IS NOT NULL")
+        } else {
+            format!("{updated} >= ?2")
+        };
+        // A success row without a version (written by the seed service) is delivered
+        // at whatever version it has: only a later change makes it due.
+        self.due_sql_join(
+            "CROSS JOIN",
+            &format!(
+                "{range} AND s.sync_status = 'success' AND s.version IS NOT NULL AND s.version IS NOT {version}"
+            ),
+            &format!("ORDER BY +{}, +{} LIMIT ?3", self.order_expr, self.key_expr),
+        )
+    }
+
+    /// A due record from a row laid out as `due_sql` selects it: rowid, record
+    /// columns, `updated_at` as text, tracking columns.
+    pub(super) fn due_from_row(
+        &self,
+        collection: &str,
+        row: &Row<'_>,
+        found: Found,
+    ) -> rusqlite::Result<Option<Due>> {
+        let Some(key) = self.key_from_row(row, 1)? else {
+            return Ok(None);
+        };
+        let record = self.record_from_row(row, 1)?;
+        let width = self.select_width();
+        // SQLite's own text of `updated_at`, the same text the changed-records query
+        // compares with, so the two can never disagree; without one, the content.
+        let fingerprint = record::fingerprint(&record, &self.blob_field_names());
+        let version = match sql_text(row.get_ref(1 + width)?) {
+            Some(text) => text,
+            None => record::fingerprint_version(fingerprint),
+        };
+        let tracking = tracking_from_row(collection, row, 2 + width)?;
+        Ok(Some(Due {
+            key,
+            record: Some(record),
+            version,
+            fingerprint,
+            tracking,
+            found,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::*;
+    use crate::config::Config;
+
+    fn store(dir: &tempfile::TempDir, collections: &str) -> SqliteStore {
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(&path, collections).unwrap();
+        let config = Config::load(&path, &[("STATE_DIRECTORY", "")]).unwrap();
+        SqliteStore::open(&dir.path().join("ferry.db"), &config.collections).unwrap()
+    }
+
+    fn plan(store: &SqliteStore, sql: &str) -> String {
+        let mut stmt = store
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap();
+        let values: [SqlValue; 3] = [
+            SqlValue::Text("c".into()),
+            SqlValue::Integer(0),
+            SqlValue::Integer(10),
+        ];
+        let count = stmt.parameter_count();
+        let rows: Vec<String> = stmt
+            .query_map(rusqlite::params_from_iter(&values[..count]), |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        rows.join("\n")
+    }
+
+    /// Finding work must never read the whole collection table: each query is driven
+    /// by the rowid watermark, the key, or the updated_at index.
+    #[test]
+    fn finding_work_never_scans_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store(
+            &dir,
+            "[[collections]]\nname = \"c\"\nendpoint = \"/c\"\norder_by = \"at\"\nupdated_at = \"at\"\n\
+             [[collections]]\nname = \"downloads\"\nendpoint = \"/d\"\nupdated_at = \"updated_at\"\n",
+        );
+        store
+            .conn
+            .execute_batch("CREATE TABLE other (id INTEGER PRIMARY KEY, at TEXT, v BLOB)")
+            .unwrap();
+        for name in ["c", "downloads"] {
+            let table = &store.tables[name];
+            for sql in [
+                table.new_records_sql(true),
+                table.new_records_sql(false),
+                table.changed_records_sql(false),
+                table.due_sql(&format!("{} = ?2", table.key_expr), ""),
+            ] {
+                let plan = plan(&store, &sql);
+                assert!(!plan.contains("SCAN t"), "{name}: {sql}\n{plan}");
+                assert!(!plan.contains("SCAN s"), "{name}: {sql}\n{plan}");
+                assert!(
+                    plan.contains("local_id=?"),
+                    "tracking found by key: {name}: {sql}\n{plan}"
+                );
+            }
+        }
+        // And the same for a table another program created.
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(&path, "[[collections]]\nname = \"other\"\nendpoint = \"/o\"\norder_by = \"at\"\nupdated_at = \"at\"\n").unwrap();
+        let config = Config::load(&path, &[("STATE_DIRECTORY", "")]).unwrap();
+        store = SqliteStore::open(&dir.path().join("ferry.db"), &config.collections).unwrap();
+        let table = &store.tables["other"];
+        for sql in [
+            table.new_records_sql(true),
+            table.new_records_sql(false),
+            table.changed_records_sql(false),
+        ] {
+            let plan = plan(&store, &sql);
+            assert!(!plan.contains("SCAN t"), "other: {sql}\n{plan}");
+            assert!(!plan.contains("SCAN s"), "other: {sql}\n{plan}");
+            assert!(
+                plan.contains("local_id=?"),
+                "tracking found by key: other: {sql}\n{plan}"
+            );
+        }
+    }
+}
