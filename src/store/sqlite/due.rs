@@ -32,25 +32,21 @@ impl SqliteStore {
     ) -> Result<Vec<Due>, StoreError> {
         let table = self.table(collection)?;
         let name = table.collection_name().to_string();
-        let path = self.path.clone();
+        let db = self.db();
         let op = |what: &str| format!("finding {what} records of {name}");
         let limit = query.limit as i64;
         let mut due: Vec<Due> = Vec::new();
         let row_to_due = |row: &Row<'_>, found: Found| table.due_from_row(&name, row, found);
 
         // 1. Retries that are due, found through the tracking index.
-        let retry_keys: Vec<SqlValue> = self
-            .conn
-            .prepare_cached(
-                "SELECT local_id FROM sync_tracking WHERE table_name = ?1
-                   AND sync_status IN ('pending', 'failed') AND next_attempt_at <= ?2
-                 ORDER BY next_attempt_at LIMIT ?3",
-            )
-            .and_then(|mut s| {
-                s.query_map(params![name, query.now, limit], |r| r.get(0))?
-                    .collect()
-            })
-            .map_err(StoreError::sqlite(&path, op("retry")))?;
+        let retry_keys: Vec<SqlValue> = db.rows(
+            op("retry"),
+            "SELECT local_id FROM sync_tracking WHERE table_name = ?1
+               AND sync_status IN ('pending', 'failed') AND next_attempt_at <= ?2
+             ORDER BY next_attempt_at LIMIT ?3",
+            params![name, query.now, limit],
+            |r| r.get(0),
+        )?;
         due.extend(self.due_by_key(table, &retry_keys, Found::Retry)?);
 
         // 2. Records never tried: only rows above the watermark are read.
@@ -61,17 +57,15 @@ impl SqliteStore {
         } else if watermark > 0 {
             // The row at the watermark must still be the one it was; if it was deleted,
             // a new row may have taken a rowid below the watermark, so read from 0.
-            let at: Option<Option<Key>> = self
-                .conn
-                .prepare_cached(&format!(
+            let at: Option<Option<Key>> = db.optional_row(
+                op("new"),
+                &format!(
                     "SELECT {} FROM {} AS t WHERE t.rowid = ?1",
                     table.key_expr, table.name
-                ))
-                .and_then(|mut s| {
-                    s.query_row([watermark], |r| Ok(key_from_sql(r.get_ref(0)?)))
-                        .optional()
-                })
-                .map_err(StoreError::sqlite(&path, op("new")))?;
+                ),
+                [watermark],
+                |r| Ok(key_from_sql(r.get_ref(0)?)),
+            )?;
             if at.flatten() != watermark_key {
                 tracing::debug!(collection = %name, watermark, "watermark row changed; reading the whole table once");
                 watermark = 0;
@@ -87,17 +81,11 @@ impl SqliteStore {
         } else {
             limit
         };
-        let fresh: Vec<(i64, Due)> = self
-            .conn
-            .prepare_cached(&sql)
-            .and_then(|mut s| {
-                s.query_map(params![name, watermark, window], |row| {
-                    Ok((row.get::<_, i64>(0)?, row_to_due(row, Found::New)?))
-                })?
-                .filter_map(|r| r.map(|(rowid, d)| d.map(|d| (rowid, d))).transpose())
-                .collect()
-            })
-            .map_err(StoreError::sqlite(&path, op("new")))?;
+        let fresh: Vec<(i64, Due)> =
+            db.some_rows(op("new"), &sql, params![name, watermark, window], |row| {
+                let rowid: i64 = row.get(0)?;
+                Ok(row_to_due(row, Found::New)?.map(|d| (rowid, d)))
+            })?;
         if table.has_rowid && (windowed || (fresh.len() as i64) < limit) {
             // Every row between the watermark and the first untracked one is tracked
             // (read in rowid order, or all of them read):
@@ -109,14 +97,15 @@ impl SqliteStore {
                 .map(|(rowid, _)| *rowid)
                 .min()
                 .unwrap_or(i64::MAX);
-            let new: Option<(i64, Option<Key>)> = self
-                .conn
-                .prepare_cached(&format!(
+            let new: Option<(i64, Option<Key>)> = db.optional_row(
+                op("new"),
+                &format!(
                     "SELECT t.rowid, {} FROM {} AS t WHERE t.rowid < ?1 ORDER BY t.rowid DESC LIMIT 1",
                     table.key_expr, table.name
-                ))
-                .and_then(|mut s| s.query_row([below], |r| Ok((r.get(0)?, key_from_sql(r.get_ref(1)?)))).optional())
-                .map_err(StoreError::sqlite(&path, op("new")))?;
+                ),
+                [below],
+                |r| Ok((r.get(0)?, key_from_sql(r.get_ref(1)?))),
+            )?;
             let (new_mark, new_key) = new.unwrap_or((0, None));
             if new_mark != watermark_stored || new_key != watermark_key {
                 updates.push((
@@ -147,17 +136,10 @@ impl SqliteStore {
                 changed_watermark
             };
             let sql = table.changed_records_sql(from == SqlValue::Null);
-            let changed: Vec<Due> = self
-                .conn
-                .prepare_cached(&sql)
-                .and_then(|mut s| {
-                    s.query_map(params![name, from, limit], |row| {
-                        row_to_due(row, Found::Changed)
-                    })?
-                    .filter_map(Result::transpose)
-                    .collect()
-                })
-                .map_err(StoreError::sqlite(&path, op("changed")))?;
+            let changed: Vec<Due> =
+                db.some_rows(op("changed"), &sql, params![name, from, limit], |row| {
+                    row_to_due(row, Found::Changed)
+                })?;
             if (changed.len() as i64) < limit {
                 // Seen every change from `from` up: next time, start at the oldest one
                 // still undelivered, or at the newest value in the table.
@@ -172,11 +154,12 @@ impl SqliteStore {
                     .min_by(compare_sql);
                 let next = match oldest_pending {
                     Some(v) => v,
-                    None => self
-                        .conn
-                        .prepare_cached(&format!("SELECT MAX({updated}) FROM {} AS t", table.name))
-                        .and_then(|mut s| s.query_row([], |r| r.get::<_, SqlValue>(0)))
-                        .map_err(StoreError::sqlite(&path, op("changed")))?,
+                    None => db.row(
+                        op("changed"),
+                        &format!("SELECT MAX({updated}) FROM {} AS t", table.name),
+                        [],
+                        |r| r.get::<_, SqlValue>(0),
+                    )?,
                 };
                 if next != from {
                     updates.push((
@@ -215,40 +198,40 @@ impl SqliteStore {
         found: Found,
     ) -> Result<Vec<Due>, StoreError> {
         let name = table.collection_name();
-        let path = &self.path;
+        let db = self.db();
         let op = || format!("reading records of {name} to deliver");
         let mut due = Vec::new();
         if keys.is_empty() {
             return Ok(due);
         }
         let sql = table.due_sql(&format!("{} = ?2", table.key_expr), "");
-        let mut stmt = self
-            .conn
-            .prepare_cached(&sql)
-            .map_err(StoreError::sqlite(path, op()))?;
         let mut orphans = Vec::new();
-        for key in keys {
-            match stmt
-                .query_row(params![name, key], |row| {
-                    table.due_from_row(name, row, found)
-                })
-                .optional()
-            {
-                Ok(Some(Some(d))) => due.push(d),
-                Ok(_) => orphans.push(key.clone()),
-                Err(e) => return Err(StoreError::sqlite(path, op())(e)),
+        db.with_statement(op(), &sql, |stmt| {
+            for key in keys {
+                match stmt
+                    .query_row(params![name, key], |row| {
+                        table.due_from_row(name, row, found)
+                    })
+                    .optional()?
+                {
+                    Some(Some(d)) => due.push(d),
+                    _ => orphans.push(key.clone()),
+                }
             }
-        }
-        drop(stmt);
+            Ok(())
+        })?;
         // Tracked records deleted since: handed back without a record.
         for key in orphans {
-            let row = self
-                .conn
-                .prepare_cached(&format!(
-                    "SELECT {TRACKING_COLUMNS} FROM sync_tracking AS s WHERE s.table_name = ?1 AND s.local_id = ?2"
-                ))
-                .and_then(|mut s| s.query_row(params![name, key], |r| tracking_from_row(name, r, 0)).optional())
-                .map_err(StoreError::sqlite(path, op()))?
+            let row = db
+                .optional_row(
+                    op(),
+                    &format!(
+                        "SELECT {TRACKING_COLUMNS} FROM sync_tracking AS s \
+                         WHERE s.table_name = ?1 AND s.local_id = ?2"
+                    ),
+                    params![name, key],
+                    |r| tracking_from_row(name, r, 0),
+                )?
                 .flatten();
             if let Some(row) = row {
                 due.push(Due {
@@ -269,14 +252,14 @@ impl SqliteStore {
         &self,
         collection: &str,
     ) -> Result<(i64, Option<Key>, SqlValue), StoreError> {
-        self.conn
-            .query_row(
+        self.db()
+            .once()
+            .optional_row(
+                "reading watermarks",
                 "SELECT new_watermark, new_watermark_key, changed_watermark FROM ferry_collections WHERE name = ?1",
                 [collection],
                 |r| Ok((r.get::<_, i64>(0)?, key_from_sql(r.get_ref(1)?), r.get::<_, SqlValue>(2)?)),
             )
-            .optional()
-            .map_err(self.err("reading watermarks"))
             .map(|w| w.unwrap_or((0, None, SqlValue::Null)))
     }
 }

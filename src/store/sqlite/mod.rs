@@ -27,6 +27,7 @@
 //! The backend never talks to the network and never decides what is sent: it hands out
 //! what is due and records what the engine reports.
 
+mod db;
 mod due;
 mod schema;
 mod sweep;
@@ -35,11 +36,12 @@ mod tracking;
 mod write;
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 
 use super::record::{Key, Record};
 use super::time::parse_timestamp;
@@ -48,6 +50,7 @@ use super::{
     Store, StoreError, Summary, Tombstone, Tracking,
 };
 use crate::config::{Backend, Collection};
+use db::Db;
 use sweep::Sweep;
 use table::{key_from_sql, key_to_sql, Table};
 use tracking::{exec_tracking, tracking_from_row, TRACKING_COLUMNS};
@@ -76,26 +79,28 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(StoreError::io(dir, "creating the database folder"))?;
         }
-        let err = |op: &str| StoreError::sqlite(path, op.to_string());
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
                 | OpenFlags::SQLITE_OPEN_CREATE
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(err("opening"))?;
+        .map_err(StoreError::sqlite(path, "opening"))?;
+        let db = Db::new(&conn, path).once();
         conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(err("setting the busy timeout"))?;
+            .map_err(|e| db.error("setting the busy timeout", e))?;
         // WAL lets readers (ferry stats, other programs) work while ferry writes; FULL
         // makes each commit durable, and commits are batched so that costs little.
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(err("switching to WAL"))?;
+        let mode: String = db.row("switching to WAL", "PRAGMA journal_mode = WAL", [], |r| {
+            r.get(0)
+        })?;
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(path = %path.display(), mode, "SQLite did not switch to WAL journaling");
         }
-        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;")
-            .map_err(err("setting pragmas"))?;
+        db.batch(
+            "setting pragmas",
+            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;",
+        )?;
         let mut store = SqliteStore {
             path: path.to_path_buf(),
             conn,
@@ -108,6 +113,11 @@ impl SqliteStore {
         store.migrate()?;
         store.prepare_tables()?;
         Ok(store)
+    }
+
+    /// Runs statements on the store's connection (see [`Db`]).
+    fn db(&self) -> Db<'_> {
+        Db::new(&self.conn, &self.path)
     }
 
     /// Reads every collection's table (creating missing ones) and remembers the schema
@@ -123,9 +133,12 @@ impl SqliteStore {
     }
 
     fn read_schema_version(&self) -> Result<i64, StoreError> {
-        self.conn
-            .query_row("PRAGMA schema_version", [], |r| r.get(0))
-            .map_err(self.err("reading the schema version"))
+        self.db().once().row(
+            "reading the schema version",
+            "PRAGMA schema_version",
+            [],
+            |r| r.get(0),
+        )
     }
 
     /// Reads the tables again if their columns may have changed since (a column ferry
@@ -146,23 +159,20 @@ impl SqliteStore {
         &self.conn
     }
 
-    fn err(&self, op: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> StoreError {
-        StoreError::sqlite(self.path.clone(), op.into())
-    }
-
     /// Runs `f` in one IMMEDIATE transaction: all of it is written, or none.
     fn transaction<R>(
         &mut self,
-        op: &str,
-        f: impl FnOnce(&Connection, &Path) -> Result<R, StoreError>,
+        op: impl Display,
+        f: impl FnOnce(Db<'_>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        let path = self.path.clone();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::sqlite(&path, op))?;
-        let result = f(&tx, &path)?;
-        tx.commit().map_err(StoreError::sqlite(&path, op))?;
+            .map_err(StoreError::sqlite(&self.path, op.to_string()))?;
+        let db = Db::new(&tx, &self.path);
+        let result = f(db)?;
+        tx.commit()
+            .map_err(|e| StoreError::sqlite(&self.path, op.to_string())(e))?;
         Ok(result)
     }
 
@@ -192,9 +202,9 @@ impl Store for SqliteStore {
     fn put_many(&mut self, collection: &str, records: Vec<Record>) -> Result<(), StoreError> {
         self.refresh_tables()?;
         let writes = self.record_writes(collection, &records)?;
-        self.transaction(&format!("writing records of {collection}"), |conn, path| {
-            exec_record_writes(conn, path, collection, &writes)?;
-            exec_mark(conn, path, collection)
+        self.transaction(format_args!("writing records of {collection}"), |db| {
+            exec_record_writes(db, collection, &writes)?;
+            exec_mark(db, collection)
         })?;
         if !writes.add_columns.is_empty() {
             self.prepare_tables()?;
@@ -209,16 +219,12 @@ impl Store for SqliteStore {
             "SELECT {} FROM {} AS t WHERE {} = ?1",
             table.select_list, table.name, table.key_expr
         );
-        self.conn
-            .prepare_cached(&sql)
-            .and_then(|mut s| {
-                s.query_row([key_to_sql(key)], |row| table.record_from_row(row, 0))
-                    .optional()
-            })
-            .map_err(StoreError::sqlite(
-                &self.path,
-                format!("reading record {key} of {collection}"),
-            ))
+        self.db().optional_row(
+            format_args!("reading record {key} of {collection}"),
+            &sql,
+            [key_to_sql(key)],
+            |row| table.record_from_row(row, 0),
+        )
     }
 
     fn list(
@@ -234,18 +240,12 @@ impl Store for SqliteStore {
             table.select_list, table.name, table.key_expr
         );
         let after = after.map_or(SqlValue::Null, key_to_sql);
-        self.conn
-            .prepare_cached(&sql)
-            .and_then(|mut s| {
-                s.query_map(params![after, limit as i64], |row| {
-                    table.record_from_row(row, 0)
-                })?
-                .collect()
-            })
-            .map_err(StoreError::sqlite(
-                &self.path,
-                format!("listing records of {collection}"),
-            ))
+        self.db().rows(
+            format_args!("listing records of {collection}"),
+            &sql,
+            params![after, limit as i64],
+            |row| table.record_from_row(row, 0),
+        )
     }
 
     fn delete(&mut self, collection: &str, key: &Key) -> Result<bool, StoreError> {
@@ -259,11 +259,11 @@ impl Store for SqliteStore {
         }
         let delete_sql = table.delete_sql();
         self.transaction(
-            &format!("deleting record {key} of {collection}"),
-            |conn, path| {
-                let removed = exec_delete(conn, path, &delete_sql, collection, key)?;
+            format_args!("deleting record {key} of {collection}"),
+            |db| {
+                let removed = exec_delete(db, &delete_sql, collection, key)?;
                 if removed {
-                    exec_mark(conn, path, collection)?;
+                    exec_mark(db, collection)?;
                 }
                 Ok(removed)
             },
@@ -279,38 +279,34 @@ impl Store for SqliteStore {
               ORDER BY d.key",
             table.name, table.key_expr
         );
-        self.conn
-            .prepare_cached(&sql)
-            .and_then(|mut s| {
-                s.query_map([collection], |r| {
-                    Ok(key_from_sql(r.get_ref(0)?).map(|key| Tombstone {
-                        key,
-                        deleted_at: r.get(1).unwrap_or(0),
-                    }))
-                })?
-                .filter_map(Result::transpose)
-                .collect()
-            })
-            .map_err(StoreError::sqlite(
-                &self.path,
-                format!("reading tombstones of {collection}"),
-            ))
+        self.db().some_rows(
+            format_args!("reading tombstones of {collection}"),
+            &sql,
+            [collection],
+            |r| {
+                Ok(key_from_sql(r.get_ref(0)?).map(|key| Tombstone {
+                    key,
+                    deleted_at: r.get(1).unwrap_or(0),
+                }))
+            },
+        )
     }
 
     fn due(&mut self, collection: &str, query: &DueQuery) -> Result<Vec<Due>, StoreError> {
         // One read snapshot for every query of the call: a row another process commits
         // meanwhile is seen by all of them or by none, so a watermark never passes a
         // row that was not read.
-        let path = self.path.clone();
         let op = || format!("finding records of {collection} to deliver");
         // A column added since (a new field) is read from now on.
         self.refresh_tables()?;
         self.table(collection)?;
         // Another process wrote since the last look (or this is the first): sweep.
-        let version: i64 = self
-            .conn
-            .query_row("PRAGMA data_version", [], |r| r.get(0))
-            .map_err(StoreError::sqlite(&path, "reading data_version"))?;
+        let version: i64 =
+            self.db()
+                .once()
+                .row("reading data_version", "PRAGMA data_version", [], |r| {
+                    r.get(0)
+                })?;
         if self.data_version != Some(version) {
             self.data_version = Some(version);
             for collection in &self.collections {
@@ -332,35 +328,36 @@ impl Store for SqliteStore {
         };
         self.sweeps.insert(collection.to_string(), sweep);
         swept?;
-        self.conn
-            .execute_batch("BEGIN")
-            .map_err(StoreError::sqlite(&path, op()))?;
+        let db = self.db();
+        db.batch(op(), "BEGIN")?;
         let mut updates = Vec::new();
         let result = self.due_in_snapshot(collection, query, &mut updates);
         if query.peek {
             updates.clear();
         }
-        let ended = self
-            .conn
-            .execute_batch(if result.is_ok() { "COMMIT" } else { "ROLLBACK" });
+        let ended = db.batch(op(), if result.is_ok() { "COMMIT" } else { "ROLLBACK" });
         let due = result?;
-        ended.map_err(StoreError::sqlite(&path, op()))?;
+        ended?;
         for (sql, values) in updates {
-            self.conn
-                .execute(sql, rusqlite::params_from_iter(values.iter()))
-                .map_err(StoreError::sqlite(&path, op()))?;
+            db.once()
+                .execute(op(), sql, rusqlite::params_from_iter(values.iter()))?;
         }
         Ok(due)
     }
+
     fn tracking(&mut self, collection: &str, key: &Key) -> Result<Option<Tracking>, StoreError> {
         self.table(collection)?;
-        self.conn
-            .prepare_cached(&format!(
-                "SELECT {TRACKING_COLUMNS} FROM sync_tracking AS s WHERE s.table_name = ?1 AND s.local_id = ?2"
-            ))
-            .and_then(|mut s| s.query_row(params![collection, key_to_sql(key)], |r| tracking_from_row(collection, r, 0)).optional())
+        self.db()
+            .optional_row(
+                format_args!("reading tracking of {collection} record {key}"),
+                &format!(
+                    "SELECT {TRACKING_COLUMNS} FROM sync_tracking AS s \
+                     WHERE s.table_name = ?1 AND s.local_id = ?2"
+                ),
+                params![collection, key_to_sql(key)],
+                |r| tracking_from_row(collection, r, 0),
+            )
             .map(Option::flatten)
-            .map_err(StoreError::sqlite(&self.path, format!("reading tracking of {collection} record {key}")))
     }
 
     fn tracking_page(
@@ -371,71 +368,55 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Tracking>, StoreError> {
         self.table(collection)?;
         let after = after.map_or(SqlValue::Null, key_to_sql);
-        self.conn
-            .prepare_cached(&format!(
+        self.db().some_rows(
+            format_args!("reading tracking of {collection}"),
+            &format!(
                 "SELECT {TRACKING_COLUMNS} FROM sync_tracking AS s WHERE s.table_name = ?1
                    AND (?2 IS NULL OR s.local_id > ?2) ORDER BY s.local_id LIMIT ?3"
-            ))
-            .and_then(|mut s| {
-                s.query_map(params![collection, after, limit as i64], |r| {
-                    tracking_from_row(collection, r, 0)
-                })?
-                .filter_map(Result::transpose)
-                .collect()
-            })
-            .map_err(StoreError::sqlite(
-                &self.path,
-                format!("reading tracking of {collection}"),
-            ))
+            ),
+            params![collection, after, limit as i64],
+            |r| tracking_from_row(collection, r, 0),
+        )
     }
 
     fn write_tracking(&mut self, rows: &[Tracking]) -> Result<(), StoreError> {
         for row in rows {
             self.table(&row.collection)?;
         }
-        self.transaction(
-            &format!("writing {} tracking rows", rows.len()),
-            |conn, path| exec_tracking(conn, path, rows),
-        )
+        self.transaction(format_args!("writing {} tracking rows", rows.len()), |db| {
+            exec_tracking(db, rows)
+        })
     }
 
     fn delete_tracking(&mut self, collection: &str, keys: &[Key]) -> Result<(), StoreError> {
         self.table(collection)?;
-        self.transaction(
-            &format!("forgetting tracking of {collection}"),
-            |conn, path| {
-                for key in keys {
-                    conn.prepare_cached(
-                        "DELETE FROM sync_tracking WHERE table_name = ?1 AND local_id = ?2",
-                    )
-                    .and_then(|mut s| s.execute(params![collection, key_to_sql(key)]))
-                    .map_err(|e| {
-                        StoreError::sqlite(
-                            path,
-                            format!("forgetting tracking of {collection} record {key}"),
-                        )(e)
-                    })?;
-                }
-                Ok(())
-            },
-        )
+        self.transaction(format_args!("forgetting tracking of {collection}"), |db| {
+            for key in keys {
+                db.execute(
+                    format_args!("forgetting tracking of {collection} record {key}"),
+                    "DELETE FROM sync_tracking WHERE table_name = ?1 AND local_id = ?2",
+                    params![collection, key_to_sql(key)],
+                )?;
+            }
+            Ok(())
+        })
     }
 
     fn apply_merge(&mut self, collection: &str, merge: &Merge) -> Result<(), StoreError> {
         self.refresh_tables()?;
         let writes = self.record_writes(collection, &merge.upserts)?;
         let delete_sql = self.table(collection)?.delete_sql();
-        self.transaction(&format!("migrating {collection}"), |conn, path| {
-            exec_tracking(conn, path, &merge.tracking)?;
-            exec_record_writes(conn, path, collection, &writes)?;
+        self.transaction(format_args!("migrating {collection}"), |db| {
+            exec_tracking(db, &merge.tracking)?;
+            exec_record_writes(db, collection, &writes)?;
             for key in &merge.deletes {
-                exec_delete(conn, path, &delete_sql, collection, key)?;
+                exec_delete(db, &delete_sql, collection, key)?;
             }
             if let Some(baseline) = &merge.baseline {
-                exec_baseline(conn, path, collection, baseline)?;
+                exec_baseline(db, collection, baseline)?;
             }
             if merge.writes_data() {
-                exec_mark(conn, path, collection)?;
+                exec_mark(db, collection)?;
             }
             Ok(())
         })?;
@@ -447,48 +428,42 @@ impl Store for SqliteStore {
 
     fn store_id(&mut self, _create: bool) -> Result<Option<String>, StoreError> {
         // Made by schema migration 2, when the database was first opened.
-        self.conn
-            .query_row(
-                "SELECT value FROM ferry_meta WHERE name = 'store_id'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(self.err("reading ferry_meta"))
+        self.db().once().optional_row(
+            "reading ferry_meta",
+            "SELECT value FROM ferry_meta WHERE name = 'store_id'",
+            [],
+            |r| r.get(0),
+        )
     }
 
     fn baseline(&mut self, collection: &str) -> Result<Option<Baseline>, StoreError> {
         self.table(collection)?;
         let op = || format!("reading the migration baseline of {collection}");
-        let meta: Option<(i64, String, String, String)> = self
-            .conn
-            .query_row(
-                "SELECT generation, source_id, target_id, source_mark FROM ferry_baseline_meta
-                  WHERE collection = ?1",
-                [collection],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .optional()
-            .map_err(StoreError::sqlite(&self.path, op()))?;
+        let meta: Option<(i64, String, String, String)> = self.db().once().optional_row(
+            op(),
+            "SELECT generation, source_id, target_id, source_mark FROM ferry_baseline_meta
+              WHERE collection = ?1",
+            [collection],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
         let Some((generation, source_id, target_id, source_mark)) = meta else {
             return Ok(None);
         };
         // Fingerprints are u64 kept bit for bit in SQLite's i64.
         let fp = |v: Option<i64>| v.map(|v| v as u64);
         let records: BTreeMap<Key, (Option<u64>, Option<u64>)> = self
-            .conn
-            .prepare_cached(
+            .db()
+            .some_rows(
+                op(),
                 "SELECT key, source_fp, target_fp FROM ferry_baseline WHERE collection = ?1",
-            )
-            .and_then(|mut s| {
-                s.query_map([collection], |r| {
+                [collection],
+                |r| {
                     let pair = (fp(r.get(1)?), fp(r.get(2)?));
                     Ok(key_from_sql(r.get_ref(0)?).map(|key| (key, pair)))
-                })?
-                .filter_map(Result::transpose)
-                .collect()
-            })
-            .map_err(StoreError::sqlite(&self.path, op()))?;
+                },
+            )?
+            .into_iter()
+            .collect();
         Ok(Some(Baseline {
             generation: u64::try_from(generation).unwrap_or(0),
             source_id,
@@ -502,17 +477,12 @@ impl Store for SqliteStore {
         let table = self.table(collection)?;
         let op = || format!("reading the change mark of {collection}");
         let one = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Result<String, StoreError> {
-            self.conn
-                .prepare_cached(sql)
-                .and_then(|mut s| {
-                    s.query_row(params, |r| {
-                        (0..r.as_ref().column_count())
-                            .map(|i| r.get::<_, SqlValue>(i).map(|v| format!("{v:?}")))
-                            .collect::<rusqlite::Result<Vec<_>>>()
-                    })
-                })
-                .map(|parts| parts.join(","))
-                .map_err(StoreError::sqlite(&self.path, op()))
+            self.db().row(op(), sql, params, |r| {
+                (0..r.as_ref().column_count())
+                    .map(|i| r.get::<_, SqlValue>(i).map(|v| format!("{v:?}")))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map(|parts| parts.join(","))
+            })
         };
         // Each MAX alone in its query, so that SQLite reads it from an index end.
         let mut parts = vec![one(&format!("SELECT COUNT(*) FROM {}", table.name), &[])?];
@@ -546,21 +516,16 @@ impl Store for SqliteStore {
         // of records deleted since stay, so a later record under the same key is not
         // sent twice). One pass over the table with an index lookup per row.
         let table = self.table(collection)?;
-        let exact: Vec<(String, i64)> = self
-            .conn
-            .prepare_cached(&format!(
+        let exact: Vec<(String, i64)> = self.db().rows(
+            format_args!("counting deliveries of {collection}"),
+            &format!(
                 "SELECT s.sync_status, COUNT(*) FROM {} AS t CROSS JOIN sync_tracking AS s
                    ON s.table_name = ?1 AND s.local_id = {} GROUP BY s.sync_status",
                 table.name, table.probe_expr
-            ))
-            .and_then(|mut s| {
-                s.query_map([collection], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect()
-            })
-            .map_err(StoreError::sqlite(
-                &self.path,
-                format!("counting deliveries of {collection}"),
-            ))?;
+            ),
+            [collection],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         counts.success = 0;
         counts.failed = 0;
         for (status, n) in exact {
@@ -573,20 +538,13 @@ impl Store for SqliteStore {
         counts.pending = counts
             .records
             .saturating_sub(counts.success + counts.failed);
-        let op = || format!("summarising {collection}");
-        let rows: Vec<(String, i64, Option<String>, Option<String>)> = self
-            .conn
-            .prepare_cached(
-                "SELECT sync_status, COALESCE(SUM(bytes_sent), 0), MIN(sync_date), MAX(sync_date)
-                   FROM sync_tracking WHERE table_name = ?1 GROUP BY sync_status",
-            )
-            .and_then(|mut s| {
-                s.query_map([collection], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                })?
-                .collect()
-            })
-            .map_err(StoreError::sqlite(&self.path, op()))?;
+        let rows: Vec<(String, i64, Option<String>, Option<String>)> = self.db().rows(
+            format_args!("summarising {collection}"),
+            "SELECT sync_status, COALESCE(SUM(bytes_sent), 0), MIN(sync_date), MAX(sync_date)
+               FROM sync_tracking WHERE table_name = ?1 GROUP BY sync_status",
+            [collection],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
         let mut summary = Summary {
             counts,
             ..Summary::default()
@@ -609,58 +567,56 @@ impl Store for SqliteStore {
 
     fn troubled(&mut self, collection: &str, limit: usize) -> Result<Vec<Tracking>, StoreError> {
         self.table(collection)?;
-        self.conn
-            .prepare_cached(&format!(
+        self.db().some_rows(
+            format_args!("reading failed records of {collection}"),
+            &format!(
                 "SELECT {TRACKING_COLUMNS} FROM sync_tracking AS s WHERE s.table_name = ?1
                    AND s.sync_status IN ('failed', 'pending') AND (s.attempts > 0 OR s.error_message IS NOT NULL)
                  ORDER BY s.sync_date LIMIT ?2"
-            ))
-            .and_then(|mut s| {
-                s.query_map(params![collection, limit as i64], |r| tracking_from_row(collection, r, 0))?
-                    .filter_map(Result::transpose)
-                    .collect()
-            })
-            .map_err(StoreError::sqlite(&self.path, format!("reading failed records of {collection}")))
+            ),
+            params![collection, limit as i64],
+            |r| tracking_from_row(collection, r, 0),
+        )
     }
 
     fn retry_now(&mut self, collection: &str) -> Result<u64, StoreError> {
         self.table(collection)?;
-        self.transaction(&format!("retrying {collection}"), |conn, path| {
-            conn.execute(
-                "UPDATE sync_tracking SET sync_status = 'pending', next_attempt_at = 0
-                  WHERE table_name = ?1 AND sync_status IN ('failed', 'pending')",
-                [collection],
-            )
-            .map(|n| n as u64)
-            .map_err(StoreError::sqlite(path, format!("retrying {collection}")))
+        let op = || format!("retrying {collection}");
+        self.transaction(op(), |db| {
+            db.once()
+                .execute(
+                    op(),
+                    "UPDATE sync_tracking SET sync_status = 'pending', next_attempt_at = 0
+                      WHERE table_name = ?1 AND sync_status IN ('failed', 'pending')",
+                    [collection],
+                )
+                .map(|n| n as u64)
         })
     }
 
     fn reset_tracking(&mut self, collection: &str) -> Result<u64, StoreError> {
         self.table(collection)?;
-        self.transaction(
-            &format!("forgetting the deliveries of {collection}"),
-            |conn, path| {
-                let op = || format!("forgetting the deliveries of {collection}");
-                let removed = conn
-                    .execute(
-                        "DELETE FROM sync_tracking WHERE table_name = ?1",
-                        [collection],
-                    )
-                    .map_err(StoreError::sqlite(path, op()))?;
-                // Every row is untracked again: the watermarks start over.
-                conn.execute(
-                    "UPDATE ferry_collections SET new_watermark = 0, new_watermark_key = NULL,
-                        changed_watermark = NULL WHERE name = ?1",
-                    [collection],
-                )
-                .map_err(StoreError::sqlite(path, op()))?;
-                Ok(removed as u64)
-            },
-        )
+        let op = || format!("forgetting the deliveries of {collection}");
+        self.transaction(op(), |db| {
+            let db = db.once();
+            let removed = db.execute(
+                op(),
+                "DELETE FROM sync_tracking WHERE table_name = ?1",
+                [collection],
+            )?;
+            // Every row is untracked again: the watermarks start over.
+            db.execute(
+                op(),
+                "UPDATE ferry_collections SET new_watermark = 0, new_watermark_key = NULL,
+                    changed_watermark = NULL WHERE name = ?1",
+                [collection],
+            )?;
+            Ok(removed as u64)
+        })
     }
 
     fn quick_check(&mut self) -> Result<Option<String>, StoreError> {
+        // Not through `Db`: an error here may be the check's answer.
         let checked: rusqlite::Result<Vec<String>> = self
             .conn
             .prepare("PRAGMA quick_check(5)")
@@ -676,7 +632,7 @@ impl Store for SqliteStore {
             {
                 vec![err.to_string()]
             }
-            Err(err) => return Err(StoreError::sqlite(&self.path, "checking integrity")(err)),
+            Err(err) => return Err(self.db().error("checking integrity", err)),
         };
         Ok(match rows.as_slice() {
             [only] if only == "ok" => None,
@@ -687,22 +643,22 @@ impl Store for SqliteStore {
     fn counts(&mut self, collection: &str) -> Result<Counts, StoreError> {
         let table = self.table(collection)?;
         let op = || format!("counting records of {collection}");
-        let records: i64 = self
-            .conn
-            .prepare_cached(&format!("SELECT COUNT(*) FROM {}", table.name))
-            .and_then(|mut s| s.query_row([], |r| r.get(0)))
-            .map_err(StoreError::sqlite(&self.path, op()))?;
+        let records: i64 = self.db().row(
+            op(),
+            &format!("SELECT COUNT(*) FROM {}", table.name),
+            [],
+            |r| r.get(0),
+        )?;
         let mut counts = Counts {
             records: records.max(0) as u64,
             ..Counts::default()
         };
-        let by_status: Vec<(String, i64)> = self
-            .conn
-            .prepare_cached(
-                "SELECT sync_status, COUNT(*) FROM sync_tracking WHERE table_name = ?1 GROUP BY sync_status",
-            )
-            .and_then(|mut s| s.query_map([collection], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
-            .map_err(StoreError::sqlite(&self.path, op()))?;
+        let by_status: Vec<(String, i64)> = self.db().rows(
+            op(),
+            "SELECT sync_status, COUNT(*) FROM sync_tracking WHERE table_name = ?1 GROUP BY sync_status",
+            [collection],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         for (status, n) in by_status {
             match Status::parse(&status) {
                 Some(Status::Success) => counts.success = n.max(0) as u64,
@@ -725,13 +681,12 @@ impl Store for SqliteStore {
         // One index probe per status; MIN over the pair would read a range.
         let mut earliest: Option<Millis> = None;
         for status in ["pending", "failed"] {
-            let at: Option<i64> = self
-                .conn
-                .prepare_cached(
-                    "SELECT MIN(next_attempt_at) FROM sync_tracking WHERE table_name = ?1 AND sync_status = ?2",
-                )
-                .and_then(|mut s| s.query_row(params![collection, status], |r| r.get(0)))
-                .map_err(StoreError::sqlite(&self.path, format!("reading retry times of {collection}")))?;
+            let at: Option<i64> = self.db().row(
+                format_args!("reading retry times of {collection}"),
+                "SELECT MIN(next_attempt_at) FROM sync_tracking WHERE table_name = ?1 AND sync_status = ?2",
+                params![collection, status],
+                |r| r.get(0),
+            )?;
             earliest = earliest.into_iter().chain(at).min();
         }
         // A sweep under way goes on at its own pace; one wanted, after its rest.
@@ -762,34 +717,34 @@ impl Store for SqliteStore {
     }
 
     fn change_token(&mut self) -> Result<u64, StoreError> {
-        let version: i64 = self
-            .conn
-            .query_row("PRAGMA data_version", [], |r| r.get(0))
-            .map_err(StoreError::sqlite(&self.path, "reading data_version"))?;
+        let version: i64 =
+            self.db()
+                .once()
+                .row("reading data_version", "PRAGMA data_version", [], |r| {
+                    r.get(0)
+                })?;
         Ok(version as u64)
     }
 
     fn last_written(&mut self, collection: &str) -> Result<Option<Millis>, StoreError> {
         let table = self.table(collection)?;
         let ferry_mark: Option<i64> = self
-            .conn
-            .query_row(
+            .db()
+            .once()
+            .optional_row(
+                "reading ferry_collections",
                 "SELECT last_write_ms FROM ferry_collections WHERE name = ?1",
                 [collection],
                 |r| r.get(0),
-            )
-            .optional()
-            .map_err(StoreError::sqlite(&self.path, "reading ferry_collections"))?
+            )?
             .flatten();
         let newest = match &table.updated_expr {
-            Some(expr) => self
-                .conn
-                .prepare_cached(&format!("SELECT MAX({expr}) FROM {} AS t", table.name))
-                .and_then(|mut s| s.query_row([], |r| r.get::<_, SqlValue>(0)))
-                .map_err(StoreError::sqlite(
-                    &self.path,
-                    format!("reading MAX(updated_at) of {collection}"),
-                ))?,
+            Some(expr) => self.db().row(
+                format_args!("reading MAX(updated_at) of {collection}"),
+                &format!("SELECT MAX({expr}) FROM {} AS t", table.name),
+                [],
+                |r| r.get::<_, SqlValue>(0),
+            )?,
             None => SqlValue::Null,
         };
         let newest = match newest {
@@ -824,6 +779,7 @@ impl Store for SqliteStore {
         let _ = std::fs::remove_file(&temp);
         let _ = std::fs::remove_file(&journal);
         let target = temp.to_string_lossy().into_owned();
+        // Not through `Db`: the error names the file being written, not the database.
         let result = self
             .conn
             .execute("VACUUM INTO ?1", [&target])

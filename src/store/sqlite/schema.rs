@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection};
 
 use super::table::{ident, json_path, tracking_probe, Layout, Table};
 use super::SqliteStore;
@@ -76,41 +76,36 @@ const SEED_000_TABLES: &[(&str, &str)] = &[
 impl SqliteStore {
     /// Applies the migrations this database has not had yet, each in its own transaction.
     pub(super) fn migrate(&mut self) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let err = |op: String| StoreError::sqlite(&path, op);
-        self.conn
-            .execute_batch(
-                "CREATE TABLE IF NOT EXISTS ferry_schema (
-                    version INTEGER PRIMARY KEY,
-                    name TEXT NOT NULL,
-                    applied_at TEXT NOT NULL)",
-            )
-            .map_err(err("creating ferry_schema".into()))?;
-        let current: i64 = self
-            .conn
-            .query_row(
-                "SELECT COALESCE(MAX(version), 0) FROM ferry_schema",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(err("reading the schema version".into()))?;
+        let db = self.db().once();
+        db.batch(
+            "creating ferry_schema",
+            "CREATE TABLE IF NOT EXISTS ferry_schema (
+                version INTEGER PRIMARY KEY,
+                name TEXT NOT NULL,
+                applied_at TEXT NOT NULL)",
+        )?;
+        let current: i64 = db.row(
+            "reading the schema version",
+            "SELECT COALESCE(MAX(version), 0) FROM ferry_schema",
+            [],
+            |r| r.get(0),
+        )?;
         for &(version, name, sql) in MIGRATIONS.iter().filter(|(v, _, _)| *v > current) {
-            let op = || format!("applying migrations/{name}.sql");
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(err(op()))?;
-            if version == 2 {
-                retype_adopted_tracking(&tx).map_err(err(op()))?;
-            }
-            tx.execute_batch(sql).map_err(err(op()))?;
-            tx.execute(
-                "INSERT INTO ferry_schema (version, name, applied_at) VALUES (?1, ?2, ?3)",
-                params![version, name, rfc3339(now_ms())],
-            )
-            .map_err(err(op()))?;
-            tx.commit().map_err(err(op()))?;
-            tracing::info!(path = %path.display(), migration = name, "applied schema migration");
+            let op = format!("applying migrations/{name}.sql");
+            self.transaction(&op, |db| {
+                let db = db.once();
+                if version == 2 {
+                    retype_adopted_tracking(db.conn()).map_err(|e| db.error(&op, e))?;
+                }
+                db.batch(&op, sql)?;
+                db.execute(
+                    &op,
+                    "INSERT INTO ferry_schema (version, name, applied_at) VALUES (?1, ?2, ?3)",
+                    params![version, name, rfc3339(now_ms())],
+                )?;
+                Ok(())
+            })?;
+            tracing::info!(path = %self.path.display(), migration = name, "applied schema migration");
         }
         Ok(())
     }
@@ -118,21 +113,19 @@ impl SqliteStore {
     /// Finds or creates the collection's table and works out how to read it.
     pub(super) fn prepare_table(&mut self, collection: &Collection) -> Result<Table, StoreError> {
         let name = collection.name.as_str();
+        let path = self.path.clone();
         let schema_err = |message: String| StoreError::Schema {
-            path: self.path.clone(),
+            path: path.clone(),
             table: name.to_string(),
             collection: name.to_string(),
             message,
         };
-        let existing: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
-                [name],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(self.err(format!("looking up table {name}")))?;
+        let existing: Option<String> = self.db().once().optional_row(
+            format_args!("looking up table {name}"),
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
+            [name],
+            |r| r.get(0),
+        )?;
         let table_name = match existing {
             Some(actual) => actual,
             None => {
@@ -149,44 +142,34 @@ impl SqliteStore {
                         "document",
                     ),
                 };
-                let tx = self
-                    .conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(StoreError::sqlite(
-                        &self.path,
-                        format!("creating table {name}"),
-                    ))?;
-                tx.execute_batch(&ddl)
-                    .and_then(|()| {
-                        tx.execute(
-                            "INSERT OR REPLACE INTO ferry_collections (name, layout, created_by_ferry) VALUES (?1, ?2, 1)",
-                            params![name, layout],
-                        )
-                    })
-                    .and_then(|_| tx.commit())
-                    .map_err(StoreError::sqlite(&self.path, format!("creating table {name}")))?;
+                let op = format!("creating table {name}");
+                self.transaction(&op, |db| {
+                    let db = db.once();
+                    db.batch(&op, &ddl)?;
+                    db.execute(
+                        &op,
+                        "INSERT OR REPLACE INTO ferry_collections (name, layout, created_by_ferry) VALUES (?1, ?2, 1)",
+                        params![name, layout],
+                    )
+                })?;
                 tracing::info!(table = name, layout, "created table for collection");
                 name.to_string()
             }
         };
-        let registered: Option<(String, bool)> = self
-            .conn
-            .query_row(
-                "SELECT layout, created_by_ferry FROM ferry_collections WHERE name = ?1",
-                [name],
-                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0)),
-            )
-            .optional()
-            .map_err(self.err("reading ferry_collections"))?;
+        let registered: Option<(String, bool)> = self.db().once().optional_row(
+            "reading ferry_collections",
+            "SELECT layout, created_by_ferry FROM ferry_collections WHERE name = ?1",
+            [name],
+            |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0)),
+        )?;
         let created_by_ferry = registered.as_ref().is_some_and(|(_, ours)| *ours);
         let layout = registered.map(|(layout, _)| layout);
         if layout.is_none() {
-            self.conn
-                .execute(
-                    "INSERT INTO ferry_collections (name, layout, created_by_ferry) VALUES (?1, 'columns', 0)",
-                    [name],
-                )
-                .map_err(self.err("writing ferry_collections"))?;
+            self.db().once().execute(
+                "writing ferry_collections",
+                "INSERT INTO ferry_collections (name, layout, created_by_ferry) VALUES (?1, 'columns', 0)",
+                [name],
+            )?;
         }
         let layout = match layout.as_deref() {
             Some("document") => Layout::Document,
@@ -198,31 +181,18 @@ impl SqliteStore {
         let mut types: HashMap<String, String> = HashMap::new();
         let mut columns = Vec::new();
         let mut pk_columns = Vec::new();
-        {
-            let mut stmt = self
-                .conn
-                .prepare(&format!("PRAGMA table_info({quoted})"))
-                .map_err(self.err(format!("reading the columns of {table_name}")))?;
-            let mut rows = stmt
-                .query([])
-                .map_err(self.err(format!("reading the columns of {table_name}")))?;
-            while let Some(row) = rows
-                .next()
-                .map_err(StoreError::sqlite(&self.path, "reading columns"))?
-            {
-                let column: String = row
-                    .get(1)
-                    .map_err(StoreError::sqlite(&self.path, "reading columns"))?;
-                let pk: i64 = row
-                    .get(5)
-                    .map_err(StoreError::sqlite(&self.path, "reading columns"))?;
-                if pk > 0 {
-                    pk_columns.push(column.clone());
-                }
-                let declared: Option<String> = row.get(2).unwrap_or(None);
-                types.insert(column.clone(), declared.unwrap_or_default());
-                columns.push(column);
+        let info: Vec<(String, i64, Option<String>)> = self.db().once().rows(
+            format_args!("reading the columns of {table_name}"),
+            &format!("PRAGMA table_info({quoted})"),
+            [],
+            |row| Ok((row.get(1)?, row.get(5)?, row.get(2).unwrap_or(None))),
+        )?;
+        for (column, pk, declared) in info {
+            if pk > 0 {
+                pk_columns.push(column.clone());
             }
+            types.insert(column.clone(), declared.unwrap_or_default());
+            columns.push(column);
         }
         let find_column = |field: &str, what: &str| -> Result<String, StoreError> {
             columns
@@ -280,6 +250,7 @@ impl SqliteStore {
                 .collect::<Vec<_>>()
                 .join(", "),
         };
+        // An error preparing it is the answer (a WITHOUT ROWID table).
         let has_rowid = self
             .conn
             .prepare(&format!("SELECT rowid FROM {quoted} LIMIT 0"))
@@ -318,23 +289,21 @@ impl SqliteStore {
 
     pub(super) fn has_unique_index(&self, table: &str, column: &str) -> Result<bool, StoreError> {
         let op = || format!("reading the indexes of {table}");
-        let mut stmt = self
-            .conn
-            .prepare("SELECT il.name FROM pragma_index_list(?1) AS il WHERE il.\"unique\" = 1")
-            .map_err(self.err(op()))?;
-        let names: Vec<String> = stmt
-            .query_map([table], |r| r.get(0))
-            .and_then(|rows| rows.collect())
-            .map_err(self.err(op()))?;
+        let db = self.db().once();
+        let names: Vec<String> = db.rows(
+            op(),
+            "SELECT il.name FROM pragma_index_list(?1) AS il WHERE il.\"unique\" = 1",
+            [table],
+            |r| r.get(0),
+        )?;
         for index in names {
-            let cols: Vec<String> = self
-                .conn
-                .prepare("SELECT name FROM pragma_index_info(?1)")
-                .and_then(|mut s| {
-                    s.query_map([&index], |r| r.get::<_, Option<String>>(0))?
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .map_err(self.err(op()))?
+            let cols: Vec<String> = db
+                .rows(
+                    op(),
+                    "SELECT name FROM pragma_index_info(?1)",
+                    [&index],
+                    |r| r.get::<_, Option<String>>(0),
+                )?
                 .into_iter()
                 .map(Option::unwrap_or_default)
                 .collect();
@@ -359,13 +328,14 @@ impl SqliteStore {
             Layout::Document => expr.replacen("t.record", "record", 1),
             Layout::Columns => expr.trim_start_matches("t.").to_string(),
         };
-        self.conn
-            .execute_batch(&format!(
+        self.db().batch(
+            format_args!("creating index {index}"),
+            &format!(
                 "CREATE INDEX IF NOT EXISTS {} ON {} ({target})",
                 ident(&index),
                 ident(table)
-            ))
-            .map_err(self.err(format!("creating index {index}")))
+            ),
+        )
     }
 }
 

@@ -4,9 +4,10 @@
 //! forgotten row of a record that is gone); it never hands out records itself.
 
 use rusqlite::types::{Value as SqlValue, ValueRef};
-use rusqlite::{params, Connection, Row};
+use rusqlite::{params, Row};
 use serde_json::Value;
 
+use super::db::Db;
 use super::table::{ident, json_from_sql, key_to_sql, sql_text, Layout, Table};
 use super::tracking::{tracking_from_row, TRACKING_COLUMNS, TRACKING_WIDTH};
 use super::SqliteStore;
@@ -92,7 +93,6 @@ impl SqliteStore {
         sweep: &mut Sweep,
     ) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
-        let path = self.path.clone();
         let op = format!("sweeping {collection} for records to deliver");
         let (watermark, _, changed_watermark) = self.watermarks(collection)?;
         loop {
@@ -100,22 +100,25 @@ impl SqliteStore {
             let tx = self
                 .conn
                 .unchecked_transaction()
-                .map_err(StoreError::sqlite(&path, op.clone()))?;
-            tx.execute_batch("SAVEPOINT ferry_sweep")
-                .map_err(StoreError::sqlite(&path, op.clone()))?;
-            let marks = Self::sweep_rows(&tx, table, query, (watermark, &changed_watermark), sweep)
-                .and_then(|mut marks| {
-                    marks.extend(Self::sweep_gone(&tx, table, sweep)?);
-                    Ok(marks)
-                })
-                .map_err(StoreError::sqlite(&path, op.clone()))?;
+                .map_err(|e| self.db().error(&op, e))?;
+            let db = Db::new(&tx, &self.path);
+            db.batch(&op, "SAVEPOINT ferry_sweep")?;
+            let mut marks = Self::sweep_rows(
+                db,
+                &op,
+                table,
+                query,
+                (watermark, &changed_watermark),
+                sweep,
+            )?;
+            marks.extend(Self::sweep_gone(db, &op, table, sweep)?);
             for (sql, values) in &marks {
-                tx.execute(sql, rusqlite::params_from_iter(values.iter()))
-                    .map_err(StoreError::sqlite(&path, op.clone()))?;
+                db.once()
+                    .execute(&op, sql, rusqlite::params_from_iter(values.iter()))?;
             }
-            tx.execute_batch("RELEASE ferry_sweep")
-                .map_err(StoreError::sqlite(&path, op.clone()))?;
-            tx.commit().map_err(StoreError::sqlite(&path, op.clone()))?;
+            db.batch(&op, "RELEASE ferry_sweep")?;
+            tx.commit()
+                .map_err(|e| StoreError::sqlite(&self.path, &op)(e))?;
             sweep.chunks += 1;
             if sweep.cursor.is_none() && sweep.gone_cursor.is_none() {
                 // Round: over. A large table rests before the next round, however
@@ -143,12 +146,13 @@ impl SqliteStore {
     /// The rows side of a sweep chunk: the marks it calls for. Moves the cursor; `None`
     /// when the table's end was reached.
     pub(super) fn sweep_rows(
-        conn: &Connection,
+        db: Db<'_>,
+        op: &str,
         table: &Table,
         query: &DueQuery,
         (watermark, changed_watermark): (i64, &SqlValue),
         sweep: &mut Sweep,
-    ) -> rusqlite::Result<Vec<(&'static str, Vec<SqlValue>)>> {
+    ) -> Result<Vec<(&'static str, Vec<SqlValue>)>, StoreError> {
         let mut marks = Vec::new();
         if sweep.rows_done {
             return Ok(marks);
@@ -163,7 +167,7 @@ impl SqliteStore {
         let mut last: Option<SqlValue> = None;
         let mut rows = 0i64;
         let now = rfc3339(now_ms());
-        let mut stmt = conn.prepare_cached(&table.sweep_sql(sweep.cursor.is_none()))?;
+        db.with_statement(op, &table.sweep_sql(sweep.cursor.is_none()), |stmt| {
         let mut cursor_rows = stmt.query(params![name, cursor, chunk, changed_watermark])?;
         while let Some(row) = cursor_rows.next()? {
             rows += 1;
@@ -215,6 +219,8 @@ impl SqliteStore {
                 Some(_) => {}
             }
         }
+        Ok(())
+        })?;
         if rows < chunk {
             sweep.rows_done = true;
             sweep.cursor = None;
@@ -227,34 +233,36 @@ impl SqliteStore {
     /// The tracking side of a sweep chunk: rows of records that are gone, forgotten
     /// unless a create may be unconfirmed. Moves its cursor; `None` at the end.
     pub(super) fn sweep_gone(
-        conn: &Connection,
+        db: Db<'_>,
+        op: &str,
         table: &Table,
         sweep: &mut Sweep,
-    ) -> rusqlite::Result<Vec<(&'static str, Vec<SqlValue>)>> {
+    ) -> Result<Vec<(&'static str, Vec<SqlValue>)>, StoreError> {
         let mut marks = Vec::new();
         if sweep.gone_done {
             return Ok(marks);
         }
         let name = table.collection_name();
         let from = sweep.gone_cursor.unwrap_or(0);
-        let (seen, last): (i64, Option<i64>) = conn
-            .prepare_cached(
-                "SELECT COUNT(*), MAX(id) FROM (SELECT id FROM sync_tracking
-                  WHERE id > ?2 AND table_name = ?1 ORDER BY id LIMIT ?3)",
-            )?
-            .query_row(params![name, from, SWEEP_CHUNK], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
-        let gone: Vec<i64> = conn
-            .prepare_cached(&format!(
+        let (seen, last): (i64, Option<i64>) = db.row(
+            op,
+            "SELECT COUNT(*), MAX(id) FROM (SELECT id FROM sync_tracking
+              WHERE id > ?2 AND table_name = ?1 ORDER BY id LIMIT ?3)",
+            params![name, from, SWEEP_CHUNK],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let gone: Vec<i64> = db.rows(
+            op,
+            &format!(
                 "SELECT s.id FROM sync_tracking AS s
                   WHERE s.table_name = ?1 AND s.id > ?2 AND s.id <= ?3 AND s.claim_key IS NULL
                     AND s.sync_status = 'success'
                     AND NOT EXISTS (SELECT 1 FROM {} AS t WHERE {} = s.local_id)",
                 table.name, table.key_expr
-            ))?
-            .query_map(params![name, from, last.unwrap_or(from)], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+            ),
+            params![name, from, last.unwrap_or(from)],
+            |r| r.get(0),
+        )?;
         for id in gone {
             marks.push((
                 "DELETE FROM sync_tracking WHERE id = ?1 AND claim_key IS NULL",

@@ -3,11 +3,10 @@
 //! the seed `003_…` service spelled them; what ferry does not know reads as the safe
 //! reading (an unknown status as pending, an unknown claim state as unsure).
 
-use std::path::Path;
-
 use rusqlite::types::{Value as SqlValue, ValueRef};
-use rusqlite::{params, Connection, Row};
+use rusqlite::{params, Row};
 
+use super::db::Db;
 use super::table::{key_from_sql, key_to_sql};
 use crate::store::{Claim, ClaimState, Status, StoreError, Tracking};
 
@@ -18,73 +17,74 @@ pub(super) const TRACKING_COLUMNS: &str = "s.local_id, s.remote_id, s.sync_date,
 /// How many columns `TRACKING_COLUMNS` lists.
 pub(super) const TRACKING_WIDTH: usize = 18;
 
-pub(super) fn exec_tracking(
-    conn: &Connection,
-    path: &Path,
-    rows: &[Tracking],
-) -> Result<(), StoreError> {
-    let op = || format!("writing {} tracking rows", rows.len());
-    let mut stmt = conn
-                .prepare_cached(
-                    "INSERT INTO sync_tracking (table_name, local_id, remote_id, sync_date, sync_status,
-                        error_message, attempts, next_attempt_at, version, last_http_status, bytes_sent,
-                        claim_key, claim_version, claim_body_hash, claim_state, created, fingerprint,
-                        claim_body, claim_fingerprint)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                        ?17, ?18, ?19)
-                     ON CONFLICT (table_name, local_id) DO UPDATE SET
-                        remote_id = excluded.remote_id, sync_date = excluded.sync_date,
-                        sync_status = excluded.sync_status, error_message = excluded.error_message,
-                        attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at,
-                        version = excluded.version, last_http_status = excluded.last_http_status,
-                        bytes_sent = excluded.bytes_sent, claim_key = excluded.claim_key,
-                        claim_version = excluded.claim_version,
-                        claim_body_hash = excluded.claim_body_hash, claim_state = excluded.claim_state,
-                        created = excluded.created, fingerprint = excluded.fingerprint,
-                        claim_body = excluded.claim_body,
-                        claim_fingerprint = excluded.claim_fingerprint",
-                )
-                .map_err(StoreError::sqlite(path, op()))?;
-    for row in rows {
-        // Rows still to be tried are due at 0 ("now") rather than NULL, so the
-        // retry index finds them.
-        let next = match (row.status, row.next_attempt_at) {
-            (Status::Success, at) => at,
-            (_, at) => Some(at.unwrap_or(0)),
-        };
-        stmt.execute(params![
-            row.collection,
-            key_to_sql(&row.key),
-            row.remote_id.as_ref().map_or(SqlValue::Null, key_to_sql),
-            row.sync_date,
-            row.status.as_str(),
-            row.error_message,
-            row.attempts,
-            next,
-            row.version,
-            row.last_http_status,
-            i64::try_from(row.bytes_sent).unwrap_or(i64::MAX),
-            row.claim.as_ref().map(|c| c.key.as_str()),
-            row.claim.as_ref().map(|c| c.version.as_str()),
-            row.claim.as_ref().map(|c| format!("{:016x}", c.body_hash)),
-            row.claim.as_ref().map(|c| c.state.as_str()),
-            row.created,
-            row.fingerprint.map(|f| format!("{f:016x}")),
-            row.claim.as_ref().and_then(|c| c.body.as_deref()),
-            row.claim
-                .as_ref()
-                .map(|c| format!("{:016x}", c.fingerprint)),
-        ])
-        .map_err(|e| {
-            StoreError::sqlite(
-                path,
-                format!("writing tracking of {} record {}", row.collection, row.key),
-            )(e)
-        })?;
-    }
+/// A tracking row written: inserted, or replacing the row of the same record.
+const UPSERT: &str =
+    "INSERT INTO sync_tracking (table_name, local_id, remote_id, sync_date, sync_status,
+            error_message, attempts, next_attempt_at, version, last_http_status, bytes_sent,
+            claim_key, claim_version, claim_body_hash, claim_state, created, fingerprint,
+            claim_body, claim_fingerprint)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+            ?17, ?18, ?19)
+         ON CONFLICT (table_name, local_id) DO UPDATE SET
+            remote_id = excluded.remote_id, sync_date = excluded.sync_date,
+            sync_status = excluded.sync_status, error_message = excluded.error_message,
+            attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at,
+            version = excluded.version, last_http_status = excluded.last_http_status,
+            bytes_sent = excluded.bytes_sent, claim_key = excluded.claim_key,
+            claim_version = excluded.claim_version,
+            claim_body_hash = excluded.claim_body_hash, claim_state = excluded.claim_state,
+            created = excluded.created, fingerprint = excluded.fingerprint,
+            claim_body = excluded.claim_body,
+            claim_fingerprint = excluded.claim_fingerprint";
 
-    Ok(())
+/// Writes tracking rows (insert, or replace the row of the same record).
+pub(super) fn exec_tracking(db: Db<'_>, rows: &[Tracking]) -> Result<(), StoreError> {
+    db.prepared(
+        format_args!("writing {} tracking rows", rows.len()),
+        UPSERT,
+        |stmt| {
+            for row in rows {
+                // Rows still to be tried are due at 0 ("now") rather than NULL, so the
+                // retry index finds them.
+                let next = match (row.status, row.next_attempt_at) {
+                    (Status::Success, at) => at,
+                    (_, at) => Some(at.unwrap_or(0)),
+                };
+                stmt.execute(params![
+                    row.collection,
+                    key_to_sql(&row.key),
+                    row.remote_id.as_ref().map_or(SqlValue::Null, key_to_sql),
+                    row.sync_date,
+                    row.status.as_str(),
+                    row.error_message,
+                    row.attempts,
+                    next,
+                    row.version,
+                    row.last_http_status,
+                    i64::try_from(row.bytes_sent).unwrap_or(i64::MAX),
+                    row.claim.as_ref().map(|c| c.key.as_str()),
+                    row.claim.as_ref().map(|c| c.version.as_str()),
+                    row.claim.as_ref().map(|c| format!("{:016x}", c.body_hash)),
+                    row.claim.as_ref().map(|c| c.state.as_str()),
+                    row.created,
+                    row.fingerprint.map(|f| format!("{f:016x}")),
+                    row.claim.as_ref().and_then(|c| c.body.as_deref()),
+                    row.claim
+                        .as_ref()
+                        .map(|c| format!("{:016x}", c.fingerprint)),
+                ])
+                .map_err(|e| {
+                    db.error(
+                        format_args!("writing tracking of {} record {}", row.collection, row.key),
+                        e,
+                    )
+                })?;
+            }
+            Ok(())
+        },
+    )
 }
+
 pub(super) fn tracking_from_row(
     collection: &str,
     row: &Row<'_>,

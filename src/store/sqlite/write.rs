@@ -2,11 +2,10 @@
 //! their tombstones, ferry's own write mark, and the migration baseline. Each runs
 //! inside a transaction the caller holds; nothing here commits.
 
-use std::path::Path;
-
+use rusqlite::params;
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{params, Connection};
 
+use super::db::Db;
 use super::table::{ident, key_to_sql, sql_from_json, Layout};
 use super::SqliteStore;
 use crate::store::record::{Key, Record};
@@ -161,105 +160,92 @@ pub(super) struct RecordWrites {
 }
 
 pub(super) fn exec_record_writes(
-    conn: &Connection,
-    path: &Path,
+    db: Db<'_>,
     collection: &str,
     batch: &RecordWrites,
 ) -> Result<(), StoreError> {
     for alter in &batch.add_columns {
-        conn.execute_batch(alter).map_err(StoreError::sqlite(
-            path,
-            format!("adding a column for a new field of {collection} ({alter})"),
-        ))?;
+        db.batch(
+            format_args!("adding a column for a new field of {collection} ({alter})"),
+            alter,
+        )?;
     }
-    let writes = &batch.writes;
     // A record written again is no longer deleted; most collections have no
     // tombstone at all, and then there is nothing to clear.
-    let has_tombstones: bool = conn
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM ferry_tombstones WHERE collection = ?1)")
-        .and_then(|mut s| s.query_row([collection], |r| r.get(0)))
-        .map_err(StoreError::sqlite(
-            path,
-            format!("reading tombstones of {collection}"),
-        ))?;
-    for write in writes {
-        conn.prepare_cached(&write.sql)
-            .and_then(|mut s| s.execute(rusqlite::params_from_iter(write.values.iter())))
-            .map_err(|e| {
-                StoreError::sqlite(
-                    path,
-                    format!("writing record {} of {collection}", write.key),
-                )(e)
-            })?;
+    let has_tombstones: bool = db.row(
+        format_args!("reading tombstones of {collection}"),
+        "SELECT EXISTS (SELECT 1 FROM ferry_tombstones WHERE collection = ?1)",
+        [collection],
+        |r| r.get(0),
+    )?;
+    for write in &batch.writes {
+        let op = || format!("writing record {} of {collection}", write.key);
+        db.execute(
+            op(),
+            &write.sql,
+            rusqlite::params_from_iter(write.values.iter()),
+        )?;
         if !has_tombstones {
             continue;
         }
-        conn.prepare_cached("DELETE FROM ferry_tombstones WHERE collection = ?1 AND key = ?2")
-            .and_then(|mut s| s.execute(params![collection, key_to_sql(&write.key)]))
-            .map_err(|e| {
-                StoreError::sqlite(
-                    path,
-                    format!("writing record {} of {collection}", write.key),
-                )(e)
-            })?;
+        db.execute(
+            op(),
+            "DELETE FROM ferry_tombstones WHERE collection = ?1 AND key = ?2",
+            params![collection, key_to_sql(&write.key)],
+        )?;
     }
     Ok(())
 }
 
 /// Deletes a record and leaves its tombstone; `false` if there was no such record.
 pub(super) fn exec_delete(
-    conn: &Connection,
-    path: &Path,
+    db: Db<'_>,
     delete_sql: &str,
     collection: &str,
     key: &Key,
 ) -> Result<bool, StoreError> {
     let op = || format!("deleting record {key} of {collection}");
-    let removed = conn
-        .prepare_cached(delete_sql)
-        .and_then(|mut s| s.execute([key_to_sql(key)]))
-        .map_err(StoreError::sqlite(path, op()))?;
+    let removed = db.execute(op(), delete_sql, [key_to_sql(key)])?;
     if removed > 0 {
-        conn.execute(
+        db.once().execute(
+            op(),
             "INSERT OR REPLACE INTO ferry_tombstones (collection, key, deleted_at) VALUES (?1, ?2, ?3)",
             params![collection, key_to_sql(key), now_ms()],
-        )
-        .map_err(StoreError::sqlite(path, op()))?;
+        )?;
     }
     Ok(removed > 0)
 }
 
 /// Replaces the migration baseline kept for a collection.
 pub(super) fn exec_baseline(
-    conn: &Connection,
-    path: &Path,
+    db: Db<'_>,
     collection: &str,
     baseline: &Baseline,
 ) -> Result<(), StoreError> {
     let op = || format!("keeping the migration baseline of {collection}");
-    let err = StoreError::sqlite;
-    conn.execute(
+    db.once().execute(
+        op(),
         "DELETE FROM ferry_baseline WHERE collection = ?1",
         [collection],
-    )
-    .map_err(err(path, op()))?;
+    )?;
     let fp = |v: Option<u64>| v.map(|v| v as i64);
-    let mut insert = conn
-        .prepare_cached(
-            "INSERT INTO ferry_baseline (collection, key, source_fp, target_fp) VALUES (?1, ?2, ?3, ?4)",
-        )
-        .map_err(err(path, op()))?;
-    for (key, (source, target)) in &baseline.records {
-        insert
-            .execute(params![
-                collection,
-                key_to_sql(key),
-                fp(*source),
-                fp(*target)
-            ])
-            .map_err(err(path, op()))?;
-    }
-    conn.execute(
+    db.with_statement(
+        op(),
+        "INSERT INTO ferry_baseline (collection, key, source_fp, target_fp) VALUES (?1, ?2, ?3, ?4)",
+        |insert| {
+            for (key, (source, target)) in &baseline.records {
+                insert.execute(params![
+                    collection,
+                    key_to_sql(key),
+                    fp(*source),
+                    fp(*target)
+                ])?;
+            }
+            Ok(())
+        },
+    )?;
+    db.once().execute(
+        op(),
         "INSERT OR REPLACE INTO ferry_baseline_meta (collection, generation, source_id, target_id, source_mark)
          VALUES (?1, ?2, ?3, ?4, ?5)",
         params![
@@ -269,24 +255,17 @@ pub(super) fn exec_baseline(
             baseline.target_id,
             baseline.source_mark
         ],
-    )
-    .map_err(err(path, op()))?;
+    )?;
     Ok(())
 }
 
 /// ferry's own mark of its last write to a collection (for the start-up migration).
-pub(super) fn exec_mark(
-    conn: &Connection,
-    path: &Path,
-    collection: &str,
-) -> Result<(), StoreError> {
-    conn.execute(
-        "UPDATE ferry_collections SET last_write_ms = ?2 WHERE name = ?1",
-        params![collection, now_ms()],
-    )
-    .map(|_| ())
-    .map_err(StoreError::sqlite(
-        path,
-        format!("marking {collection} as written"),
-    ))
+pub(super) fn exec_mark(db: Db<'_>, collection: &str) -> Result<(), StoreError> {
+    db.once()
+        .execute(
+            format_args!("marking {collection} as written"),
+            "UPDATE ferry_collections SET last_write_ms = ?2 WHERE name = ?1",
+            params![collection, now_ms()],
+        )
+        .map(|_| ())
 }
