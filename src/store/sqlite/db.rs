@@ -11,9 +11,14 @@
 use std::fmt::Display;
 use std::path::Path;
 
+use rusqlite::types::Value as SqlValue;
 use rusqlite::{CachedStatement, Connection, OptionalExtension, Params, Row, Statement};
 
 use crate::store::StoreError;
+
+/// A statement with its values, kept to be run later: a watermark move after the read
+/// snapshot that called for it, a sweep's mark after its chunk was read.
+pub(super) type Deferred = (&'static str, Vec<SqlValue>);
 
 /// A connection (or a transaction, which derefs to one) and the database's path.
 #[derive(Clone, Copy)]

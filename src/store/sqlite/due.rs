@@ -11,166 +11,70 @@
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, OptionalExtension, Row};
 
+use super::db::Deferred;
 use super::table::{compare_sql, key_from_sql, key_to_sql, sql_from_json, sql_text, Table};
 use super::tracking::{tracking_from_row, TRACKING_COLUMNS};
 use super::SqliteStore;
 use crate::store::record::{self, Key};
 use crate::store::{Due, DueQuery, Found, StoreError};
 
+/// The operation of one of the reads that find work, as its errors name it.
+fn finding(what: &str, collection: &str) -> String {
+    format!("finding {what} records of {collection}")
+}
+
 /// Untracked rows read per batch, in batches: a batch is the first `limit` of a
 /// window this many times bigger, taken in insertion order and sorted by `order_by`.
 const NEW_RECORDS_WINDOW: i64 = 4;
 
 impl SqliteStore {
+    /// [`Store::due`](crate::store::Store::due): a sweep step if one is wanted, then
+    /// the reads in one read snapshot — a row another process commits meanwhile is
+    /// seen by all of them or by none, so a watermark never passes a row that was not
+    /// read — then the watermark moves they call for (none for a peek).
+    pub(super) fn find_due(
+        &mut self,
+        collection: &str,
+        query: &DueQuery,
+    ) -> Result<Vec<Due>, StoreError> {
+        let op = || format!("finding records of {collection} to deliver");
+        // A column added since (a new field) is read from now on.
+        self.refresh_tables()?;
+        self.table(collection)?;
+        self.sweep_if_wanted(collection, query)?;
+        let db = self.db();
+        db.batch(op(), "BEGIN")?;
+        let mut updates = Vec::new();
+        let result = self.due_in_snapshot(collection, query, &mut updates);
+        if query.peek {
+            updates.clear();
+        }
+        let ended = db.batch(op(), if result.is_ok() { "COMMIT" } else { "ROLLBACK" });
+        let due = result?;
+        ended?;
+        for (sql, values) in updates {
+            db.once()
+                .execute(op(), sql, rusqlite::params_from_iter(values.iter()))?;
+        }
+        Ok(due)
+    }
+
     /// The reads of [`Store::due`], all in the caller's read snapshot; watermark
     /// changes are collected in `updates`, written once the snapshot ends.
-    pub(super) fn due_in_snapshot(
+    fn due_in_snapshot(
         &self,
         collection: &str,
         query: &DueQuery,
-        updates: &mut Vec<(&'static str, Vec<SqlValue>)>,
+        updates: &mut Vec<Deferred>,
     ) -> Result<Vec<Due>, StoreError> {
         let table = self.table(collection)?;
-        let name = table.collection_name().to_string();
-        let db = self.db();
-        let op = |what: &str| format!("finding {what} records of {name}");
-        let limit = query.limit as i64;
-        let mut due: Vec<Due> = Vec::new();
-        let row_to_due = |row: &Row<'_>, found: Found| table.due_from_row(&name, row, found);
-
-        // 1. Retries that are due, found through the tracking index.
-        let retry_keys: Vec<SqlValue> = db.rows(
-            op("retry"),
-            "SELECT local_id FROM sync_tracking WHERE table_name = ?1
-               AND sync_status IN ('pending', 'failed') AND next_attempt_at <= ?2
-             ORDER BY next_attempt_at LIMIT ?3",
-            params![name, query.now, limit],
-            |r| r.get(0),
-        )?;
-        due.extend(self.due_by_key(table, &retry_keys, Found::Retry)?);
-
-        // 2. Records never tried: only rows above the watermark are read.
-        let (mut watermark, watermark_key, changed_watermark) = self.watermarks(&name)?;
-        let watermark_stored = watermark;
-        if query.full_scan || !table.has_rowid {
-            watermark = 0;
-        } else if watermark > 0 {
-            // The row at the watermark must still be the one it was; if it was deleted,
-            // a new row may have taken a rowid below the watermark, so read from 0.
-            let at: Option<Option<Key>> = db.optional_row(
-                op("new"),
-                &format!(
-                    "SELECT {} FROM {} AS t WHERE t.rowid = ?1",
-                    table.key_expr, table.name
-                ),
-                [watermark],
-                |r| Ok(key_from_sql(r.get_ref(0)?)),
-            )?;
-            if at.flatten() != watermark_key {
-                tracing::debug!(collection = %name, watermark, "watermark row changed; reading the whole table once");
-                watermark = 0;
-            }
+        let mut due = self.due_retries(table, query)?;
+        let (new_watermark, new_watermark_key, changed_watermark) =
+            self.watermarks(table.collection_name())?;
+        due.extend(self.due_new(table, query, (new_watermark, new_watermark_key), updates)?);
+        if query.include_changed && table.updated_expr.is_some() {
+            due.extend(self.due_changed(table, query, changed_watermark, updates)?);
         }
-        // A backlog bigger than the window goes out window by window, in insertion
-        // order; within a window, in order_by order. Records with blobs are big: they
-        // are read a batch at a time, in order_by order.
-        let windowed = table.has_rowid && table.collection.blob_fields.is_empty();
-        let sql = table.new_records_sql(windowed);
-        let window = if windowed {
-            limit.saturating_mul(NEW_RECORDS_WINDOW)
-        } else {
-            limit
-        };
-        let fresh: Vec<(i64, Due)> =
-            db.some_rows(op("new"), &sql, params![name, watermark, window], |row| {
-                let rowid: i64 = row.get(0)?;
-                Ok(row_to_due(row, Found::New)?.map(|d| (rowid, d)))
-            })?;
-        if table.has_rowid && (windowed || (fresh.len() as i64) < limit) {
-            // Every row between the watermark and the first untracked one is tracked
-            // (read in rowid order, or all of them read):
-            // move the watermark up to the row just below it (to the last row when
-            // nothing is untracked). After a full scan this may move it down, to
-            // untracked rows found below it (tracking deleted, a key reused).
-            let below = fresh
-                .iter()
-                .map(|(rowid, _)| *rowid)
-                .min()
-                .unwrap_or(i64::MAX);
-            let new: Option<(i64, Option<Key>)> = db.optional_row(
-                op("new"),
-                &format!(
-                    "SELECT t.rowid, {} FROM {} AS t WHERE t.rowid < ?1 ORDER BY t.rowid DESC LIMIT 1",
-                    table.key_expr, table.name
-                ),
-                [below],
-                |r| Ok((r.get(0)?, key_from_sql(r.get_ref(1)?))),
-            )?;
-            let (new_mark, new_key) = new.unwrap_or((0, None));
-            if new_mark != watermark_stored || new_key != watermark_key {
-                updates.push((
-                    "UPDATE ferry_collections SET new_watermark = ?2, new_watermark_key = ?3 WHERE name = ?1",
-                    vec![
-                        SqlValue::Text(name.clone()),
-                        SqlValue::Integer(new_mark),
-                        new_key.as_ref().map_or(SqlValue::Null, key_to_sql),
-                    ],
-                ));
-            }
-        } else if table.has_rowid && query.full_scan && watermark_stored > 0 {
-            // A full scan found a whole batch of untracked rows: some may lie below the
-            // watermark (tracking deleted, a key reused). Read from 0 until they are
-            // all tracked, not just at the next full scan.
-            updates.push((
-                "UPDATE ferry_collections SET new_watermark = 0, new_watermark_key = NULL WHERE name = ?1",
-                vec![SqlValue::Text(name.clone())],
-            ));
-        }
-        due.extend(fresh.into_iter().map(|(_, d)| d));
-
-        // 3. Delivered records whose version moved, found through the updated_at index.
-        if let (true, Some(updated)) = (query.include_changed, table.updated_expr.as_deref()) {
-            let from = if query.full_scan {
-                SqlValue::Null
-            } else {
-                changed_watermark
-            };
-            let sql = table.changed_records_sql(from == SqlValue::Null);
-            let changed: Vec<Due> =
-                db.some_rows(op("changed"), &sql, params![name, from, limit], |row| {
-                    row_to_due(row, Found::Changed)
-                })?;
-            if (changed.len() as i64) < limit {
-                // Seen every change from `from` up: next time, start at the oldest one
-                // still undelivered, or at the newest value in the table.
-                let oldest_pending = changed
-                    .iter()
-                    .filter_map(|d| {
-                        d.record
-                            .as_ref()?
-                            .get(table.collection.updated_at.as_ref()?.as_str())
-                    })
-                    .filter_map(|v| sql_from_json(v).ok())
-                    .min_by(compare_sql);
-                let next = match oldest_pending {
-                    Some(v) => v,
-                    None => db.row(
-                        op("changed"),
-                        &format!("SELECT MAX({updated}) FROM {} AS t", table.name),
-                        [],
-                        |r| r.get::<_, SqlValue>(0),
-                    )?,
-                };
-                if next != from {
-                    updates.push((
-                        "UPDATE ferry_collections SET changed_watermark = ?2 WHERE name = ?1",
-                        vec![SqlValue::Text(name.clone()), next],
-                    ));
-                }
-            }
-            due.extend(changed);
-        }
-
         // One entry per key: a retry before a new record before a changed one.
         let mut seen = std::collections::HashSet::new();
         due.retain(|d| seen.insert(d.key.clone()));
@@ -189,9 +93,188 @@ impl SqliteStore {
         ))
     }
 
+    /// Retries that are due, found through the tracking index.
+    fn due_retries(&self, table: &Table, query: &DueQuery) -> Result<Vec<Due>, StoreError> {
+        let name = table.collection_name();
+        let keys: Vec<SqlValue> = self.db().rows(
+            finding("retry", name),
+            "SELECT local_id FROM sync_tracking WHERE table_name = ?1
+               AND sync_status IN ('pending', 'failed') AND next_attempt_at <= ?2
+             ORDER BY next_attempt_at LIMIT ?3",
+            params![name, query.now, query.limit as i64],
+            |r| r.get(0),
+        )?;
+        self.due_by_key(table, &keys, Found::Retry)
+    }
+
+    /// Records never tried: only rows above the rowid watermark are read. A backlog
+    /// bigger than the window goes out window by window, in insertion order; within a
+    /// window, in order_by order. Records with blobs are big: they are read a batch
+    /// at a time, in order_by order.
+    fn due_new(
+        &self,
+        table: &Table,
+        query: &DueQuery,
+        (stored, stored_key): (i64, Option<Key>),
+        updates: &mut Vec<Deferred>,
+    ) -> Result<Vec<Due>, StoreError> {
+        let name = table.collection_name();
+        let limit = query.limit as i64;
+        let watermark = self.new_records_from(table, query, stored, &stored_key)?;
+        let windowed = table.has_rowid && table.collection.blob_fields.is_empty();
+        let window = if windowed {
+            limit.saturating_mul(NEW_RECORDS_WINDOW)
+        } else {
+            limit
+        };
+        let fresh: Vec<(i64, Due)> = self.db().some_rows(
+            finding("new", name),
+            &table.new_records_sql(windowed),
+            params![name, watermark, window],
+            |row| {
+                let rowid: i64 = row.get(0)?;
+                Ok(table
+                    .due_from_row(name, row, Found::New)?
+                    .map(|d| (rowid, d)))
+            },
+        )?;
+        if table.has_rowid && (windowed || (fresh.len() as i64) < limit) {
+            // Every row between the watermark and the first untracked one is tracked
+            // (read in rowid order, or all of them read): move the watermark up to
+            // the row just below it (to the last row when nothing is untracked).
+            // After a full scan this may move it down, to untracked rows found below
+            // it (tracking deleted, a key reused).
+            let below = fresh
+                .iter()
+                .map(|(rowid, _)| *rowid)
+                .min()
+                .unwrap_or(i64::MAX);
+            let (mark, key) = self
+                .db()
+                .optional_row(
+                    finding("new", name),
+                    &format!(
+                        "SELECT t.rowid, {} FROM {} AS t WHERE t.rowid < ?1 ORDER BY t.rowid DESC LIMIT 1",
+                        table.key_expr, table.name
+                    ),
+                    [below],
+                    |r| Ok((r.get(0)?, key_from_sql(r.get_ref(1)?))),
+                )?
+                .unwrap_or((0, None));
+            if mark != stored || key != stored_key {
+                updates.push((
+                    "UPDATE ferry_collections SET new_watermark = ?2, new_watermark_key = ?3 WHERE name = ?1",
+                    vec![
+                        SqlValue::Text(name.to_string()),
+                        SqlValue::Integer(mark),
+                        key.as_ref().map_or(SqlValue::Null, key_to_sql),
+                    ],
+                ));
+            }
+        } else if table.has_rowid && query.full_scan && stored > 0 {
+            // A full scan found a whole batch of untracked rows: some may lie below the
+            // watermark (tracking deleted, a key reused). Read from 0 until they are
+            // all tracked, not just at the next full scan.
+            updates.push((
+                "UPDATE ferry_collections SET new_watermark = 0, new_watermark_key = NULL WHERE name = ?1",
+                vec![SqlValue::Text(name.to_string())],
+            ));
+        }
+        Ok(fresh.into_iter().map(|(_, d)| d).collect())
+    }
+
+    /// The rowid new records are read from: the stored watermark, or 0 on a full
+    /// scan, without rowids, or when the row at the watermark is no longer the one it
+    /// was (if it was deleted, a new row may have taken a rowid below the watermark).
+    fn new_records_from(
+        &self,
+        table: &Table,
+        query: &DueQuery,
+        stored: i64,
+        stored_key: &Option<Key>,
+    ) -> Result<i64, StoreError> {
+        if query.full_scan || !table.has_rowid {
+            return Ok(0);
+        }
+        if stored <= 0 {
+            return Ok(stored);
+        }
+        let name = table.collection_name();
+        let at: Option<Option<Key>> = self.db().optional_row(
+            finding("new", name),
+            &format!(
+                "SELECT {} FROM {} AS t WHERE t.rowid = ?1",
+                table.key_expr, table.name
+            ),
+            [stored],
+            |r| Ok(key_from_sql(r.get_ref(0)?)),
+        )?;
+        if at.flatten() != *stored_key {
+            tracing::debug!(collection = %name, watermark = stored, "watermark row changed; reading the whole table once");
+            return Ok(0);
+        }
+        Ok(stored)
+    }
+
+    /// Delivered records whose version moved, found through the `updated_at` index
+    /// from the watermark `stored` up (from the start on a full scan). Once every
+    /// change from there up was seen, the watermark moves to the oldest one still
+    /// undelivered, or to the newest value in the table.
+    fn due_changed(
+        &self,
+        table: &Table,
+        query: &DueQuery,
+        stored: SqlValue,
+        updates: &mut Vec<Deferred>,
+    ) -> Result<Vec<Due>, StoreError> {
+        let Some(updated) = &table.updated_expr else {
+            return Ok(Vec::new());
+        };
+        let name = table.collection_name();
+        let limit = query.limit as i64;
+        let from = if query.full_scan {
+            SqlValue::Null
+        } else {
+            stored
+        };
+        let changed: Vec<Due> = self.db().some_rows(
+            finding("changed", name),
+            &table.changed_records_sql(from == SqlValue::Null),
+            params![name, from, limit],
+            |row| table.due_from_row(name, row, Found::Changed),
+        )?;
+        if (changed.len() as i64) < limit {
+            let oldest_pending = changed
+                .iter()
+                .filter_map(|d| {
+                    d.record
+                        .as_ref()?
+                        .get(table.collection.updated_at.as_ref()?.as_str())
+                })
+                .filter_map(|v| sql_from_json(v).ok())
+                .min_by(compare_sql);
+            let next = match oldest_pending {
+                Some(v) => v,
+                None => self.db().row(
+                    finding("changed", name),
+                    &format!("SELECT MAX({updated}) FROM {} AS t", table.name),
+                    [],
+                    |r| r.get::<_, SqlValue>(0),
+                )?,
+            };
+            if next != from {
+                updates.push((
+                    "UPDATE ferry_collections SET changed_watermark = ?2 WHERE name = ?1",
+                    vec![SqlValue::Text(name.to_string()), next],
+                ));
+            }
+        }
+        Ok(changed)
+    }
+
     /// The full rows of `keys` as due records (`Found` as given); a tracked record
     /// deleted since comes without its record.
-    pub(super) fn due_by_key(
+    fn due_by_key(
         &self,
         table: &Table,
         keys: &[SqlValue],
@@ -267,13 +350,13 @@ impl SqliteStore {
 impl Table {
     /// The due-record query: rowid, record columns, version, tracking columns, for the
     /// rows matching `condition`, then `tail` (ORDER BY / LIMIT).
-    pub(super) fn due_sql(&self, condition: &str, tail: &str) -> String {
+    fn due_sql(&self, condition: &str, tail: &str) -> String {
         self.due_sql_join("LEFT JOIN", condition, tail)
     }
 
     /// `join`: LEFT JOIN, or CROSS JOIN to make SQLite read the collection's table
     /// first (by its own index) rather than every delivered tracking row.
-    pub(super) fn due_sql_join(&self, join: &str, condition: &str, tail: &str) -> String {
+    fn due_sql_join(&self, join: &str, condition: &str, tail: &str) -> String {
         let version = self.version_sql();
         let rowid = if self.has_rowid { "t.rowid" } else { "0" };
         format!(
@@ -291,7 +374,7 @@ impl Table {
     /// blobs, which are read a batch at a time): the first ?3 by `order_by` among all
     /// untracked rows (the `+` keeps the planner from walking an index in ORDER BY
     /// order, which would read every row).
-    pub(super) fn new_records_sql(&self, windowed: bool) -> String {
+    fn new_records_sql(&self, windowed: bool) -> String {
         let above = if self.has_rowid {
             "t.rowid > ?2"
         } else {
@@ -307,7 +390,7 @@ impl Table {
 
     /// Delivered records whose version moved, from `updated_at` ?2 up (read through the
     /// `updated_at` index), or all of them when `from_start`.
-    pub(super) fn changed_records_sql(&self, from_start: bool) -> String {
+    fn changed_records_sql(&self, from_start: bool) -> String {
         let updated = self.updated_expr.as_deref().unwrap_or("NULL");
         let version = format!("CAST({updated} AS TEXT)");
         // A row without updated_at is versioned by its content: the sweep's to see.
@@ -329,7 +412,7 @@ impl Table {
 
     /// A due record from a row laid out as `due_sql` selects it: rowid, record
     /// columns, `updated_at` as text, tracking columns.
-    pub(super) fn due_from_row(
+    fn due_from_row(
         &self,
         collection: &str,
         row: &Row<'_>,

@@ -293,56 +293,7 @@ impl Store for SqliteStore {
     }
 
     fn due(&mut self, collection: &str, query: &DueQuery) -> Result<Vec<Due>, StoreError> {
-        // One read snapshot for every query of the call: a row another process commits
-        // meanwhile is seen by all of them or by none, so a watermark never passes a
-        // row that was not read.
-        let op = || format!("finding records of {collection} to deliver");
-        // A column added since (a new field) is read from now on.
-        self.refresh_tables()?;
-        self.table(collection)?;
-        // Another process wrote since the last look (or this is the first): sweep.
-        let version: i64 =
-            self.db()
-                .once()
-                .row("reading data_version", "PRAGMA data_version", [], |r| {
-                    r.get(0)
-                })?;
-        if self.data_version != Some(version) {
-            self.data_version = Some(version);
-            for collection in &self.collections {
-                self.sweeps
-                    .entry(collection.name.as_str().to_string())
-                    .or_default()
-                    .wanted = true;
-            }
-        }
-        let mut sweep = self.sweeps.remove(collection).unwrap_or_default();
-        if !sweep.active && (query.full_scan || (sweep.wanted && query.now >= sweep.rest_until)) {
-            // The periodic safety net (and a one-shot pass) sweeps whatever the rest.
-            sweep.start();
-        }
-        let swept = if sweep.active && !query.peek && (!query.pace || query.now >= sweep.next_at) {
-            self.sweep(collection, query, &mut sweep)
-        } else {
-            Ok(())
-        };
-        self.sweeps.insert(collection.to_string(), sweep);
-        swept?;
-        let db = self.db();
-        db.batch(op(), "BEGIN")?;
-        let mut updates = Vec::new();
-        let result = self.due_in_snapshot(collection, query, &mut updates);
-        if query.peek {
-            updates.clear();
-        }
-        let ended = db.batch(op(), if result.is_ok() { "COMMIT" } else { "ROLLBACK" });
-        let due = result?;
-        ended?;
-        for (sql, values) in updates {
-            db.once()
-                .execute(op(), sql, rusqlite::params_from_iter(values.iter()))?;
-        }
-        Ok(due)
+        self.find_due(collection, query)
     }
 
     fn tracking(&mut self, collection: &str, key: &Key) -> Result<Option<Tracking>, StoreError> {
@@ -690,15 +641,7 @@ impl Store for SqliteStore {
             earliest = earliest.into_iter().chain(at).min();
         }
         // A sweep under way goes on at its own pace; one wanted, after its rest.
-        let sweep_at = self.sweeps.get(collection).and_then(|s| {
-            if s.active {
-                Some(s.next_at)
-            } else if s.wanted {
-                Some(s.rest_until)
-            } else {
-                None
-            }
-        });
+        let sweep_at = self.sweep_wakes_at(collection);
         Ok(earliest.into_iter().chain(sweep_at).min())
     }
 

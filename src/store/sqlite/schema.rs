@@ -73,6 +73,100 @@ const SEED_000_TABLES: &[(&str, &str)] = &[
     ),
 ];
 
+/// What `PRAGMA table_info` says of a table.
+#[derive(Default)]
+struct Columns {
+    /// In table order.
+    names: Vec<String>,
+    /// The declared type of each column ("" for none).
+    types: HashMap<String, String>,
+    /// The columns of the primary key.
+    primary_key: Vec<String>,
+}
+
+/// The expressions that read a collection's fields from its table (`t`).
+struct Fields {
+    key_column: String,
+    key_expr: String,
+    probe_expr: String,
+    order_expr: String,
+    updated_expr: Option<String>,
+    select_list: String,
+}
+
+impl Fields {
+    /// The fields the collection names, found in the table's columns (a document
+    /// table has every field); the error says which is missing.
+    fn of(collection: &Collection, layout: Layout, columns: &Columns) -> Result<Fields, String> {
+        let name = collection.name.as_str();
+        let find_column = |field: &str, what: &str| -> Result<String, String> {
+            columns
+                .names
+                .iter()
+                .find(|c| c.eq_ignore_ascii_case(field))
+                .cloned()
+                .ok_or_else(|| {
+                    format!(
+                        "has no column {field:?} for collections[{name}].{what}; its columns are: {}",
+                        columns.names.join(", ")
+                    )
+                })
+        };
+        let field_expr = |field: &str, what: &str| -> Result<String, String> {
+            Ok(match layout {
+                Layout::Document => format!("json_extract(t.record, {})", json_path(field)),
+                Layout::Columns => format!("t.{}", ident(&find_column(field, what)?)),
+            })
+        };
+        let (key_column, key_expr) = match layout {
+            Layout::Document => ("key".to_string(), "t.key".to_string()),
+            Layout::Columns => {
+                let column = find_column(collection.key.as_str(), "key")?;
+                let expr = format!("t.{}", ident(&column));
+                (column, expr)
+            }
+        };
+        let probe_expr = match layout {
+            Layout::Document => key_expr.clone(),
+            Layout::Columns => {
+                let declared = columns.types.get(&key_column).cloned().unwrap_or_default();
+                tracking_probe(&key_expr, &declared)
+            }
+        };
+        let order_expr = if collection.order_by() == &collection.key {
+            key_expr.clone()
+        } else {
+            field_expr(collection.order_by().as_str(), "order_by")?
+        };
+        let updated_expr = match &collection.updated_at {
+            Some(field) => Some(field_expr(field.as_str(), "updated_at")?),
+            None => None,
+        };
+        if layout == Layout::Columns {
+            for field in &collection.blob_fields {
+                find_column(field.as_str(), "blob_fields")?;
+            }
+        }
+        let select_list = match layout {
+            Layout::Document => "t.key, t.record".to_string(),
+            Layout::Columns => columns
+                .names
+                .iter()
+                .map(|c| format!("t.{}", ident(c)))
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        Ok(Fields {
+            key_column,
+            key_expr,
+            probe_expr,
+            order_expr,
+            updated_expr,
+            select_list,
+        })
+    }
+}
+
 impl SqliteStore {
     /// Applies the migrations this database has not had yet, each in its own transaction.
     pub(super) fn migrate(&mut self) -> Result<(), StoreError> {
@@ -113,49 +207,97 @@ impl SqliteStore {
     /// Finds or creates the collection's table and works out how to read it.
     pub(super) fn prepare_table(&mut self, collection: &Collection) -> Result<Table, StoreError> {
         let name = collection.name.as_str();
-        let path = self.path.clone();
-        let schema_err = |message: String| StoreError::Schema {
-            path: path.clone(),
-            table: name.to_string(),
-            collection: name.to_string(),
-            message,
-        };
+        let table_name = self.find_or_create_table(collection)?;
+        let (layout, created_by_ferry) = self.registered_layout(name)?;
+        let columns = self.columns_of(&table_name)?;
+        let fields =
+            Fields::of(collection, layout, &columns).map_err(|message| StoreError::Schema {
+                path: self.path.clone(),
+                table: name.to_string(),
+                collection: name.to_string(),
+                message,
+            })?;
+        let quoted = ident(&table_name);
+        // An error preparing it is the answer (a WITHOUT ROWID table).
+        let has_rowid = self
+            .conn
+            .prepare(&format!("SELECT rowid FROM {quoted} LIMIT 0"))
+            .is_ok();
+        let key_column = &fields.key_column;
+        let key_unique = layout == Layout::Document
+            || (columns.primary_key.len() == 1
+                && columns.primary_key[0].eq_ignore_ascii_case(key_column))
+            || self.has_unique_index(&table_name, key_column)?;
+        let read_only = (!key_unique).then(|| {
+            format!(
+                "table {table_name} has no PRIMARY KEY or UNIQUE index on its key column {key_column:?}, \
+                 so ferry can read and deliver its rows but will not write to it"
+            )
+        });
+        if let Some(expr) = &fields.updated_expr {
+            self.ensure_index(&table_name, collection, expr, layout)?;
+        }
+        Ok(Table {
+            collection: collection.clone(),
+            name: quoted,
+            layout,
+            columns: columns.names,
+            key_column: fields.key_column,
+            key_expr: fields.key_expr,
+            probe_expr: fields.probe_expr,
+            order_expr: fields.order_expr,
+            updated_expr: fields.updated_expr,
+            select_list: fields.select_list,
+            has_rowid,
+            read_only,
+            created_by_ferry,
+        })
+    }
+
+    /// The collection's table as it is named in the database (names ignore case), made
+    /// if there is none: a seed `000_…` table with that seed's columns, any other as a
+    /// document table.
+    fn find_or_create_table(&mut self, collection: &Collection) -> Result<String, StoreError> {
+        let name = collection.name.as_str();
         let existing: Option<String> = self.db().once().optional_row(
             format_args!("looking up table {name}"),
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
             [name],
             |r| r.get(0),
         )?;
-        let table_name = match existing {
-            Some(actual) => actual,
-            None => {
-                let seed = SEED_000_TABLES
-                    .iter()
-                    .find(|(seed, _)| *seed == name && collection.key.as_str() == "id");
-                let (ddl, layout) = match seed {
-                    Some((_, ddl)) => (ddl.to_string(), "columns"),
-                    None => (
-                        format!(
-                            "CREATE TABLE {} (key PRIMARY KEY NOT NULL, record TEXT NOT NULL CHECK (json_valid(record)))",
-                            ident(name)
-                        ),
-                        "document",
-                    ),
-                };
-                let op = format!("creating table {name}");
-                self.transaction(&op, |db| {
-                    let db = db.once();
-                    db.batch(&op, &ddl)?;
-                    db.execute(
-                        &op,
-                        "INSERT OR REPLACE INTO ferry_collections (name, layout, created_by_ferry) VALUES (?1, ?2, 1)",
-                        params![name, layout],
-                    )
-                })?;
-                tracing::info!(table = name, layout, "created table for collection");
-                name.to_string()
-            }
+        if let Some(actual) = existing {
+            return Ok(actual);
+        }
+        let seed = SEED_000_TABLES
+            .iter()
+            .find(|(seed, _)| *seed == name && collection.key.as_str() == "id");
+        let (ddl, layout) = match seed {
+            Some((_, ddl)) => (ddl.to_string(), "columns"),
+            None => (
+                format!(
+                    "CREATE TABLE {} (key PRIMARY KEY NOT NULL, record TEXT NOT NULL CHECK (json_valid(record)))",
+                    ident(name)
+                ),
+                "document",
+            ),
         };
+        let op = format!("creating table {name}");
+        self.transaction(&op, |db| {
+            let db = db.once();
+            db.batch(&op, &ddl)?;
+            db.execute(
+                &op,
+                "INSERT OR REPLACE INTO ferry_collections (name, layout, created_by_ferry) VALUES (?1, ?2, 1)",
+                params![name, layout],
+            )
+        })?;
+        tracing::info!(table = name, layout, "created table for collection");
+        Ok(name.to_string())
+    }
+
+    /// The layout `ferry_collections` records for a collection, and whether ferry made
+    /// its table; a table met for the first time is recorded as another program's.
+    fn registered_layout(&self, name: &str) -> Result<(Layout, bool), StoreError> {
         let registered: Option<(String, bool)> = self.db().once().optional_row(
             "reading ferry_collections",
             "SELECT layout, created_by_ferry FROM ferry_collections WHERE name = ?1",
@@ -175,116 +317,28 @@ impl SqliteStore {
             Some("document") => Layout::Document,
             _ => Layout::Columns,
         };
+        Ok((layout, created_by_ferry))
+    }
 
-        // Columns, primary key and unique single-column indexes.
-        let quoted = ident(&table_name);
-        let mut types: HashMap<String, String> = HashMap::new();
-        let mut columns = Vec::new();
-        let mut pk_columns = Vec::new();
+    /// A table's columns, their declared types and its primary key.
+    fn columns_of(&self, table_name: &str) -> Result<Columns, StoreError> {
         let info: Vec<(String, i64, Option<String>)> = self.db().once().rows(
             format_args!("reading the columns of {table_name}"),
-            &format!("PRAGMA table_info({quoted})"),
+            &format!("PRAGMA table_info({})", ident(table_name)),
             [],
             |row| Ok((row.get(1)?, row.get(5)?, row.get(2).unwrap_or(None))),
         )?;
+        let mut columns = Columns::default();
         for (column, pk, declared) in info {
             if pk > 0 {
-                pk_columns.push(column.clone());
+                columns.primary_key.push(column.clone());
             }
-            types.insert(column.clone(), declared.unwrap_or_default());
-            columns.push(column);
-        }
-        let find_column = |field: &str, what: &str| -> Result<String, StoreError> {
             columns
-                .iter()
-                .find(|c| c.eq_ignore_ascii_case(field))
-                .cloned()
-                .ok_or_else(|| {
-                    schema_err(format!(
-                        "has no column {field:?} for collections[{name}].{what}; its columns are: {}",
-                        columns.join(", ")
-                    ))
-                })
-        };
-        let field_expr = |field: &str, what: &str| -> Result<String, StoreError> {
-            Ok(match layout {
-                Layout::Document => format!("json_extract(t.record, {})", json_path(field)),
-                Layout::Columns => format!("t.{}", ident(&find_column(field, what)?)),
-            })
-        };
-        let (key_column, key_expr) = match layout {
-            Layout::Document => ("key".to_string(), "t.key".to_string()),
-            Layout::Columns => {
-                let column = find_column(collection.key.as_str(), "key")?;
-                let expr = format!("t.{}", ident(&column));
-                (column, expr)
-            }
-        };
-        let probe_expr = match layout {
-            Layout::Document => key_expr.clone(),
-            Layout::Columns => {
-                let declared = types.get(&key_column).cloned().unwrap_or_default();
-                tracking_probe(&key_expr, &declared)
-            }
-        };
-
-        let order_expr = if collection.order_by() == &collection.key {
-            key_expr.clone()
-        } else {
-            field_expr(collection.order_by().as_str(), "order_by")?
-        };
-        let updated_expr = match &collection.updated_at {
-            Some(field) => Some(field_expr(field.as_str(), "updated_at")?),
-            None => None,
-        };
-        if layout == Layout::Columns {
-            for field in &collection.blob_fields {
-                find_column(field.as_str(), "blob_fields")?;
-            }
+                .types
+                .insert(column.clone(), declared.unwrap_or_default());
+            columns.names.push(column);
         }
-        let select_list = match layout {
-            Layout::Document => "t.key, t.record".to_string(),
-            Layout::Columns => columns
-                .iter()
-                .map(|c| format!("t.{}", ident(c)))
-                .collect::<Vec<_>>()
-                .join(", "),
-        };
-        // An error preparing it is the answer (a WITHOUT ROWID table).
-        let has_rowid = self
-            .conn
-            .prepare(&format!("SELECT rowid FROM {quoted} LIMIT 0"))
-            .is_ok();
-
-        let key_unique = layout == Layout::Document
-            || (pk_columns.len() == 1 && pk_columns[0].eq_ignore_ascii_case(&key_column))
-            || self.has_unique_index(&table_name, &key_column)?;
-        let read_only = (!key_unique).then(|| {
-            format!(
-                "table {table_name} has no PRIMARY KEY or UNIQUE index on its key column {key_column:?}, \
-                 so ferry can read and deliver its rows but will not write to it"
-            )
-        });
-
-        if let Some(expr) = &updated_expr {
-            self.ensure_index(&table_name, collection, expr, layout)?;
-        }
-        Ok(Table {
-            collection: collection.clone(),
-            name: quoted,
-            layout,
-            columns,
-            key_column,
-            key_expr,
-            probe_expr,
-            order_expr,
-            updated_expr,
-            select_list,
-            has_rowid,
-
-            read_only,
-            created_by_ferry,
-        })
+        Ok(columns)
     }
 
     pub(super) fn has_unique_index(&self, table: &str, column: &str) -> Result<bool, StoreError> {

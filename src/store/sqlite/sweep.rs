@@ -7,7 +7,7 @@ use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::{params, Row};
 use serde_json::Value;
 
-use super::db::Db;
+use super::db::{Db, Deferred};
 use super::table::{ident, json_from_sql, key_to_sql, sql_text, Layout, Table};
 use super::tracking::{tracking_from_row, TRACKING_COLUMNS, TRACKING_WIDTH};
 use super::SqliteStore;
@@ -35,25 +35,25 @@ const SWEEP_REST: Millis = 30_000;
 /// large, busy table costs a few percent of a core; an idle store is never swept.
 #[derive(Debug, Default)]
 pub(super) struct Sweep {
-    pub(super) active: bool,
+    active: bool,
     /// Another process wrote since this round began: go round once more.
-    pub(super) wanted: bool,
+    wanted: bool,
     /// Where the rows side's next chunk starts (a rowid, or a key without rowids).
-    pub(super) cursor: Option<SqlValue>,
-    pub(super) rows_done: bool,
+    cursor: Option<SqlValue>,
+    rows_done: bool,
     /// Where the tracking side's next chunk starts (`sync_tracking.id`).
-    pub(super) gone_cursor: Option<i64>,
-    pub(super) gone_done: bool,
+    gone_cursor: Option<i64>,
+    gone_done: bool,
     /// Chunks read this round.
-    pub(super) chunks: u32,
+    chunks: u32,
     /// A paced sweep's next chunk is not read before this time.
-    pub(super) next_at: Millis,
+    next_at: Millis,
     /// A round over a large table is not followed by another before this time.
-    pub(super) rest_until: Millis,
+    rest_until: Millis,
 }
 
 impl Sweep {
-    pub(super) fn start(&mut self) {
+    fn start(&mut self) {
         *self = Sweep {
             active: true,
             rest_until: self.rest_until,
@@ -63,7 +63,7 @@ impl Sweep {
 }
 
 /// One row as a sweep reads it.
-pub(super) struct Swept {
+struct Swept {
     position: SqlValue,
     key: Option<Key>,
     /// Computed only for a row delivered before: its version and fingerprint now.
@@ -76,6 +76,59 @@ pub(super) struct Swept {
 }
 
 impl SqliteStore {
+    /// Before the reads of [`Store::due`](crate::store::Store::due): marks every
+    /// collection for a sweep when another process wrote since the last look (or on
+    /// the first), starts a round when one is wanted (and its rest is over) or on a
+    /// full scan, and sweeps a chunk of it when one is due (all of it, unpaced). A
+    /// peek never sweeps: it writes nothing.
+    pub(super) fn sweep_if_wanted(
+        &mut self,
+        collection: &str,
+        query: &DueQuery,
+    ) -> Result<(), StoreError> {
+        let version: i64 =
+            self.db()
+                .once()
+                .row("reading data_version", "PRAGMA data_version", [], |r| {
+                    r.get(0)
+                })?;
+        if self.data_version != Some(version) {
+            self.data_version = Some(version);
+            for collection in &self.collections {
+                self.sweeps
+                    .entry(collection.name.as_str().to_string())
+                    .or_default()
+                    .wanted = true;
+            }
+        }
+        let mut sweep = self.sweeps.remove(collection).unwrap_or_default();
+        if !sweep.active && (query.full_scan || (sweep.wanted && query.now >= sweep.rest_until)) {
+            // The periodic safety net (and a one-shot pass) sweeps whatever the rest.
+            sweep.start();
+        }
+        let swept = if sweep.active && !query.peek && (!query.pace || query.now >= sweep.next_at) {
+            self.sweep(collection, query, &mut sweep)
+        } else {
+            Ok(())
+        };
+        self.sweeps.insert(collection.to_string(), sweep);
+        swept
+    }
+
+    /// When the collection's sweep wants to be called again: a round under way at its
+    /// own pace, one wanted after its rest.
+    pub(super) fn sweep_wakes_at(&self, collection: &str) -> Option<Millis> {
+        self.sweeps.get(collection).and_then(|s| {
+            if s.active {
+                Some(s.next_at)
+            } else if s.wanted {
+                Some(s.rest_until)
+            } else {
+                None
+            }
+        })
+    }
+
     /// Sweeps a collection, a chunk now (`pace`) or to the end, marking in
     /// `sync_tracking` what the watermarks cannot see, so that the retry index hands it
     /// out: an untracked row below the rowid watermark becomes pending; a delivered row
@@ -86,7 +139,7 @@ impl SqliteStore {
     /// forgotten; a record written later under it is a new record), unless a create of
     /// it may still be unconfirmed. Each chunk is read and marked in one short write
     /// transaction.
-    pub(super) fn sweep(
+    fn sweep(
         &mut self,
         collection: &str,
         query: &DueQuery,
@@ -145,14 +198,14 @@ impl SqliteStore {
 
     /// The rows side of a sweep chunk: the marks it calls for. Moves the cursor; `None`
     /// when the table's end was reached.
-    pub(super) fn sweep_rows(
+    fn sweep_rows(
         db: Db<'_>,
         op: &str,
         table: &Table,
         query: &DueQuery,
         (watermark, changed_watermark): (i64, &SqlValue),
         sweep: &mut Sweep,
-    ) -> Result<Vec<(&'static str, Vec<SqlValue>)>, StoreError> {
+    ) -> Result<Vec<Deferred>, StoreError> {
         let mut marks = Vec::new();
         if sweep.rows_done {
             return Ok(marks);
@@ -168,58 +221,17 @@ impl SqliteStore {
         let mut rows = 0i64;
         let now = rfc3339(now_ms());
         db.with_statement(op, &table.sweep_sql(sweep.cursor.is_none()), |stmt| {
-        let mut cursor_rows = stmt.query(params![name, cursor, chunk, changed_watermark])?;
-        while let Some(row) = cursor_rows.next()? {
-            rows += 1;
-            let swept = table.swept_from_row(name, row)?;
-            let above_watermark = table.has_rowid
-                && matches!(swept.position, SqlValue::Integer(rowid) if rowid > watermark);
-            last = Some(swept.position);
-            let Some(key) = swept.key else { continue };
-            let key = key_to_sql(&key);
-            match swept.tracking {
+            let mut cursor_rows = stmt.query(params![name, cursor, chunk, changed_watermark])?;
+            while let Some(row) = cursor_rows.next()? {
+                rows += 1;
+                let mut swept = table.swept_from_row(name, row)?;
                 // Above the watermark, new rows are the watermark's to find.
-                None if above_watermark => {}
-                None => marks.push((
-                    "INSERT INTO sync_tracking (table_name, local_id, sync_date, sync_status, next_attempt_at)
-                     VALUES (?1, ?2, ?3, 'pending', 0) ON CONFLICT (table_name, local_id) DO NOTHING",
-                    vec![SqlValue::Text(name.to_string()), key, SqlValue::Text(now.clone())],
-                )),
-                Some(_) if !swept.status_known => marks.push((
-                    "UPDATE sync_tracking SET sync_status = 'pending', next_attempt_at = 0
-                      WHERE table_name = ?1 AND local_id = ?2",
-                    vec![SqlValue::Text(name.to_string()), key],
-                )),
-                Some(t) if t.status == Status::Success => match swept.version {
-                    Some((version, fingerprint)) if t.version.is_none() => marks.push((
-                        "UPDATE sync_tracking SET version = ?3, fingerprint = ?4
-                          WHERE table_name = ?1 AND local_id = ?2 AND version IS NULL",
-                        vec![
-                            SqlValue::Text(name.to_string()),
-                            key,
-                            SqlValue::Text(version),
-                            SqlValue::Text(format!("{fingerprint:016x}")),
-                        ],
-                    )),
-                    // A move of updated_at the changed-records query sees is its to
-                    // send (throttled to one update a second); the rest is marked.
-                    Some((version, fingerprint))
-                        if query.include_changed
-                            && t.differs_from(&version, fingerprint)
-                            && !(swept.seen_by_index && t.version.as_deref() != Some(&version)) =>
-                    {
-                        marks.push((
-                            "UPDATE sync_tracking SET sync_status = 'pending', next_attempt_at = 0
-                              WHERE table_name = ?1 AND local_id = ?2 AND sync_status = 'success'",
-                            vec![SqlValue::Text(name.to_string()), key],
-                        ))
-                    }
-                    _ => {}
-                },
-                Some(_) => {}
+                let above_watermark = table.has_rowid
+                    && matches!(swept.position, SqlValue::Integer(rowid) if rowid > watermark);
+                last = Some(std::mem::replace(&mut swept.position, SqlValue::Null));
+                marks.extend(mark(name, swept, above_watermark, query, &now));
             }
-        }
-        Ok(())
+            Ok(())
         })?;
         if rows < chunk {
             sweep.rows_done = true;
@@ -232,12 +244,12 @@ impl SqliteStore {
 
     /// The tracking side of a sweep chunk: rows of records that are gone, forgotten
     /// unless a create may be unconfirmed. Moves its cursor; `None` at the end.
-    pub(super) fn sweep_gone(
+    fn sweep_gone(
         db: Db<'_>,
         op: &str,
         table: &Table,
         sweep: &mut Sweep,
-    ) -> Result<Vec<(&'static str, Vec<SqlValue>)>, StoreError> {
+    ) -> Result<Vec<Deferred>, StoreError> {
         let mut marks = Vec::new();
         if sweep.gone_done {
             return Ok(marks);
@@ -279,11 +291,66 @@ impl SqliteStore {
     }
 }
 
+/// What a swept row calls for in `sync_tracking`, if anything: an untracked row
+/// (below the watermark) becomes pending, as does a status ferry does not know; a
+/// delivery without a version (the seed service's) is given the record's version; a
+/// delivered row whose version or content moved becomes pending, unless the
+/// changed-records query sees that move (it sends it, throttled to one update a
+/// second).
+fn mark(
+    name: &str,
+    swept: Swept,
+    above_watermark: bool,
+    query: &DueQuery,
+    now: &str,
+) -> Option<Deferred> {
+    let key = key_to_sql(&swept.key?);
+    let name = SqlValue::Text(name.to_string());
+    match swept.tracking {
+        None if above_watermark => None,
+        None => Some((
+            "INSERT INTO sync_tracking (table_name, local_id, sync_date, sync_status, next_attempt_at)
+             VALUES (?1, ?2, ?3, 'pending', 0) ON CONFLICT (table_name, local_id) DO NOTHING",
+            vec![name, key, SqlValue::Text(now.to_string())],
+        )),
+        Some(_) if !swept.status_known => Some((
+            "UPDATE sync_tracking SET sync_status = 'pending', next_attempt_at = 0
+              WHERE table_name = ?1 AND local_id = ?2",
+            vec![name, key],
+        )),
+        Some(t) if t.status == Status::Success => match swept.version {
+            Some((version, fingerprint)) if t.version.is_none() => Some((
+                "UPDATE sync_tracking SET version = ?3, fingerprint = ?4
+                  WHERE table_name = ?1 AND local_id = ?2 AND version IS NULL",
+                vec![
+                    name,
+                    key,
+                    SqlValue::Text(version),
+                    SqlValue::Text(format!("{fingerprint:016x}")),
+                ],
+            )),
+            Some((version, fingerprint))
+                if query.include_changed
+                    && t.differs_from(&version, fingerprint)
+                    && !(swept.seen_by_index && t.version.as_deref() != Some(&version)) =>
+            {
+                Some((
+                    "UPDATE sync_tracking SET sync_status = 'pending', next_attempt_at = 0
+                      WHERE table_name = ?1 AND local_id = ?2 AND sync_status = 'success'",
+                    vec![name, key],
+                ))
+            }
+            _ => None,
+        },
+        Some(_) => None,
+    }
+}
+
 impl Table {
     /// A sweep's chunk: the rows after the cursor (?2; the first chunk has none) in
     /// rowid order (key order without rowids), at most ?3, BLOB columns measured
     /// rather than read, each with its tracking row.
-    pub(super) fn sweep_sql(&self, first: bool) -> String {
+    fn sweep_sql(&self, first: bool) -> String {
         let position = if self.has_rowid {
             "t.rowid".to_string()
         } else {
@@ -327,11 +394,7 @@ impl Table {
     }
 
     /// A row as `sweep_sql` selects it.
-    pub(super) fn swept_from_row(
-        &self,
-        collection: &str,
-        row: &Row<'_>,
-    ) -> rusqlite::Result<Swept> {
+    fn swept_from_row(&self, collection: &str, row: &Row<'_>) -> rusqlite::Result<Swept> {
         let position: SqlValue = row.get(0)?;
         let key = self.key_from_row(row, 1)?;
         let width = self.select_width();
@@ -364,7 +427,7 @@ impl Table {
 
     /// The version and content fingerprint of a row as `sweep_sql` selects it (its
     /// BLOBs by their length).
-    pub(super) fn swept_version(&self, row: &Row<'_>) -> rusqlite::Result<(String, u64)> {
+    fn swept_version(&self, row: &Row<'_>) -> rusqlite::Result<(String, u64)> {
         let width = self.select_width();
         let fingerprint = match self.layout {
             Layout::Document => {

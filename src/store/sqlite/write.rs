@@ -6,7 +6,7 @@ use rusqlite::params;
 use rusqlite::types::Value as SqlValue;
 
 use super::db::Db;
-use super::table::{ident, key_to_sql, sql_from_json, Layout};
+use super::table::{ident, key_to_sql, sql_from_json, Layout, Table};
 use super::SqliteStore;
 use crate::store::record::{Key, Record};
 use crate::store::{check_bytes, key_for_write, now_ms, Baseline, StoreError};
@@ -22,115 +22,36 @@ impl SqliteStore {
         records: &[Record],
     ) -> Result<RecordWrites, StoreError> {
         let table = self.table(collection)?;
-        let name = table.collection_name().to_string();
         if let Some(reason) = &table.read_only {
             return Err(StoreError::InvalidRecord {
-                collection: name,
+                collection: table.collection_name().to_string(),
                 key: None,
                 message: reason.clone(),
             });
         }
         // Build every row first: a bad record fails the call before anything is written.
-        let invalid = |key: Option<&Key>, message: String| StoreError::InvalidRecord {
-            collection: name.clone(),
-            key: key.map(Key::to_string),
-            message,
-        };
         let mut rows: Vec<(Key, Vec<String>, Vec<SqlValue>)> = Vec::with_capacity(records.len());
         // Columns to add, in the order first met; SQLite's column names ignore case.
         let mut added: Vec<String> = Vec::new();
         for record in records {
             check_bytes(&table.collection, record)?;
             let key = key_for_write(&table.collection, record)?;
-            match table.layout {
+            let (columns, values) = match table.layout {
                 Layout::Document => {
                     let json = serde_json::to_string(record)
-                        .map_err(|e| invalid(Some(&key), e.to_string()))?;
-                    rows.push((
-                        key.clone(),
-                        Vec::new(),
-                        vec![key_to_sql(&key), SqlValue::Text(json)],
-                    ));
+                        .map_err(|e| invalid(table, &key, e.to_string()))?;
+                    (Vec::new(), vec![key_to_sql(&key), SqlValue::Text(json)])
                 }
-                Layout::Columns => {
-                    let mut columns = Vec::with_capacity(record.len());
-                    let mut values = Vec::with_capacity(record.len());
-                    for (field, value) in record {
-                        let known = table
-                            .columns
-                            .iter()
-                            .chain(&added)
-                            .find(|c| c.eq_ignore_ascii_case(field));
-                        let column = match known {
-                            Some(column) => column.clone(),
-                            // Absent and null are the same field: a null needs no column.
-                            None if value.is_null() => continue,
-                            // ferry's own table (the seed 000 `downloads`, say) grows
-                            // with the records put into it.
-                            None if table.created_by_ferry => {
-                                added.push(field.clone());
-                                field.clone()
-                            }
-                            None => {
-                                return Err(invalid(Some(&key), format!(
-                                    "field {field:?} has no column in table {} of {}, a table another program \
-                                     made (ferry does not change its columns; its columns are: {}). To keep the \
-                                     field, add the column — sqlite3 {} 'ALTER TABLE {} ADD COLUMN {}' — and try \
-                                     again; or leave the field out of the record",
-                                    table.name,
-                                    self.path.display(),
-                                    table.columns.join(", "),
-                                    self.path.display(),
-                                    table.name,
-                                    ident(field),
-                                )));
-                            }
-                        };
-                        columns.push(column);
-                        values.push(
-                            sql_from_json(value).map_err(|m| {
-                                invalid(Some(&key), format!("field {field:?}: {m}"))
-                            })?,
-                        );
-                    }
-                    rows.push((key, columns, values));
-                }
-            }
+                Layout::Columns => self.column_values(table, &key, record, &mut added)?,
+            };
+            rows.push((key, columns, values));
         }
-        let statement = |columns: &[String]| -> String {
-            match table.layout {
-                Layout::Document => format!(
-                    "INSERT INTO {} (key, record) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET record = excluded.record",
-                    table.name
-                ),
-                Layout::Columns => {
-                    let list = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
-                    let marks = (1..=columns.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
-                    // Replace semantics: columns the record leaves out go back to their default.
-                    let updates: Vec<String> = table
-                        .columns
-                        .iter()
-                        .chain(&added)
-                        .filter(|c| *c != &table.key_column)
-                        .map(|c| format!("{0} = excluded.{0}", ident(c)))
-                        .collect();
-                    let action = if updates.is_empty() {
-                        "NOTHING".to_string()
-                    } else {
-                        format!("UPDATE SET {}", updates.join(", "))
-                    };
-                    format!(
-                        "INSERT INTO {} ({list}) VALUES ({marks}) ON CONFLICT ({}) DO {action}",
-                        table.name,
-                        ident(&table.key_column)
-                    )
-                }
-            }
-        };
+        // Every statement lists the columns the batch adds (set to their default when
+        // a record leaves them out).
         let writes = rows
             .into_iter()
             .map(|(key, columns, values)| RecordWrite {
-                sql: statement(&columns),
+                sql: table.upsert_sql(&columns, &added),
                 key,
                 values,
             })
@@ -142,6 +63,104 @@ impl SqliteStore {
                 .collect(),
             writes,
         })
+    }
+
+    /// A record's fields as the columns they go to and their values. A field without
+    /// a column gets one in a table ferry made (the seed 000 `downloads`, say, grows
+    /// with the records put into it; pushed to `added`), and is refused in another
+    /// program's table, with what to do.
+    fn column_values(
+        &self,
+        table: &Table,
+        key: &Key,
+        record: &Record,
+        added: &mut Vec<String>,
+    ) -> Result<(Vec<String>, Vec<SqlValue>), StoreError> {
+        let mut columns = Vec::with_capacity(record.len());
+        let mut values = Vec::with_capacity(record.len());
+        for (field, value) in record {
+            let known = table
+                .columns
+                .iter()
+                .chain(added.iter())
+                .find(|c| c.eq_ignore_ascii_case(field));
+            let column = match known {
+                Some(column) => column.clone(),
+                // Absent and null are the same field: a null needs no column.
+                None if value.is_null() => continue,
+                None if table.created_by_ferry => {
+                    added.push(field.clone());
+                    field.clone()
+                }
+                None => {
+                    return Err(invalid(table, key, format!(
+                        "field {field:?} has no column in table {} of {}, a table another program \
+                         made (ferry does not change its columns; its columns are: {}). To keep the \
+                         field, add the column — sqlite3 {} 'ALTER TABLE {} ADD COLUMN {}' — and try \
+                         again; or leave the field out of the record",
+                        table.name,
+                        self.path.display(),
+                        table.columns.join(", "),
+                        self.path.display(),
+                        table.name,
+                        ident(field),
+                    )));
+                }
+            };
+            columns.push(column);
+            values.push(
+                sql_from_json(value)
+                    .map_err(|m| invalid(table, key, format!("field {field:?}: {m}")))?,
+            );
+        }
+        Ok((columns, values))
+    }
+}
+
+impl Table {
+    /// The statement that writes one record, given the columns it has values for;
+    /// `added`: the columns the batch adds to the table. Replace semantics: columns
+    /// the record leaves out go back to their default.
+    fn upsert_sql(&self, columns: &[String], added: &[String]) -> String {
+        match self.layout {
+            Layout::Document => format!(
+                "INSERT INTO {} (key, record) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET record = excluded.record",
+                self.name
+            ),
+            Layout::Columns => {
+                let list = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+                let marks = (1..=columns.len())
+                    .map(|i| format!("?{i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let updates: Vec<String> = self
+                    .columns
+                    .iter()
+                    .chain(added)
+                    .filter(|c| *c != &self.key_column)
+                    .map(|c| format!("{0} = excluded.{0}", ident(c)))
+                    .collect();
+                let action = if updates.is_empty() {
+                    "NOTHING".to_string()
+                } else {
+                    format!("UPDATE SET {}", updates.join(", "))
+                };
+                format!(
+                    "INSERT INTO {} ({list}) VALUES ({marks}) ON CONFLICT ({}) DO {action}",
+                    self.name,
+                    ident(&self.key_column)
+                )
+            }
+        }
+    }
+}
+
+/// A record refused, with why.
+fn invalid(table: &Table, key: &Key, message: String) -> StoreError {
+    StoreError::InvalidRecord {
+        collection: table.collection_name().to_string(),
+        key: Some(key.to_string()),
+        message,
     }
 }
 
