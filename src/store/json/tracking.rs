@@ -1,7 +1,7 @@
 //! What the JSON backend keeps beside the records, to and from JSON: tracking rows
 //! (`sync_tracking.json`, as the seed `003_…` service's rows read in JSON), the
 //! store's identity and the migration baseline (`ferry_baseline.json`). Conversions
-//! only: this file reads and writes no file.
+//! only: this file reads and writes none of the store's files.
 
 use std::collections::BTreeMap;
 use std::fs::File;

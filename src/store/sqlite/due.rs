@@ -5,8 +5,10 @@
 //! up. So finding work costs what there is to send, not the size of the table.
 //!
 //! All the reads of one call share a read snapshot; watermark moves are collected and
-//! written after it ends, and not at all for a peek. This file never reads the whole
-//! table: that is the sweep's job (`sweep.rs`), paced.
+//! written after it ends, and not at all for a peek. Every query here is driven by an
+//! index, a key or the rowid range (a test below checks the plans); walking the table
+//! is the sweep's job (`sweep.rs`), paced. Nothing here decides what is sent: records
+//! are handed out with their tracking rows, and the engine decides.
 
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, OptionalExtension, Row};

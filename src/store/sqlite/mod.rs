@@ -17,6 +17,8 @@
 //!
 //! This file owns the connection: [`SqliteStore`], opening it, and its [`Store`] impl.
 //! The rest of the backend lives beside it:
+//! - `db.rs`: `Db`, through which every statement runs, so every error names the
+//!   database and the operation;
 //! - `schema.rs`: ferry's schema migrations; reading (or creating) a collection's table;
 //! - `table.rs`: a table's layout, the SQL built from it, values between SQLite and JSON;
 //! - `write.rs`: records, deletions and tombstones, the write mark, the baseline;
@@ -25,7 +27,8 @@
 //! - `sweep.rs`: the paced sweep that finds what the watermarks cannot see.
 //!
 //! The backend never talks to the network and never decides what is sent: it hands out
-//! what is due and records what the engine reports.
+//! what is due and records what the engine reports. No statement runs except through
+//! `Db` (the few that cannot say why where they run).
 
 mod db;
 mod due;

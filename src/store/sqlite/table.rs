@@ -3,7 +3,8 @@
 //!
 //! A value keeps what it is: a BLOB becomes bytes, text that is not UTF-8 becomes
 //! bytes rather than being mangled, an integer beyond 64 bits keeps its digits. This
-//! file builds statements and converts values; it never runs a statement.
+//! file builds statements and converts values; it never runs a statement. SQL that
+//! one concern alone uses is built beside it (`due.rs`, `sweep.rs`, `write.rs`).
 
 use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::Row;
