@@ -308,6 +308,9 @@ pub fn next_wake(
     wake
 }
 
+/// The cause code of an update refused for want of the server's id.
+pub const NO_REMOTE_ID: &str = "no_remote_id";
+
 /// What to do with a due record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -669,12 +672,14 @@ pub fn after(
             error,
             retry_after,
             maybe_processed,
+            failure,
             ..
         } => {
             // An update being retried is pending again: `stats` shows it outstanding.
             let wait = retry_after
                 .unwrap_or_else(|| backoff(row.attempts, RETRY_BASE, policy.max_delay, random));
             not_delivered(&mut row, Status::Pending, *status, error, &sent);
+            row.error_cause = failure.map(|kind| kind.code().to_string());
             row.next_attempt_at = Some(now + wait.as_millis() as Millis);
             row.claim = sent.claim_left(*maybe_processed);
         }
@@ -748,6 +753,7 @@ fn delivered(
             .or(row.remote_id.take().filter(|_| !is_create));
     }
     row.error_message = None;
+    row.error_cause = None;
     row.next_attempt_at = None;
     row.version = Some(version);
     row.fingerprint = Some(fingerprint);
@@ -766,6 +772,7 @@ fn not_delivered(
 ) {
     row.status = status;
     row.error_message = Some(error.to_string());
+    row.error_cause = None;
     row.version = Some(sent.attempt.version.clone());
     row.fingerprint = Some(sent.attempt.fingerprint);
     row.last_http_status = http;
@@ -833,6 +840,8 @@ pub fn refused(
     row.status = Status::Failed;
     row.sync_date = rfc3339(now);
     row.error_message = Some(error.to_string());
+    // The one refusal before a request: an update with nothing to address it by.
+    row.error_cause = Some(NO_REMOTE_ID.to_string());
     row.next_attempt_at = Some(now.saturating_add(policy.failed_every.as_millis() as Millis));
     row.last_http_status = None;
     row

@@ -24,6 +24,9 @@ pub(super) fn tracking_to_json(row: &Tracking) -> Value {
     map.insert("attempts".into(), row.attempts.into());
     map.insert("next_attempt_at".into(), row.next_attempt_at.into());
     map.insert("version".into(), row.version.clone().into());
+    if let Some(cause) = &row.error_cause {
+        map.insert("error_cause".into(), cause.clone().into());
+    }
     if let Some(fingerprint) = row.fingerprint {
         map.insert("fingerprint".into(), format!("{fingerprint:016x}").into());
     }
@@ -84,6 +87,7 @@ pub(super) fn tracking_from_json(
         next_attempt_at: number("next_attempt_at"),
         version: text("version"),
         fingerprint: text("fingerprint").and_then(|h| u64::from_str_radix(&h, 16).ok()),
+        error_cause: text("error_cause"),
         last_http_status: number("last_http_status").and_then(|n| u16::try_from(n).ok()),
         bytes_sent: number("bytes_sent")
             .and_then(|n| u64::try_from(n).ok())

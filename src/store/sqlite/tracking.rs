@@ -13,18 +13,18 @@ use crate::store::{Claim, ClaimState, Status, StoreError, Tracking};
 pub(super) const TRACKING_COLUMNS: &str = "s.local_id, s.remote_id, s.sync_date, s.sync_status, \
      s.error_message, s.attempts, s.next_attempt_at, s.version, s.last_http_status, s.bytes_sent, \
      s.claim_key, s.claim_version, s.claim_body_hash, s.claim_state, s.created, s.fingerprint, \
-     s.claim_body, s.claim_fingerprint";
+     s.claim_body, s.claim_fingerprint, s.error_cause";
 /// How many columns `TRACKING_COLUMNS` lists.
-pub(super) const TRACKING_WIDTH: usize = 18;
+pub(super) const TRACKING_WIDTH: usize = 19;
 
 /// A tracking row written: inserted, or replacing the row of the same record.
 const UPSERT: &str =
     "INSERT INTO sync_tracking (table_name, local_id, remote_id, sync_date, sync_status,
             error_message, attempts, next_attempt_at, version, last_http_status, bytes_sent,
             claim_key, claim_version, claim_body_hash, claim_state, created, fingerprint,
-            claim_body, claim_fingerprint)
+            claim_body, claim_fingerprint, error_cause)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-            ?17, ?18, ?19)
+            ?17, ?18, ?19, ?20)
          ON CONFLICT (table_name, local_id) DO UPDATE SET
             remote_id = excluded.remote_id, sync_date = excluded.sync_date,
             sync_status = excluded.sync_status, error_message = excluded.error_message,
@@ -35,7 +35,7 @@ const UPSERT: &str =
             claim_body_hash = excluded.claim_body_hash, claim_state = excluded.claim_state,
             created = excluded.created, fingerprint = excluded.fingerprint,
             claim_body = excluded.claim_body,
-            claim_fingerprint = excluded.claim_fingerprint";
+            claim_fingerprint = excluded.claim_fingerprint, error_cause = excluded.error_cause";
 
 /// Writes tracking rows (insert, or replace the row of the same record).
 pub(super) fn exec_tracking(db: Db<'_>, rows: &[Tracking]) -> Result<(), StoreError> {
@@ -72,6 +72,7 @@ pub(super) fn exec_tracking(db: Db<'_>, rows: &[Tracking]) -> Result<(), StoreEr
                     row.claim
                         .as_ref()
                         .map(|c| format!("{:016x}", c.fingerprint)),
+                    row.error_cause,
                 ])
                 .map_err(|e| {
                     db.error(
@@ -113,6 +114,7 @@ pub(super) fn tracking_from_row(
             .and_then(Status::parse)
             .unwrap_or(Status::Pending),
         error_message: text(4)?,
+        error_cause: text(18)?,
         attempts: row
             .get::<_, Option<i64>>(offset + 5)?
             .and_then(|n| u32::try_from(n).ok())
