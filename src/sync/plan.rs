@@ -399,10 +399,11 @@ pub fn triage(due: Vec<Due>, collection: &Collection, now: Millis, policy: Retry
     let name = collection.name.as_str();
     for d in due {
         match action(&d, collection, now) {
-            Action::Abandon => match abandoned(&d, now, policy) {
-                Some(row) => triage.rows.push(row),
-                None => triage.forget.push(d.key.clone()),
-            },
+            // Deleted before its delivery was settled: nothing to send, and the key is
+            // free — a record written later under it is a new record, under its own
+            // Idempotency-Key, even when a create of the first may be on the server
+            // unconfirmed (that one stays whatever it is there; deletions are not sent).
+            Action::Abandon => triage.forget.push(d.key.clone()),
             Action::Settle => triage.rows.extend(settled(&d, now)),
             Action::Defer(at) => {
                 triage.deferred = Some(triage.deferred.map_or(at, |d: Millis| d.min(at)));
@@ -454,7 +455,9 @@ pub fn request_for(
         Action::Put(remote_id) => Some(RequestPlan {
             method: "PUT",
             path: put_path(collection, remote_id),
-            idempotency_key: fresh_key(),
+            // Its own key: a create of the same version (after `reset-tracking`, say) is
+            // another request, and a server that keeps keys must not take one for the other.
+            idempotency_key: format!("{}:update", fresh_key()),
         }),
         Action::Defer(_) | Action::Abandon | Action::Skip | Action::Settle | Action::Refuse(_) => {
             None
@@ -643,6 +646,7 @@ pub fn after(
             replayed,
         } => {
             let (version, fingerprint) = sent.delivered_version(collection, *replayed);
+            let behind = version != due.version || fingerprint != due.fingerprint;
             delivered(
                 &mut row,
                 *status,
@@ -651,6 +655,9 @@ pub fn after(
                 (version, fingerprint),
             );
             row.bytes_sent = row.bytes_sent.saturating_add(*bytes);
+            if behind {
+                follow_up(&mut row, collection, now);
+            }
         }
         // A 422 to a changed retry of a claimed create: the key was used before with
         // another body (the IETF Idempotency-Key draft) — the server holds the claimed
@@ -666,6 +673,7 @@ pub fn after(
             let version = (claim.version.clone(), claim.fingerprint);
             let remote_id = remote_id.as_ref().or(row.remote_id.as_ref()).cloned();
             delivered(&mut row, 422, remote_id.as_ref(), false, version);
+            follow_up(&mut row, collection, now);
         }
         Outcome::Retry {
             status,
@@ -734,6 +742,16 @@ impl Sent<'_> {
 
     fn claim_left(&self, maybe_processed: bool) -> Option<Claim> {
         settle_claim(self.is_create(), self.pinned, self.attempt, maybe_processed)
+    }
+}
+
+/// The server holds an older state than the record has now (a claimed create settled
+/// as it was first sent): the latest state is due as an update, as soon as one a second
+/// allows — pending, so it is found again whatever the store's watermarks say.
+fn follow_up(row: &mut Tracking, collection: &Collection, now: Millis) {
+    if collection.sends_changes() {
+        row.status = Status::Pending;
+        row.next_attempt_at = Some(now + MIN_UPDATE_INTERVAL);
     }
 }
 
@@ -845,24 +863,6 @@ pub fn refused(
     row.next_attempt_at = Some(now.saturating_add(policy.failed_every.as_millis() as Millis));
     row.last_http_status = None;
     row
-}
-
-/// A record deleted before its delivery was settled: nothing to send, and the key is
-/// free for a record written later (`None`: the row is forgotten). Unless a create
-/// of it may be on the server still unconfirmed: then the row keeps its claim — a
-/// record written again under this key reuses that create's Idempotency-Key — and
-/// waits `retry_failed_every` rather than being looked at on every pass.
-pub fn abandoned(due: &Due, now: Millis, policy: RetryPolicy) -> Option<Tracking> {
-    let row = due.tracking.as_ref()?;
-    row.claim.as_ref()?;
-    let mut row = row.clone();
-    row.error_message = Some(
-        "the record was deleted while its create was unconfirmed; kept so that a record \
-         written again under this key reuses the same Idempotency-Key"
-            .into(),
-    );
-    row.next_attempt_at = Some(now.saturating_add(policy.failed_every.as_millis() as Millis));
-    Some(row)
 }
 
 /// A small, fast pseudo-random source for jitter (xorshift64*), seeded per process.

@@ -729,9 +729,9 @@ fn delivery_settings_that_cannot_work_exit_78() {
 
 #[test]
 fn a_record_deleted_while_pending_and_written_again_is_delivered() {
-    // A 503: the server may have stored it. Deleted meanwhile, its row keeps the
-    // claim, so that written again it goes out under the same key; nothing is left
-    // to deliver while it is gone.
+    // A 503: the server may have stored it. Deleted meanwhile, its row is forgotten:
+    // nothing is left to deliver while it is gone. Written again as it was, it is the
+    // same version and goes out under the same key, so the server keeps one.
     let server = TestServer::start(Faults {
         per_key: [("7".to_string(), Fault::Status(503))]
             .into_iter()
@@ -756,11 +756,7 @@ fn a_record_deleted_while_pending_and_written_again_is_delivered() {
         Some(0),
         "nothing left once it is gone"
     );
-    assert!(fx
-        .open()
-        .tracking("events", &Key::Int(7))
-        .unwrap()
-        .is_some());
+    assert_eq!(fx.open().tracking("events", &Key::Int(7)).unwrap(), None);
     server.set(|f| f.per_key.clear());
     put_events(&fx, 7..8);
     fx.ferry(&["retry"], None);
@@ -772,6 +768,33 @@ fn a_record_deleted_while_pending_and_written_again_is_delivered() {
         .collect();
     assert_eq!(sent.len(), 1, "written again: delivered once");
     assert_eq!(sent[0].idempotency_key.as_deref(), Some(key.as_str()));
+
+    // Written again with other content after the gap: a new record, sent as it is now
+    // (the first one's claimed body must not go out in its place — model check seed
+    // 741333262939).
+    server.set(|f| {
+        f.per_key.insert("9".to_string(), Fault::Status(503));
+    });
+    put_events(&fx, 9..10);
+    assert_eq!(fx.ferry(&["sync", "--once"], None).status.code(), Some(75));
+    fx.open().delete("events", &Key::Int(9)).unwrap();
+    fx.ferry(&["retry"], None);
+    assert_eq!(fx.ferry(&["sync", "--once"], None).status.code(), Some(0));
+    server.set(|f| f.per_key.clear());
+    fx.open()
+        .put(
+            "events",
+            record(json!({"id": 9, "kind": "door", "value": 1})),
+        )
+        .unwrap();
+    assert_eq!(fx.ferry(&["sync", "--once"], None).status.code(), Some(0));
+    let sent: Vec<_> = server
+        .stored()
+        .into_iter()
+        .filter(|s| s.key == "9")
+        .collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].body["kind"], json!("door"));
 
     // A definite refusal (400) stores nothing: deleted, the key is free at once.
     let server = TestServer::start(Faults {

@@ -404,7 +404,7 @@ impl Store for JsonStore {
                         found: Found::Retry,
                     });
                 }
-            } else if row.claim.is_none() {
+            } else {
                 gone.push(key.clone());
             }
         }

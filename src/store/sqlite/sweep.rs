@@ -267,7 +267,7 @@ impl SqliteStore {
             op,
             &format!(
                 "SELECT s.id FROM sync_tracking AS s
-                  WHERE s.table_name = ?1 AND s.id > ?2 AND s.id <= ?3 AND s.claim_key IS NULL
+                  WHERE s.table_name = ?1 AND s.id > ?2 AND s.id <= ?3
                     AND s.sync_status = 'success'
                     AND NOT EXISTS (SELECT 1 FROM {} AS t WHERE {} = s.local_id)",
                 table.name, table.key_expr
@@ -277,7 +277,7 @@ impl SqliteStore {
         )?;
         for id in gone {
             marks.push((
-                "DELETE FROM sync_tracking WHERE id = ?1 AND claim_key IS NULL",
+                "DELETE FROM sync_tracking WHERE id = ?1 AND sync_status = 'success'",
                 vec![SqlValue::Integer(id)],
             ));
         }

@@ -269,12 +269,18 @@ fn a_change_within_one_tick_of_updated_at_is_a_change() {
     };
     assert_eq!(action(&same_second, &put, 10_000), Action::Put(Key::Int(5)));
     // And its key is not the delivered state's: a strict server would refuse one key
-    // with two bodies.
+    // with two bodies. Nor is it a create's of the same state: an update is another
+    // request, which a server keeping keys must not answer with the create's answer.
     let key = request_for(&same_second, &Action::Put(Key::Int(5)), &put, "pi").unwrap();
     assert!(
         key.idempotency_key
-            .ends_with(":2026-12-01%2010%3A00%3A01~bbbb0000"),
+            .ends_with(":2026-12-01%2010%3A00%3A01~bbbb0000:update"),
         "{key:?}"
+    );
+    let create = request_for(&same_second, &Action::Create, &put, "pi").unwrap();
+    assert_eq!(
+        format!("{}:update", create.idempotency_key),
+        key.idempotency_key
     );
 }
 
@@ -489,25 +495,6 @@ fn tracking_follows_outcomes() {
         (row.status, row.attempts, row.remote_id.clone()),
         (Status::Pending, 1, Some(Key::Int(5)))
     );
-
-    // Deleted before any delivery: the row is forgotten; after one: success again.
-    let never_sent = Due {
-        record: None,
-        ..due(2, "", Some(Tracking::new("c", Key::Int(2), 0)))
-    };
-    assert_eq!(abandoned(&never_sent, now, POLICY), None);
-    let mut sent = Tracking::new("c", Key::Int(2), 0);
-    sent.remote_id = Some(Key::Int(9));
-    sent.created = true;
-    let was_sent = Due {
-        record: None,
-        ..due(2, "", Some(sent))
-    };
-    assert_eq!(
-        abandoned(&was_sent, now, POLICY),
-        None,
-        "a deleted record frees its key"
-    );
 }
 
 /// The claim's life: a create is claimed before it leaves; an answer that leaves its
@@ -587,6 +574,52 @@ fn a_claimed_create_keeps_its_key_until_a_definite_answer() {
     assert_eq!(action(&later, &put, now + 5_000), Action::Put(Key::Int(5)));
 }
 
+/// A claimed create whose kept body finally lands (a 201 after a hang) leaves the
+/// server with the claimed version while the record has moved on: the row must stay
+/// pending so that the latest state follows as an update — as success at the old
+/// version it was found again only if the store's watermarks allowed, and an
+/// `updated_at` below them never did (model check seed 741333263055).
+#[test]
+fn a_claimed_create_settled_at_its_older_version_is_followed_by_an_update() {
+    let put = collection("updated_at = \"u\"\nupdates = \"put\"\n");
+    let now = 10_000;
+    let first = due(1, "v1", None);
+    let unsure = after(
+        &first,
+        &put,
+        &attempt(&first, &put, 11),
+        &no_answer(),
+        now,
+        POLICY,
+        0.5,
+    );
+    // The record is at v2 now; the retry carries the claim's kept body (v1).
+    let retry = due(1, "v2", Some(unsure));
+    let mut resent = attempt(&retry, &put, 11);
+    resent.version = "v1".into();
+    let row = after(&retry, &put, &resent, &created(8), now, POLICY, 0.5);
+    assert_eq!(
+        (row.status, row.version.as_deref(), row.claim.clone()),
+        (Status::Pending, Some("v1"), None)
+    );
+    assert_eq!(row.next_attempt_at, Some(now + MIN_UPDATE_INTERVAL));
+    assert_eq!(
+        action(&due(1, "v2", Some(row)), &put, now + MIN_UPDATE_INTERVAL),
+        Action::Put(Key::Int(8))
+    );
+    // Had it carried the latest state, it is simply delivered.
+    let row = after(
+        &retry,
+        &put,
+        &attempt(&retry, &put, 11),
+        &created(8),
+        now,
+        POLICY,
+        0.5,
+    );
+    assert_eq!((row.status, row.next_attempt_at), (Status::Success, None));
+}
+
 #[test]
 fn a_422_to_a_changed_retry_of_a_claimed_create_means_the_server_has_it() {
     let put = collection("updated_at = \"u\"\nupdates = \"put\"\n");
@@ -623,8 +656,10 @@ fn a_422_to_a_changed_retry_of_a_claimed_create_means_the_server_has_it() {
             row.remote_id.clone(),
             row.claim.clone()
         ),
-        (Status::Success, Some("v1"), Some(Key::Int(8)), None)
+        (Status::Pending, Some("v1"), Some(Key::Int(8)), None),
+        "the server holds v1: the row is pending until v2 follows"
     );
+    assert_eq!(row.next_attempt_at, Some(now + MIN_UPDATE_INTERVAL));
     assert_eq!(
         action(&due(1, "v2", Some(row)), &put, now + 5_000),
         Action::Put(Key::Int(8)),
@@ -751,7 +786,7 @@ fn a_loop_wakes_at_its_earliest_reason_but_not_before_a_probe_is_due() {
 }
 
 #[test]
-fn a_claim_whose_fate_is_unknown_keeps_its_body_and_outlives_a_deletion() {
+fn a_claim_whose_fate_is_unknown_keeps_its_body_until_a_deletion_frees_the_key() {
     let put = collection("updated_at = \"u\"\nupdates = \"put\"\n");
     let first = due(1, "v1", None);
     let mut a = attempt(&first, &put, 11);
@@ -759,14 +794,14 @@ fn a_claim_whose_fate_is_unknown_keeps_its_body_and_outlives_a_deletion() {
     let row = after(&first, &put, &a, &no_answer(), 0, POLICY, 0.5);
     let claim = row.claim.clone().unwrap();
     assert_eq!(claim.body.as_deref(), Some(&b"{\"id\":1}"[..]));
-    // The record is deleted meanwhile: the row stays, with its claim, and rests.
+    // The record is deleted meanwhile: the row is forgotten, claim and all — the key
+    // is free for a new record.
     let gone = Due {
         record: None,
         ..due(1, "", Some(row))
     };
-    let kept = abandoned(&gone, 5_000, POLICY).expect("kept");
-    assert_eq!(kept.claim, Some(claim));
-    assert_eq!(kept.next_attempt_at, Some(5_000 + 3_600_000));
+    let triage = triage(vec![gone], &put, 5_000, POLICY);
+    assert_eq!((triage.forget, triage.rows.len()), (vec![Key::Int(1)], 0));
     // A claimed create that then gets a definite answer stores nothing more.
     let ok = after(&first, &put, &a, &created(3), 0, POLICY, 0.5);
     assert_eq!(ok.claim, None);
