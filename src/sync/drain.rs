@@ -144,7 +144,11 @@ impl Engine {
             self.start(lane, flow, shutdown).await;
             if flow.tasks.is_empty() {
                 if flow.exhausted || flow.stop_starting {
-                    return Ok(());
+                    // The last answers may reopen it (a probe answered).
+                    self.flush(lane, flow).await?;
+                    if flow.exhausted || flow.stop_starting {
+                        return Ok(());
+                    }
                 }
                 continue;
             }
@@ -307,9 +311,9 @@ impl Engine {
         flow.busy.extend(sends.iter().map(|p| p.due.key.clone()));
         flow.queue.extend(self.units(&lane.collection, sends));
         if probe && !flow.queue.is_empty() {
-            // A probe is one request: the rest waits for its answer (the next drain,
-            // once it says the server is up). One that only settled rows (a deleted
-            // record's) sent nothing: the next record probes.
+            // A probe is one request: the rest waits for its answer ([`Self::flush`]
+            // opens the flow again when it says the server is up). One that only
+            // settled rows (a deleted record's) sent nothing: the next record probes.
             flow.exhausted = true;
         }
         Ok(())
@@ -337,6 +341,7 @@ impl Engine {
         flow.answers.unhealthy += answers.unhealthy;
         flow.answers.retry_after = flow.answers.retry_after.max(answers.retry_after);
         let answers = std::mem::take(&mut flow.answers);
+        let was_down = matches!(lane.health, Health::Down { .. });
         self.judge_health(lane, answers, &mut tally, now_ms());
         if matches!(lane.health, Health::Down { .. }) {
             // Down (or still down after a probe): nothing new starts until the pause ends.
@@ -344,6 +349,12 @@ impl Engine {
         } else {
             flow.stop_starting = false;
             flow.consecutive_unhealthy = 0;
+            if was_down {
+                // The probe was answered: the rest goes now. What was written during
+                // the pause has no row to wake the lane, and its change notices were
+                // spent while the lane was paused.
+                flow.exhausted = false;
+            }
         }
         flow.tally.add(&tally);
         Ok(())
