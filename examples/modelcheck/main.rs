@@ -54,6 +54,8 @@ struct Args {
     shrink_secs: u64,
     verbose: bool,
     out: Option<PathBuf>,
+    /// Print the scenarios' plans and exit (nothing runs).
+    plan: bool,
 }
 
 fn parse_args() -> Result<Args, BoxError> {
@@ -70,6 +72,7 @@ fn parse_args() -> Result<Args, BoxError> {
         shrink_secs: 90,
         verbose: false,
         out: None,
+        plan: false,
     };
     let mut it = std::env::args().skip(1);
     let value = |it: &mut dyn Iterator<Item = String>, name: &str| -> Result<String, BoxError> {
@@ -103,6 +106,7 @@ fn parse_args() -> Result<Args, BoxError> {
             "--no-shrink" => args.shrink = false,
             "--shrink-secs" => args.shrink_secs = value(&mut it, "--shrink-secs")?.parse()?,
             "--verbose" => args.verbose = true,
+            "--plan" => args.plan = true,
             "--out" => args.out = Some(PathBuf::from(value(&mut it, "--out")?)),
             "--server" => {
                 return Err(
@@ -233,6 +237,20 @@ fn real_main() -> Result<bool, BoxError> {
             fixed_notes.insert(seed, comment);
             seeds.push(seed);
         }
+    }
+    if args.plan {
+        for seed in &seeds {
+            let scenario = Scenario::generate(*seed);
+            println!("seed {seed}: {}", scenario.describe());
+            for (i, timed) in scenario.events.iter().enumerate() {
+                println!(
+                    "  {i:>3}: {:>5} ms  {}",
+                    timed.at_ms,
+                    scenario.event_text(&timed.event)
+                );
+            }
+        }
+        return Ok(true);
     }
     let fresh_count = match (args.fresh, args.time, seeds.is_empty()) {
         (Some(n), _, _) => Some(n),
@@ -379,6 +397,12 @@ fn report_one(
             outcome.took.as_secs_f64(),
             fixed.map_or(String::new(), |c| format!("  [fixed: {c}]"))
         );
+        if full {
+            println!("  history:");
+            for (t, line) in &outcome.history {
+                println!("  {t:>6} ms  {line}");
+            }
+        }
         return Ok(());
     }
     let path = out.join(format!("seed-{}.txt", outcome.seed));
@@ -667,9 +691,15 @@ fn print_table(
     for (kind, n) in &faults {
         println!("| faults: {kind} | {n} |");
     }
+    println!("| quiet gaps of seconds | {} |", sum(&|o| o.counts.quiet));
     println!(
         "| record incarnations written | {} |",
         sum(&|o| o.counts.incarnations)
+    );
+    println!(
+        "| keys written again: after ferry ran through a gap (a row of their own required) / without (either outcome) | {} / {} |",
+        sum(&|o| o.counts.reused_seen),
+        sum(&|o| o.counts.reused_unseen)
     );
     println!("| records lost | **{}** |", sum(&|o| o.counts.tally.lost));
     println!(
@@ -688,6 +718,10 @@ fn print_table(
     println!(
         "| records undelivered with a reason (failed) | {} |",
         sum(&|o| o.counts.tally.excused)
+    );
+    println!(
+        "| changed retries of a claimed create, answered 422 (accepted) | {} |",
+        sum(&|o| o.counts.tally.changed_claim_retries)
     );
     for kind in KINDS {
         let seeds: Vec<u64> = outcomes
