@@ -1,8 +1,12 @@
 //! `make modelcheck`: a randomized, seeded model check of the real `ferry` binary.
 //!
-//! modelcheck [--seed N [--events LIST] | --seeds A..B | --scenarios N | --time SECS]
+//! modelcheck [--ci] [--seed N [--events LIST] | --seeds A..B | --scenarios N | --time SECS]
 //!            [--fixed FILE] [--jobs J] [--quick] [--ferry PATH] [--no-shrink]
-//!            [--shrink-secs S] [--verbose] [--out DIR]
+//!            [--shrink-secs S] [--verbose] [--out DIR] [--plan]
+//!
+//! `--ci` is `--fixed examples/modelcheck/seeds.txt --time 170 --shrink-secs 30`: the
+//! seeds that found bugs, then fresh ones, about three minutes in all on two cores
+//! with the debug build. `--plan` prints the scenarios' plans without running them.
 //!
 //! Each seed names one scenario: 1–3 collections (append-only, seed 003's foreign
 //! tables with and without AUTOINCREMENT and a BLOB, seed 000's `downloads`, mutable
@@ -38,8 +42,16 @@ use scenario::Scenario;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-const USAGE: &str = "modelcheck [--seed N [--events LIST] | --seeds A..B | --scenarios N | --time SECS] \
-[--fixed FILE] [--jobs J] [--quick] [--ferry PATH] [--no-shrink] [--shrink-secs S] [--verbose] [--out DIR]";
+const USAGE: &str = "modelcheck [--ci] [--seed N [--events LIST] | --seeds A..B | --scenarios N | --time SECS] \
+[--fixed FILE] [--jobs J] [--quick] [--ferry PATH] [--no-shrink] [--shrink-secs S] [--verbose] [--out DIR] [--plan]";
+
+/// The seeds that found bugs, which CI runs first (`--ci`).
+const SEEDS_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/modelcheck/seeds.txt");
+/// `--ci`: fresh seeds for this long after the fixed ones (the deadline counts from
+/// the start: about three minutes in all on two cores with the debug build).
+const CI_SECS: u64 = 170;
+/// `--ci`: the first failure of each kind is shrunk for at most this long.
+const CI_SHRINK_SECS: u64 = 30;
 
 struct Args {
     seeds: Vec<u64>,
@@ -58,6 +70,17 @@ struct Args {
     plan: bool,
 }
 
+/// `--ci`: the fixed seeds, then fresh ones until the time is up, shrinking briefly.
+fn ci_defaults(args: &mut Args) {
+    if args.fixed.is_none() {
+        args.fixed = Some(PathBuf::from(SEEDS_FILE));
+    }
+    if args.time.is_none() && args.fresh.is_none() {
+        args.time = Some(Duration::from_secs(CI_SECS));
+    }
+    args.shrink_secs = args.shrink_secs.min(CI_SHRINK_SECS);
+}
+
 fn parse_args() -> Result<Args, BoxError> {
     let mut args = Args {
         seeds: Vec::new(),
@@ -74,6 +97,7 @@ fn parse_args() -> Result<Args, BoxError> {
         out: None,
         plan: false,
     };
+    let mut ci = false;
     let mut it = std::env::args().skip(1);
     let value = |it: &mut dyn Iterator<Item = String>, name: &str| -> Result<String, BoxError> {
         it.next()
@@ -107,6 +131,7 @@ fn parse_args() -> Result<Args, BoxError> {
             "--shrink-secs" => args.shrink_secs = value(&mut it, "--shrink-secs")?.parse()?,
             "--verbose" => args.verbose = true,
             "--plan" => args.plan = true,
+            "--ci" => ci = true,
             "--out" => args.out = Some(PathBuf::from(value(&mut it, "--out")?)),
             "--server" => {
                 return Err(
@@ -121,6 +146,9 @@ fn parse_args() -> Result<Args, BoxError> {
             }
             other => return Err(format!("unknown argument {other:?}; usage: {USAGE}").into()),
         }
+    }
+    if ci {
+        ci_defaults(&mut args);
     }
     if args.events.is_some() && args.seeds.len() != 1 {
         return Err("--events goes with one --seed".into());
@@ -517,6 +545,14 @@ fn shrink(
     let scenario = Scenario::generate(original.seed);
     let count = scenario.events.len();
     let started = Instant::now();
+    // The shrinking runs keep their folder apart, so the original run's stays.
+    let opts = &Options {
+        ferry: opts.ferry.clone(),
+        keep: opts
+            .keep
+            .as_ref()
+            .map(|k| k.join(format!("shrunk-{wanted}"))),
+    };
     let mut keep = vec![true; count];
     let mut best: Option<Outcome> = None;
     let mut runs = 0;

@@ -594,6 +594,10 @@ impl Driver<'_> {
         self.signal(libc::SIGKILL);
         if let Some(mut child) = self.ferry.take() {
             let _ = child.wait();
+            // Reaped here: a kill the model fired at it is spent.
+            let mut arm = self.kill.lock().unwrap_or_else(|p| p.into_inner());
+            arm.fired = false;
+            arm.fired_ms = None;
         }
     }
 
@@ -709,11 +713,26 @@ impl Driver<'_> {
                 self.start("after kill -9")?;
             }
             Event::KillOnRequest { store_first } => {
+                // A kill the model fired a moment ago is reaped (and ferry started
+                // again) before the next is armed: arming over it would take the
+                // dead child's pid and lose the mark that the kill was the model's.
+                let deadline = Instant::now() + STOP_LIMIT;
+                loop {
+                    self.watch()?;
+                    let fired = self.kill.lock().unwrap_or_else(|p| p.into_inner()).fired;
+                    if !fired || self.broken || Instant::now() > deadline {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
                 let pid = self.pid();
                 let mut arm = self.kill.lock().unwrap_or_else(|p| p.into_inner());
+                if arm.fired {
+                    // It fired between the look and the lock: the next event arms.
+                    return Ok(());
+                }
                 arm.pid = pid;
                 arm.store_first = store_first;
-                arm.fired = false;
                 arm.fired_ms = None;
             }
             Event::Term => {
