@@ -175,10 +175,6 @@ pub fn missing(colls: &[CollModel], rows: &[Row]) -> Vec<Missing> {
             })
             .collect();
         for (key, rec) in coll.records.iter().filter(|(_, r)| r.live) {
-            let this_inc = |s: &Option<(String, u32, u32)>| {
-                s.as_ref()
-                    .is_some_and(|(k, i, _)| k == key && *i == rec.inc)
-            };
             // This incarnation, or one it may be taken for: its key was written
             // again with no look by ferry since the delete (Rec::first_inc).
             let taken_for = |s: &Option<(String, u32, u32)>| {
@@ -203,7 +199,7 @@ pub fn missing(colls: &[CollModel], rows: &[Row]) -> Vec<Missing> {
             if !held {
                 let older = infos
                     .iter()
-                    .any(|r| this_inc(&r.created) || this_inc(&r.current));
+                    .any(|r| taken_for(&r.created) || taken_for(&r.current));
                 out.push(Missing {
                     collection: spec.name().to_string(),
                     key: key.clone(),
