@@ -4,9 +4,9 @@
 //!            [--fixed FILE] [--jobs J] [--quick] [--ferry PATH] [--no-shrink]
 //!            [--shrink-secs S] [--verbose] [--out DIR] [--plan]
 //!
-//! `--ci` is `--fixed examples/modelcheck/seeds.txt --time 170 --shrink-secs 30`: the
-//! seeds that found bugs, then fresh ones, about three minutes in all on two cores
-//! with the debug build. `--plan` prints the scenarios' plans without running them.
+//! `--ci` is `--fixed examples/modelcheck/seeds.txt --time 170 --shrink-secs 30`, with
+//! a minute of shrinking at most: the seeds that found bugs, then fresh ones, about
+//! three minutes in all on two cores with the debug build. `--plan` prints the scenarios' plans without running them.
 //!
 //! Each seed names one scenario: 1–3 collections (append-only, seed 003's foreign
 //! tables with and without AUTOINCREMENT and a BLOB, seed 000's `downloads`, mutable
@@ -50,8 +50,10 @@ const SEEDS_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/modelche
 /// `--ci`: fresh seeds for this long after the fixed ones (the deadline counts from
 /// the start: about three minutes in all on two cores with the debug build).
 const CI_SECS: u64 = 170;
-/// `--ci`: the first failure of each kind is shrunk for at most this long.
+/// `--ci`: the first failure of each kind is shrunk for at most this long, and all of
+/// them for at most `CI_SHRINK_TOTAL_SECS`.
 const CI_SHRINK_SECS: u64 = 30;
+const CI_SHRINK_TOTAL_SECS: u64 = 60;
 
 struct Args {
     seeds: Vec<u64>,
@@ -64,6 +66,8 @@ struct Args {
     ferry: Option<PathBuf>,
     shrink: bool,
     shrink_secs: u64,
+    /// All the shrinking together, at most (`--ci`).
+    shrink_total: Option<Duration>,
     verbose: bool,
     out: Option<PathBuf>,
     /// Print the scenarios' plans and exit (nothing runs).
@@ -79,6 +83,7 @@ fn ci_defaults(args: &mut Args) {
         args.time = Some(Duration::from_secs(CI_SECS));
     }
     args.shrink_secs = args.shrink_secs.min(CI_SHRINK_SECS);
+    args.shrink_total = Some(Duration::from_secs(CI_SHRINK_TOTAL_SECS));
 }
 
 fn parse_args() -> Result<Args, BoxError> {
@@ -93,6 +98,7 @@ fn parse_args() -> Result<Args, BoxError> {
         ferry: None,
         shrink: true,
         shrink_secs: 90,
+        shrink_total: None,
         verbose: false,
         out: None,
         plan: false,
@@ -390,8 +396,17 @@ fn real_main() -> Result<bool, BoxError> {
         } else {
             args.shrink_secs
         });
+        let shrinking = Instant::now();
         for kind in KINDS {
+            let budget = match args.shrink_total {
+                Some(total) => budget.min(total.saturating_sub(shrinking.elapsed())),
+                None => budget,
+            };
             if let Some(outcome) = sorted.iter().find(|o| o.kinds().contains(&kind)) {
+                if budget < Duration::from_secs(5) {
+                    println!("no time left to shrink seed {} for {kind}", outcome.seed);
+                    continue;
+                }
                 if let Some(result) = shrink(outcome, kind, &opts, budget, &out)? {
                     shrunk.push(result);
                 }
