@@ -275,7 +275,10 @@ pub fn check_server(input: &Input, findings: &mut Vec<Finding>, tally: &mut Tall
         for row in &rows {
             if let Some((key, inc, ver)) = sig_of(&row.created, field, name) {
                 let (ver, spelt) = if spec.updates == Some(Updates::Post) {
-                    let spelt = row.created.get("updated_at").map_or(String::new(), Value::to_string);
+                    let spelt = row
+                        .created
+                        .get("updated_at")
+                        .map_or(String::new(), Value::to_string);
                     (ver, spelt)
                 } else {
                     (0, String::new())

@@ -690,7 +690,9 @@ impl fmt::Display for Event {
             Event::Reset { coll } => write!(f, "ferry reset-tracking of #{coll}"),
             Event::Down => f.write_str("SIGTERM, ferry stays down"),
             Event::Up => f.write_str("start ferry if it is down"),
-            Event::Quiet { ms } => write!(f, "quiet for {ms} ms (nothing written, ferry left alone)"),
+            Event::Quiet { ms } => {
+                write!(f, "quiet for {ms} ms (nothing written, ferry left alone)")
+            }
         }
     }
 }
