@@ -15,6 +15,11 @@ ALTER TABLE sync_tracking ADD COLUMN claim_body BLOB;       -- the body, kept on
 -- tick of updated_at differ here.
 ALTER TABLE sync_tracking ADD COLUMN fingerprint TEXT;
 
+-- Why the last attempt got no answer, as a code `ferry diagnose` groups by ('timeout',
+-- 'refused', 'dns', 'tls', 'connection', 'request', 'no_remote_id'); NULL when the
+-- answer's status (last_http_status) says it.
+ALTER TABLE sync_tracking ADD COLUMN error_cause TEXT;
+
 -- 1 once the server is known to hold some version of the record: an update that
 -- fails later is an update, never a second create.
 ALTER TABLE sync_tracking ADD COLUMN created INTEGER NOT NULL DEFAULT 0;

@@ -4,6 +4,9 @@ use super::{CliError, Exit, Stdout};
 use crate::config::Config;
 
 pub fn check(config: &Config) -> Result<Exit, CliError> {
+    // The files the config names, read as `ferry run` will (the token's mode, the
+    // certificates), reported with the key that names them.
+    config.remote.check_files()?;
     let mut out = Stdout::new();
     out.line(format_args!(
         "{}: valid ({} backend, {} collection{}: {})",

@@ -7,7 +7,6 @@ use tokio::sync::watch;
 use super::{CliError, Exit, Stdout};
 use crate::config::Config;
 use crate::daemon::RunLock;
-use crate::store;
 use crate::sync::{Engine, SharedStore};
 
 /// `--dry-run` lists at most this many records per collection.
@@ -22,19 +21,17 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| CliError::Runtime(format!("cannot start the async runtime: {e}")))
 }
 
-/// The delivery engine on the active store, brought up to date first (unless `dry`).
-fn engine(config: Config, dry: bool) -> Result<Arc<Engine>, CliError> {
-    if config.storage.migrate_on_start && !dry {
-        store::migrate::migrate(&config, config.storage.backend, false)?;
-    }
-    let store = SharedStore::new(store::open(&config)?);
+/// The delivery engine on the active store, opened as every delivering command opens
+/// it ([`crate::daemon::open_store`]); a dry run (no lock) only opens it.
+fn engine(config: Config, lock: Option<&RunLock>) -> Result<Arc<Engine>, CliError> {
+    let store = SharedStore::new(crate::daemon::open_store(&config, lock)?);
     Ok(Arc::new(Engine::new(config, store)?))
 }
 
 pub fn sync(config: Config, dry_run: bool, collection: Option<&str>) -> Result<Exit, CliError> {
     // Held to the end of the pass, migration included: no other ferry sends from this
     // store meanwhile. A dry run sends and records nothing, so it runs beside a daemon.
-    let _lock = if dry_run {
+    let lock = if dry_run {
         None
     } else {
         Some(RunLock::acquire(
@@ -44,7 +41,7 @@ pub fn sync(config: Config, dry_run: bool, collection: Option<&str>) -> Result<E
         )?)
     };
     let runtime = runtime()?;
-    let engine = engine(config, dry_run)?;
+    let engine = engine(config, lock.as_ref())?;
     runtime.block_on(async {
         if dry_run {
             let planned = engine.dry_run(collection, DRY_RUN_LIMIT).await?;

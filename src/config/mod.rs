@@ -6,6 +6,8 @@ mod duration;
 mod env;
 mod error;
 mod ini;
+mod secrets;
+mod size;
 mod types;
 
 use std::path::{Path, PathBuf};
@@ -15,6 +17,8 @@ use serde::{Deserialize, Serialize};
 pub use duration::{parse as parse_duration, HumanDuration};
 pub use env::{Env, ProcessEnv};
 pub use error::{ConfigError, ConfigProblem, Origin};
+pub use secrets::Token;
+pub use size::{parse as parse_size, ByteSize};
 pub use types::{CollectionName, Endpoint, FieldName, HeaderName, JsonPointer, RemoteUrl};
 
 /// The config file read when neither `--config` nor `FERRY_CONFIG` names one.
@@ -165,6 +169,29 @@ pub struct Remote {
     /// `""` turns the header off.
     #[serde(default = "default_idempotency_header")]
     pub idempotency_header: HeaderName,
+    /// Request bodies compressed (`Content-Encoding`), or not.
+    #[serde(default)]
+    pub compression: Compression,
+    /// `fixed`: `max_concurrent` requests in flight; `adaptive`: as many as the link
+    /// carries without slowing down, found as it goes, up to `max_concurrent`.
+    #[serde(default)]
+    pub concurrency: Concurrency,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Concurrency {
+    #[default]
+    Fixed,
+    Adaptive,
 }
 
 impl Default for Remote {
@@ -176,6 +203,8 @@ impl Default for Remote {
             max_concurrent: default_max_concurrent(),
             ca_file: None,
             idempotency_header: default_idempotency_header(),
+            compression: Compression::default(),
+            concurrency: Concurrency::default(),
         }
     }
 }
@@ -264,6 +293,20 @@ pub struct Collection {
     /// The JSON backend's file name in `json_dir`; `<name>.json` by default.
     #[serde(default)]
     pub json_file: Option<String>,
+    /// Where batches of this collection's records go (`docs/PROTOCOL.md` §3); without
+    /// it, one record a request.
+    #[serde(default)]
+    pub batch_endpoint: Option<Endpoint>,
+    /// Records in one batch, at most.
+    #[serde(
+        default = "default_batch_max_records",
+        deserialize_with = "types::batch_max_records"
+    )]
+    pub batch_max_records: u32,
+    /// Bytes of JSON in one batch before compression, at most (a record larger than
+    /// this goes alone).
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: ByteSize,
 }
 
 impl Collection {
@@ -306,6 +349,9 @@ impl Collection {
             updated_at: Some(FieldName::new_unchecked("updated_at")),
             updates: None,
             json_file: Some(format!("active_{name}.json")),
+            batch_endpoint: None,
+            batch_max_records: default_batch_max_records(),
+            batch_max_bytes: default_batch_max_bytes(),
         }
     }
 }
@@ -348,6 +394,12 @@ fn default_max_retry_delay() -> HumanDuration {
 }
 fn default_batch_size() -> u32 {
     250
+}
+fn default_batch_max_records() -> u32 {
+    500
+}
+fn default_batch_max_bytes() -> ByteSize {
+    ByteSize::mib(1)
 }
 fn default_key() -> FieldName {
     FieldName::new_unchecked("id")

@@ -321,3 +321,33 @@ fn errors_name_the_key_path() {
         "{err}"
     );
 }
+
+#[test]
+fn files_the_config_names_are_checked_with_their_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let token = write(&dir, "token", "s3cret\n");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    write(&dir, "ca.pem", "not a certificate\n");
+    let path = write(
+        &dir,
+        "ferry.toml",
+        &format!("[remote]\ntoken_file = \"token\"\nca_file = \"ca.pem\"\n{MINIMAL}"),
+    );
+    let config = Config::load(&path, &NO_ENV).unwrap();
+    assert_eq!(config.remote.token().unwrap().unwrap().expose(), "s3cret");
+    assert_eq!(
+        format!("{:?}", config.remote.token().unwrap()),
+        "Some(Token(***))"
+    );
+    let err = config.remote.check_files().unwrap_err().to_string();
+    assert!(err.contains("remote.ca_file:"), "{err}");
+    assert!(err.contains("ca.pem"), "{err}");
+    std::fs::write(&token, "two words\nsecond line\n").unwrap();
+    let err = config.remote.check_files().unwrap_err().to_string();
+    assert!(
+        err.contains("remote.token_file:") && err.contains("one line"),
+        "{err}"
+    );
+    assert!(!err.contains("second line"), "{err}");
+}

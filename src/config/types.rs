@@ -172,3 +172,7 @@ pub(super) fn batch_size<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Erro
 pub(super) fn backups_keep<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     bounded(d, 1, 1_000, "a number of backups")
 }
+
+pub(super) fn batch_max_records<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    bounded(d, 1, 10_000, "a number of records")
+}

@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{CheckOnStart, Config, Env};
-use crate::store::{self, now_ms};
+use crate::store::{self, now_ms, Store};
 use crate::sync::{Engine, SharedStore, SyncError, SHUTDOWN_GRACE};
 pub use run_lock::{RunLock, RunLockError};
 
@@ -59,13 +59,31 @@ impl From<store::StoreError> for DaemonError {
     }
 }
 
-/// The store brought up to date and opened — checked first if ferry did not stop
-/// cleanly on it — and the delivery engine on it, when there is a server to deliver to.
-/// `lock` is the store's run lock: it says whether the last daemon stopped cleanly,
-/// and records that this one runs.
-fn start(config: &Config, lock: &mut RunLock) -> Result<Started, DaemonError> {
-    // The check comes first: a damaged store is not written into by a migration.
-    let mut opened = store::open(config)?;
+/// The store as every command that delivers opens it (`ferry run`, `ferry sync`): with
+/// its run lock held, checked first if the last daemon did not stop cleanly on it (or
+/// as `storage.check_on_start` says) — a damaged store is neither migrated into nor
+/// delivered from —, then brought up to date from the other backend
+/// (`migrate_on_start`), then opened. Without a lock (a dry run, beside a daemon) it
+/// is only opened.
+pub fn open_store(config: &Config, lock: Option<&RunLock>) -> Result<Box<dyn Store>, DaemonError> {
+    let opened = store::open(config)?;
+    let Some(lock) = lock else {
+        return Ok(opened);
+    };
+    check_store(config, lock, opened)?;
+    if config.storage.migrate_on_start {
+        store::migrate::migrate(config, config.storage.backend, false)?;
+    }
+    Ok(store::open(config)?)
+}
+
+/// The integrity check before a start, when `check_on_start` asks for it; the store
+/// is closed after it.
+fn check_store(
+    config: &Config,
+    lock: &RunLock,
+    mut opened: Box<dyn Store>,
+) -> Result<(), DaemonError> {
     let unclean = lock.unclean();
     let check = match config.storage.check_on_start {
         CheckOnStart::Always => true,
@@ -86,11 +104,14 @@ fn start(config: &Config, lock: &mut RunLock) -> Result<Started, DaemonError> {
             .into());
         }
     }
-    if config.storage.migrate_on_start {
-        drop(opened);
-        store::migrate::migrate(config, config.storage.backend, false)?;
-        opened = store::open(config)?;
-    }
+    Ok(())
+}
+
+/// The store opened (see [`open_store`]) and the delivery engine on it, when there is
+/// a server to deliver to. `lock` is the store's run lock: it says whether the last
+/// daemon stopped cleanly, and records that this one runs.
+fn start(config: &Config, lock: &mut RunLock) -> Result<Started, DaemonError> {
+    let opened = open_store(config, Some(lock))?;
     let started = match config.remote.url {
         None => Started::Waiting,
         Some(_) => Started::Delivering(Arc::new(Engine::new(

@@ -74,6 +74,36 @@ impl StoreError {
         move |source| StoreError::Sqlite { path, op, source }
     }
 
+    /// How long a delivery loop waits before it tries again: soon for a database
+    /// another program holds for a moment, longer for a full disk (space must be
+    /// freed first), and a minute for what waiting alone rarely mends (a damaged
+    /// file, a table that does not fit the config), so the log says it once a minute
+    /// rather than twelve times.
+    pub fn retry_after(&self) -> std::time::Duration {
+        use std::time::Duration;
+        let busy = |source: &rusqlite::Error| {
+            matches!(
+                source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            )
+        };
+        match self {
+            _ if self.is_disk_full() => Duration::from_secs(30),
+            StoreError::Sqlite { source, .. } if busy(source) => Duration::from_secs(1),
+            StoreError::Io { source, .. }
+                if matches!(
+                    source.kind(),
+                    io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                        | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                Duration::from_secs(5)
+            }
+            _ => Duration::from_secs(60),
+        }
+    }
+
     /// The disk (or the filesystem) is full: retrying later, once space is freed, helps.
     pub fn is_disk_full(&self) -> bool {
         match self {

@@ -65,6 +65,11 @@ pub struct Tracking {
     /// When the status last changed (RFC 3339, UTC; the seed wrote local times).
     pub sync_date: String,
     pub error_message: Option<String>,
+    /// Why the last attempt got no answer, as a code (`timeout`, `refused`, `dns`,
+    /// `tls`, `connection`, `request`, `no_remote_id`): what `ferry diagnose` groups
+    /// by. `None` when the answer's status says it (or for rows written before ferry
+    /// recorded it: then the message is read).
+    pub error_cause: Option<String>,
     /// Requests made for the current version.
     pub attempts: u32,
     /// When the record may be tried next (Unix ms); `None` means now.
@@ -156,6 +161,7 @@ impl Tracking {
             remote_id: None,
             sync_date: rfc3339(now),
             error_message: None,
+            error_cause: None,
             attempts: 0,
             next_attempt_at: None,
             version: None,

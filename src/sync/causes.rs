@@ -25,6 +25,11 @@ pub enum Cause {
 
 impl Cause {
     pub fn of(row: &Tracking) -> Cause {
+        if let Some(cause) = row.error_cause.as_deref().and_then(Cause::from_code) {
+            return cause;
+        }
+        // Rows written before ferry recorded a cause (and the seed service's): read
+        // from the status and the message.
         let message = row
             .error_message
             .as_deref()
@@ -39,7 +44,6 @@ impl Cause {
             Some(429) => Cause::RateLimited,
             Some(500..=599) => Cause::ServerError,
             Some(400..=499) => Cause::Payload,
-            _ if message.starts_with("cannot send this update with put") => Cause::NoRemoteId,
             _ if message.starts_with("timeout") => Cause::Timeout,
             _ if message.starts_with("connection refused")
                 || message.starts_with("connection error")
@@ -52,6 +56,21 @@ impl Cause {
             _ if message.starts_with("tls") => Cause::Tls,
             _ => Cause::Other,
         }
+    }
+
+    /// The cause a recorded code names ([`Tracking::error_cause`]).
+    fn from_code(code: &str) -> Option<Cause> {
+        use super::transport::FailureKind;
+        if code == super::plan::NO_REMOTE_ID {
+            return Some(Cause::NoRemoteId);
+        }
+        Some(match FailureKind::from_code(code)? {
+            FailureKind::Timeout => Cause::Timeout,
+            FailureKind::Refused | FailureKind::Connection => Cause::Refused,
+            FailureKind::Dns => Cause::Dns,
+            FailureKind::Tls => Cause::Tls,
+            FailureKind::Request => Cause::Other,
+        })
     }
 
     pub fn label(self) -> &'static str {
@@ -167,10 +186,11 @@ mod tests {
             Cause::Redirect
         );
         assert_eq!(Cause::of(&row(Some(409), "HTTP 409")), Cause::InProgress);
-        assert_eq!(
-            Cause::of(&row(None, "cannot send this update with PUT: …")),
-            Cause::NoRemoteId
-        );
+        let mut coded = row(None, "whatever the words");
+        coded.error_cause = Some("no_remote_id".into());
+        assert_eq!(Cause::of(&coded), Cause::NoRemoteId);
+        coded.error_cause = Some("dns".into());
+        assert_eq!(Cause::of(&coded), Cause::Dns);
         assert_eq!(Cause::of(&row(Some(422), "HTTP 422: x")), Cause::Payload);
         assert_eq!(Cause::of(&row(Some(503), "HTTP 503")), Cause::ServerError);
         assert_eq!(

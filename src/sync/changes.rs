@@ -10,8 +10,13 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
+use tokio::sync::watch;
+
+use super::{SharedStore, SyncError};
 
 /// What counts as a write in a watched folder: contents changed, a file written and
 /// closed, created, renamed in or out (atomic replace), or deleted.
@@ -92,6 +97,101 @@ impl ChangeWatch {
                     }
                 }
             }
+        }
+    }
+}
+
+/// How often continuous mode asks the store whether another process wrote to it,
+/// where the store cannot be watched for file events.
+pub const CHANGE_POLL: Duration = Duration::from_millis(500);
+/// With file events, a look now and then all the same, for writes the kernel does
+/// not report (a network file system, a folder replaced under the watch).
+const WATCHED_POLL: Duration = Duration::from_secs(10);
+/// The least time between two looks that file events cause.
+const EVENT_GAP: Duration = Duration::from_millis(25);
+/// After a file event that showed no change yet, look again after these waits.
+const RECHECKS: [Duration; 3] = [
+    Duration::from_millis(50),
+    Duration::from_millis(250),
+    Duration::from_secs(1),
+];
+
+/// Continuous mode: tells the collection loops (through `changes`) when another
+/// process wrote to the store. It waits on file events where the kernel offers
+/// them, so an idle daemon does not wake, and looks at the change token every
+/// `CHANGE_POLL` where it does not.
+pub(super) async fn watch_for_changes(
+    store: SharedStore,
+    mut stop: watch::Receiver<bool>,
+    changes: watch::Sender<u64>,
+) -> Result<(), SyncError> {
+    let dirs = store.call(|s| Ok(s.watched_dirs())).await?;
+    let mut events = match ChangeWatch::new(&dirs) {
+        Ok(events) => Some(events),
+        Err(err) => {
+            tracing::warn!(
+                "cannot watch the store for changes ({err}); looking every {CHANGE_POLL:?} instead"
+            );
+            None
+        }
+    };
+    let poll_every = |events: &Option<ChangeWatch>| {
+        if events.is_some() {
+            WATCHED_POLL
+        } else {
+            CHANGE_POLL
+        }
+    };
+    let mut last = store.call(|s| s.change_token()).await?;
+    // A write between the loops' first look and this baseline would go unnoticed:
+    // the loops look once more, now that changes from here on are seen.
+    changes.send_modify(|n| *n += 1);
+    let mut tick = tokio::time::interval(poll_every(&events));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tick.tick().await;
+    // A file event can come before the write it announces is visible (SQLite writes
+    // the WAL, syncs it, then publishes the commit): an event that finds no change
+    // is followed by looks after each of RECHECKS.
+    let mut rechecks = RECHECKS.len();
+    let mut recheck_at = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return Ok(()),
+            _ = tick.tick() => {}
+            _ = tokio::time::sleep_until(recheck_at), if rechecks < RECHECKS.len() => {}
+            event = async { events.as_ref()?.changed().await.err() }, if events.is_some() => {
+                rechecks = 0;
+                if let Some(err) = event {
+                    tracing::warn!(
+                        "the store's change watch failed ({err}); looking every {CHANGE_POLL:?} instead"
+                    );
+                    events = None;
+                    tick = tokio::time::interval(CHANGE_POLL);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                }
+            }
+        }
+        if *stop.borrow() {
+            return Ok(());
+        }
+        match store.call(|s| s.change_token()).await {
+            Ok(token) if token != last => {
+                last = token;
+                changes.send_modify(|n| *n += 1);
+                rechecks = RECHECKS.len();
+            }
+            Ok(_) => {
+                if let Some(after) = RECHECKS.get(rechecks) {
+                    recheck_at = tokio::time::Instant::now() + *after;
+                    rechecks += 1;
+                }
+            }
+            Err(err) => tracing::warn!("cannot tell whether the store changed: {err}"),
+        }
+        if events.is_some() {
+            // ferry's own writes raise events too: look at most every EVENT_GAP,
+            // taking the events of the gap in one go.
+            tokio::time::sleep(EVENT_GAP).await;
         }
     }
 }

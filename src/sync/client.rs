@@ -2,63 +2,15 @@
 //! the system's roots plus `ca_file`), the bearer token, and turning a request's
 //! result into an [`Outcome`]. Only the start of an answer is read, whatever its size.
 
-use std::fmt;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::time::Duration;
 
 use reqwest::header::{
-    HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER,
+    HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER,
 };
-use reqwest::Method;
 
-use super::plan::{self, Outcome};
+use super::transport::{AnswerHeaders, FailureKind, Reply, Request, Sending, Transport};
 use super::SyncError;
-use crate::config::Remote;
-use crate::store::now_ms;
-
-/// How much of an answer is read: enough for an id or an error message.
-const MAX_ANSWER_BYTES: usize = 64 * 1024;
-
-/// The bearer token; its `Debug` and `Display` never show it.
-#[derive(Clone)]
-pub struct Token(String);
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Token(***)")
-    }
-}
-
-impl Token {
-    /// Reads the token file, refusing one that others can read.
-    pub fn read(path: &Path) -> Result<Token, SyncError> {
-        let shown = path.display();
-        let meta = std::fs::metadata(path).map_err(|e| {
-            SyncError::Config(format!("remote.token_file: cannot read {shown}: {e}"))
-        })?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(SyncError::Config(format!(
-                "remote.token_file: {shown} can be read by other users (mode {mode:o}); \
-                 run `sudo chmod 600 {shown}` (and `sudo chown ferry: {shown}` for the service), then start ferry again"
-            )));
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            SyncError::Config(format!("remote.token_file: cannot read {shown}: {e}"))
-        })?;
-        let token = text.trim();
-        if token.is_empty()
-            || token.contains(['\n', '\r'])
-            || HeaderValue::from_str(&format!("Bearer {token}")).is_err()
-        {
-            return Err(SyncError::Config(format!(
-                "remote.token_file: {shown} must hold the token alone, on one line of printable characters"
-            )));
-        }
-        Ok(Token(token.to_string()))
-    }
-}
+use crate::config::{ConfigError, Remote, Token};
 
 pub struct Client {
     http: reqwest::Client,
@@ -66,16 +18,6 @@ pub struct Client {
     token: Option<Token>,
     idempotency_header: Option<HeaderName>,
     timeout: Duration,
-}
-
-/// A request to make for one record.
-pub struct Request {
-    pub method: Method,
-    /// The path after the base URL (`/api/media`, `/api/downloads/17`).
-    pub path: String,
-    pub body: super::body::JsonBody,
-    pub idempotency_key: String,
-    pub remote_id_pointer: String,
 }
 
 impl Client {
@@ -98,29 +40,17 @@ impl Client {
             // detour: following one turns a POST into a GET (301, 302) or sends the
             // record where nobody configured it to go (SPEC §5).
             .redirect(reqwest::redirect::Policy::none());
-        if let Some(path) = &remote.ca_file {
-            let shown = path.display();
-            let pem = std::fs::read(path).map_err(|e| {
-                SyncError::Config(format!("remote.ca_file: cannot read {shown}: {e}"))
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                SyncError::Config(format!(
-                    "remote.ca_file: {shown} is not a PEM certificate: {e}"
-                ))
-            })?;
-            if certs.is_empty() {
-                return Err(SyncError::Config(format!(
-                    "remote.ca_file: {shown} holds no PEM certificate"
-                )));
-            }
-            for cert in certs {
+        for pem in remote.ca_certificates().map_err(config_error)? {
+            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                SyncError::Config(format!("remote.ca_file: not a PEM certificate: {e}"))
+            })? {
                 builder = builder.add_root_certificate(cert);
             }
         }
         let http = builder
             .build()
             .map_err(|e| SyncError::Config(format!("cannot set up the HTTP client: {e}")))?;
-        let token = remote.token_file.as_deref().map(Token::read).transpose()?;
+        let token = remote.token().map_err(config_error)?;
         let idempotency_header = match remote.idempotency_header.as_str() {
             "" => None,
             name => Some(
@@ -141,8 +71,8 @@ impl Client {
         &self.base
     }
 
-    /// Makes one request and says what came of it.
-    pub async fn send(&self, request: Request) -> Outcome {
+    /// Makes one request and says what came back.
+    pub async fn request(&self, request: Request) -> Reply {
         let bytes = request.body.len() as u64;
         let mut builder = self
             .http
@@ -150,8 +80,11 @@ impl Client {
             .header(CONTENT_TYPE, "application/json")
             .header(CONTENT_LENGTH, bytes)
             .body(request.body.into_body());
+        if let Some(encoding) = request.encoding {
+            builder = builder.header(CONTENT_ENCODING, encoding);
+        }
         if let Some(token) = &self.token {
-            builder = builder.bearer_auth(&token.0);
+            builder = builder.bearer_auth(token.expose());
         }
         if let Some(name) = &self.idempotency_header {
             if let Ok(value) = HeaderValue::from_str(&request.idempotency_key) {
@@ -160,7 +93,7 @@ impl Client {
         }
         let mut response = match builder.send().await {
             Ok(response) => response,
-            Err(err) => return self.transport_failure(&err),
+            Err(err) => return self.failure(&err),
         };
         let status = response.status().as_u16();
         let header = |name: &str| {
@@ -170,18 +103,18 @@ impl Client {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        let headers = plan::AnswerHeaders {
+        let headers = AnswerHeaders {
             retry_after: header(RETRY_AFTER.as_str()),
             location: header(LOCATION.as_str()),
             replayed: header("idempotent-replayed").is_some_and(|v| v.eq_ignore_ascii_case("true")),
         };
-        let mut answer = Vec::new();
+        let mut body = Vec::new();
         loop {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
-                    let room = MAX_ANSWER_BYTES - answer.len();
-                    answer.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                    if answer.len() >= MAX_ANSWER_BYTES {
+                    let room = request.answer_limit - body.len();
+                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    if body.len() >= request.answer_limit {
                         break; // the rest is never read; the connection is dropped
                     }
                 }
@@ -191,50 +124,55 @@ impl Client {
                 Err(_) => break,
             }
         }
-        plan::classify(
+        Reply::Answer {
             status,
-            &answer,
-            &headers,
-            &request.remote_id_pointer,
-            now_ms(),
-            bytes,
-        )
+            headers,
+            body,
+        }
     }
 
-    /// No answer: say why in words `ferry diagnose` can group by.
-    fn transport_failure(&self, err: &reqwest::Error) -> Outcome {
-        if err.is_builder() {
-            return Outcome::refused(format!("the request cannot be built: {}", chain(err)));
-        }
+    /// No answer: why, in a kind `ferry diagnose` groups by, and words.
+    fn failure(&self, err: &reqwest::Error) -> Reply {
         let text = chain(err);
+        if err.is_builder() {
+            return Reply::Failure {
+                kind: FailureKind::Request,
+                error: format!("the request cannot be built: {text}"),
+                maybe_processed: false,
+            };
+        }
         let lower = text.to_ascii_lowercase();
         // Failing to connect means nothing was sent; any later failure (a timeout
         // waiting for the answer, a connection reset) may come after the server
         // acted on the request.
         let connecting = err.is_connect();
-        let error = if err.is_timeout() && !connecting {
-            format!("timeout: no answer within {:?}", self.timeout)
+        let (kind, error) = if err.is_timeout() && !connecting {
+            (
+                FailureKind::Timeout,
+                format!("timeout: no answer within {:?}", self.timeout),
+            )
         } else if err.is_timeout() {
-            format!("timeout: could not connect within {:?}", self.timeout)
+            (
+                FailureKind::Timeout,
+                format!("timeout: could not connect within {:?}", self.timeout),
+            )
         } else if io_kind(err) == Some(std::io::ErrorKind::ConnectionRefused)
             || lower.contains("connection refused")
         {
-            format!("connection refused: {text}")
+            (FailureKind::Refused, format!("connection refused: {text}"))
         } else if lower.contains("dns error") || lower.contains("failed to lookup address") {
-            format!("DNS: {text}")
+            (FailureKind::Dns, format!("DNS: {text}"))
         } else if lower.contains("certificate")
             || lower.contains("tls")
             || lower.contains("handshake")
         {
-            format!("TLS: {text}")
+            (FailureKind::Tls, format!("TLS: {text}"))
         } else {
-            format!("connection error: {text}")
+            (FailureKind::Connection, format!("connection error: {text}"))
         };
-        Outcome::Retry {
-            status: None,
+        Reply::Failure {
+            kind,
             error,
-            retry_after: None,
-            transport: true,
             maybe_processed: !connecting,
         }
     }
@@ -263,4 +201,22 @@ fn io_kind(err: &dyn std::error::Error) -> Option<std::io::ErrorKind> {
         source = cause.source();
     }
     None
+}
+
+impl Transport for Client {
+    fn send(&self, request: Request) -> Sending<'_> {
+        Box::pin(self.request(request))
+    }
+}
+
+/// A config problem met while setting up the client, as the sync error that ends a
+/// start with exit 78.
+fn config_error(err: ConfigError) -> SyncError {
+    SyncError::Config(
+        err.problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "),
+    )
 }

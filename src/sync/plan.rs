@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use super::transport::{AnswerHeaders, FailureKind, Reply};
 use crate::config::{Collection, Updates};
 use crate::store::record::{self, Key, Record};
 use crate::store::{rfc3339, Claim, ClaimState, Due, Millis, Status, Tracking};
@@ -42,6 +43,8 @@ pub enum Outcome {
         /// The server may have acted on the request (no answer after it was sent, a
         /// 5xx, a 409 "still in progress"): a create stays claimed.
         maybe_processed: bool,
+        /// Why there was no answer, when there was none.
+        failure: Option<FailureKind>,
     },
     /// The server refused this record for good (other 4xx, 3xx), or it cannot be sent.
     Failed {
@@ -69,13 +72,33 @@ impl Outcome {
     }
 }
 
-/// What an answer carried besides its status and body.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct AnswerHeaders {
-    pub retry_after: Option<String>,
-    pub location: Option<String>,
-    /// `Idempotent-Replayed: true`.
-    pub replayed: bool,
+/// What came back from a request for one record means (SPEC §5). `pointer` is where
+/// the record's id is in the answer; `bytes` the body's size.
+pub fn outcome(reply: &Reply, pointer: &str, now: Millis, bytes: u64) -> Outcome {
+    match reply {
+        Reply::Answer {
+            status,
+            headers,
+            body,
+        } => classify(*status, body, headers, pointer, now, bytes),
+        Reply::Failure {
+            kind: FailureKind::Request,
+            error,
+            ..
+        } => Outcome::refused(error.clone()),
+        Reply::Failure {
+            kind,
+            error,
+            maybe_processed,
+        } => Outcome::Retry {
+            status: None,
+            error: error.clone(),
+            retry_after: None,
+            transport: true,
+            maybe_processed: *maybe_processed,
+            failure: Some(*kind),
+        },
+    }
 }
 
 /// What a server's answer means (SPEC §5). `body` is the start of the answer.
@@ -106,6 +129,7 @@ pub fn classify(
                 .and_then(|v| parse_retry_after(v, now)),
             transport: false,
             maybe_processed: status == 409 || status >= 500,
+            failure: None,
         },
         // A redirect is never followed: it would turn the POST into a GET (301, 302)
         // or send the record where nobody configured it to go.
@@ -284,6 +308,9 @@ pub fn next_wake(
     wake
 }
 
+/// The cause code of an update refused for want of the server's id.
+pub const NO_REMOTE_ID: &str = "no_remote_id";
+
 /// What to do with a due record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -352,6 +379,43 @@ pub fn action(due: &Due, collection: &Collection, now: Millis) -> Action {
 /// The record is delivered in the state it has now.
 fn delivered_as_it_is(tracking: &Tracking, due: &Due) -> bool {
     !tracking.differs_from(&due.version, due.fingerprint)
+}
+
+/// What a batch's due records come to, record by record ([`action`]): tracking rows
+/// to write (abandoned, settled, refused), rows to forget, requests to send, and when
+/// changes held back (one update a second) may go.
+#[derive(Debug, Default)]
+pub struct Triage {
+    pub rows: Vec<Tracking>,
+    pub forget: Vec<Key>,
+    pub sends: Vec<(Due, Action)>,
+    pub deferred: Option<Millis>,
+    /// Records refused as things stand (counted as failed).
+    pub refused: usize,
+}
+
+pub fn triage(due: Vec<Due>, collection: &Collection, now: Millis, policy: RetryPolicy) -> Triage {
+    let mut triage = Triage::default();
+    let name = collection.name.as_str();
+    for d in due {
+        match action(&d, collection, now) {
+            Action::Abandon => match abandoned(&d, now, policy) {
+                Some(row) => triage.rows.push(row),
+                None => triage.forget.push(d.key.clone()),
+            },
+            Action::Settle => triage.rows.extend(settled(&d, now)),
+            Action::Defer(at) => {
+                triage.deferred = Some(triage.deferred.map_or(at, |d: Millis| d.min(at)));
+            }
+            Action::Skip => {}
+            Action::Refuse(error) => {
+                triage.refused += 1;
+                triage.rows.push(refused(&d, name, &error, now, policy));
+            }
+            action @ (Action::Create | Action::Put(_)) => triage.sends.push((d, action)),
+        }
+    }
+    triage
 }
 
 /// A request to make: its method, path (after the base URL) and Idempotency-Key.
@@ -546,7 +610,6 @@ pub fn claim(due: &Due, collection: &str, attempt: &Attempt, now: Millis) -> Tra
 
 /// The tracking row after `outcome` of `attempt` for the record in `due` (whose
 /// tracking is as it was before the attempt's claim).
-#[allow(clippy::too_many_arguments)]
 pub fn after(
     due: &Due,
     collection: &Collection,
@@ -556,28 +619,22 @@ pub fn after(
     policy: RetryPolicy,
     random: f64,
 ) -> Tracking {
-    let name = collection.name.as_str();
     let previous = due.tracking.as_ref();
-    // The claim this attempt was made under, if it reused an earlier one's key.
-    let pinned = previous
-        .and_then(|t| t.claim.as_ref())
-        .filter(|c| c.key == attempt.idempotency_key);
     let same_version = previous.is_some_and(|t| {
         t.status != Status::Success && t.version.as_deref() == Some(&attempt.version)
     });
-    let attempts = if same_version {
-        previous.map_or(0, |t| t.attempts) + 1
-    } else {
-        1
-    };
     let mut row = previous
         .cloned()
-        .unwrap_or_else(|| Tracking::new(name, due.key.clone(), now));
-    row.attempts = attempts;
+        .unwrap_or_else(|| Tracking::new(collection.name.as_str(), due.key.clone(), now));
+    row.attempts = if same_version { row.attempts + 1 } else { 1 };
     row.sync_date = rfc3339(now);
-    let is_create = attempt.action == Action::Create;
-    // The body differs from the claimed attempt's: the record changed meanwhile.
-    let body_changed = pinned.is_some_and(|c| c.body_hash != attempt.body_hash);
+    let sent = Sent {
+        attempt,
+        // The claim this attempt was made under, if it reused an earlier one's key.
+        pinned: previous
+            .and_then(|t| t.claim.as_ref())
+            .filter(|c| c.key == attempt.idempotency_key),
+    };
     match outcome {
         Outcome::Delivered {
             status,
@@ -585,41 +642,15 @@ pub fn after(
             bytes,
             replayed,
         } => {
-            row.status = Status::Success;
-            if remote_id.is_some() || is_create {
-                // A create's answer names the new record (or nothing).
-                row.remote_id = remote_id
-                    .clone()
-                    .or(row.remote_id.take().filter(|_| !is_create));
-            }
-            row.error_message = None;
-            row.next_attempt_at = None;
-            // After a changed retry of a claimed create, the server may hold the
-            // claimed version (a replay; a server that keeps keys but not bodies) or
-            // this one. Where an update follows, assume the older: the update then
-            // brings the latest state whichever it holds.
-            // The server holds what this request carried — unless it carried a
-            // changed body under a claimed key (the first body was too big to keep):
-            // then it may hold the claimed version (a replay; a server that keeps keys
-            // but not bodies) or this one. Where an update follows, assume the older:
-            // the update then brings the latest state whichever it holds.
-            let (version, fingerprint) = match pinned {
-                Some(claim)
-                    if body_changed
-                        && (*replayed
-                            || (collection.updated_at.is_some()
-                                && collection.updates() == Updates::Put)) =>
-                {
-                    (claim.version.clone(), claim.fingerprint)
-                }
-                _ => (attempt.version.clone(), attempt.fingerprint),
-            };
-            row.version = Some(version);
-            row.fingerprint = Some(fingerprint);
-            row.last_http_status = Some(*status);
+            let (version, fingerprint) = sent.delivered_version(collection, *replayed);
+            delivered(
+                &mut row,
+                *status,
+                remote_id.as_ref(),
+                sent.is_create(),
+                (version, fingerprint),
+            );
             row.bytes_sent = row.bytes_sent.saturating_add(*bytes);
-            row.created = true;
-            row.claim = None;
         }
         // A 422 to a changed retry of a claimed create: the key was used before with
         // another body (the IETF Idempotency-Key draft) — the server holds the claimed
@@ -628,54 +659,123 @@ pub fn after(
             status: Some(422),
             remote_id,
             ..
-        } if is_create && body_changed => {
-            let Some(claim) = pinned else {
-                unreachable!("body_changed implies a pinned claim")
-            };
-            row.status = Status::Success;
-            if remote_id.is_some() {
-                row.remote_id = remote_id.clone();
-            }
-            row.error_message = None;
-            row.next_attempt_at = None;
-            row.version = Some(claim.version.clone());
-            row.fingerprint = Some(claim.fingerprint);
-            row.last_http_status = Some(422);
-            row.created = true;
-            row.claim = None;
+        } if sent.is_create() && sent.body_changed() => {
+            let claim = sent
+                .pinned
+                .unwrap_or_else(|| unreachable!("a changed body is a pinned one"));
+            let version = (claim.version.clone(), claim.fingerprint);
+            let remote_id = remote_id.as_ref().or(row.remote_id.as_ref()).cloned();
+            delivered(&mut row, 422, remote_id.as_ref(), false, version);
         }
         Outcome::Retry {
             status,
             error,
             retry_after,
             maybe_processed,
+            failure,
             ..
         } => {
             // An update being retried is pending again: `stats` shows it outstanding.
-            row.status = Status::Pending;
-            row.error_message = Some(error.clone());
             let wait = retry_after
-                .unwrap_or_else(|| backoff(attempts, RETRY_BASE, policy.max_delay, random));
+                .unwrap_or_else(|| backoff(row.attempts, RETRY_BASE, policy.max_delay, random));
+            not_delivered(&mut row, Status::Pending, *status, error, &sent);
+            row.error_cause = failure.map(|kind| kind.code().to_string());
             row.next_attempt_at = Some(now + wait.as_millis() as Millis);
-            row.version = Some(attempt.version.clone());
-            row.fingerprint = Some(attempt.fingerprint);
-            row.last_http_status = *status;
-            row.claim = settle_claim(is_create, pinned, attempt, *maybe_processed);
+            row.claim = sent.claim_left(*maybe_processed);
         }
         Outcome::Failed { status, error, .. } => {
-            row.status = Status::Failed;
-            row.error_message = Some(error.clone());
+            not_delivered(&mut row, Status::Failed, *status, error, &sent);
             row.next_attempt_at =
                 Some(now.saturating_add(policy.failed_every.as_millis() as Millis));
-            row.version = Some(attempt.version.clone());
-            row.fingerprint = Some(attempt.fingerprint);
-            row.last_http_status = *status;
             // A refusal means the request was not acted on; an earlier attempt
             // whose outcome is unknown still may have been.
-            row.claim = settle_claim(is_create, pinned, attempt, false);
+            row.claim = sent.claim_left(false);
         }
     }
     row
+}
+
+/// One attempt as [`after`] reads its outcome.
+struct Sent<'a> {
+    attempt: &'a Attempt,
+    pinned: Option<&'a Claim>,
+}
+
+impl Sent<'_> {
+    fn is_create(&self) -> bool {
+        self.attempt.action == Action::Create
+    }
+
+    /// The body differs from the claimed attempt's: the record changed meanwhile
+    /// (and the first body was too big to keep).
+    fn body_changed(&self) -> bool {
+        self.pinned
+            .is_some_and(|c| c.body_hash != self.attempt.body_hash)
+    }
+
+    /// What a 2xx says the server holds: what this request carried — unless it
+    /// carried a changed body under a claimed key: then it may hold the claimed
+    /// version (a replay; a server that keeps keys but not bodies) or this one. Where
+    /// an update follows, assume the older: the update then brings the latest state
+    /// whichever it holds.
+    fn delivered_version(&self, collection: &Collection, replayed: bool) -> (String, u64) {
+        match self.pinned {
+            Some(claim)
+                if self.body_changed()
+                    && (replayed
+                        || (collection.updated_at.is_some()
+                            && collection.updates() == Updates::Put)) =>
+            {
+                (claim.version.clone(), claim.fingerprint)
+            }
+            _ => (self.attempt.version.clone(), self.attempt.fingerprint),
+        }
+    }
+
+    fn claim_left(&self, maybe_processed: bool) -> Option<Claim> {
+        settle_claim(self.is_create(), self.pinned, self.attempt, maybe_processed)
+    }
+}
+
+/// A row the server now holds `version` of; a create's answer names the new record
+/// (or nothing), an update's keeps the id it had.
+fn delivered(
+    row: &mut Tracking,
+    status: u16,
+    remote_id: Option<&Key>,
+    is_create: bool,
+    (version, fingerprint): (String, u64),
+) {
+    row.status = Status::Success;
+    if remote_id.is_some() || is_create {
+        row.remote_id = remote_id
+            .cloned()
+            .or(row.remote_id.take().filter(|_| !is_create));
+    }
+    row.error_message = None;
+    row.error_cause = None;
+    row.next_attempt_at = None;
+    row.version = Some(version);
+    row.fingerprint = Some(fingerprint);
+    row.last_http_status = Some(status);
+    row.created = true;
+    row.claim = None;
+}
+
+/// A row whose attempt did not deliver (`status` pending or failed).
+fn not_delivered(
+    row: &mut Tracking,
+    status: Status,
+    http: Option<u16>,
+    error: &str,
+    sent: &Sent<'_>,
+) {
+    row.status = status;
+    row.error_message = Some(error.to_string());
+    row.error_cause = None;
+    row.version = Some(sent.attempt.version.clone());
+    row.fingerprint = Some(sent.attempt.fingerprint);
+    row.last_http_status = http;
 }
 
 /// The claim a create leaves after an answer that did not settle it: kept while the
@@ -740,6 +840,8 @@ pub fn refused(
     row.status = Status::Failed;
     row.sync_date = rfc3339(now);
     row.error_message = Some(error.to_string());
+    // The one refusal before a request: an update with nothing to address it by.
+    row.error_cause = Some(NO_REMOTE_ID.to_string());
     row.next_attempt_at = Some(now.saturating_add(policy.failed_every.as_millis() as Millis));
     row.last_http_status = None;
     row

@@ -665,3 +665,32 @@ fn a_change_within_one_second_of_updated_at_goes_out() {
     terminate(&mut child);
     assert!(arrived, "the final state went out");
 }
+
+#[test]
+fn a_paused_collection_whose_probe_finds_a_deleted_record_goes_on_probing() {
+    // The server fails j1 (500: it may have stored it), the collection pauses; j1 is
+    // then deleted and j3 written. The probe after the pause takes j1's row first —
+    // nothing to send — and must look again, not sleep until the next write.
+    for backend in BACKENDS {
+        let server = TestServer::start(Faults {
+            per_key: [("j1".to_string(), Fault::Status(500))].into(),
+            ..Faults::default()
+        });
+        let fx = fixture(backend, &server, "", "", JOBS);
+        put(&fx, "jobs", job("j1", 0, Some("2026-12-01T10:00:00Z")));
+        let mut child = spawn_run(&fx);
+        assert!(server.wait_for(Duration::from_secs(10), |s| s.requests() > 0));
+        server.set(|f| f.per_key.clear());
+        let mut store = fx.open();
+        store.delete("jobs", &Key::parse("j1")).unwrap();
+        store
+            .put("jobs", record(job("j3", 0, Some("2026-12-01T10:00:01Z"))))
+            .unwrap();
+        drop(store);
+        let arrived = server.wait_for(Duration::from_secs(8), |s| {
+            !rows_of(s, "/api/jobs", "j3").is_empty()
+        });
+        terminate(&mut child);
+        assert!(arrived, "{backend:?}: j3 went out after the pause");
+    }
+}

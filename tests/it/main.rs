@@ -3,6 +3,7 @@
 mod support;
 
 mod backup_leftovers;
+mod batches;
 mod cli;
 mod every_path;
 mod json_interop;

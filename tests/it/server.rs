@@ -126,6 +126,11 @@ struct State {
     answers: HashMap<String, (u16, String, Vec<u8>)>,
     /// GET requests (a followed redirect turns a POST into one).
     gets: u64,
+    /// Batches received: members, bytes of JSON, bytes on the wire.
+    batches: Vec<(usize, usize, usize)>,
+    /// Requests being answered now (in their `delay`), and the most at once.
+    in_flight: usize,
+    peak_in_flight: usize,
     /// Faults injected so far, by kind.
     injected: HashMap<String, u64>,
 }
@@ -172,6 +177,16 @@ impl TestServer {
 
     pub fn requests(&self) -> u64 {
         self.state.lock().unwrap().requests
+    }
+
+    /// Batches received: (members, bytes of JSON, bytes on the wire).
+    pub fn batches(&self) -> Vec<(usize, usize, usize)> {
+        self.state.lock().unwrap().batches.clone()
+    }
+
+    /// The most requests answered at once (each within its `delay`).
+    pub fn peak_in_flight(&self) -> usize {
+        self.state.lock().unwrap().peak_in_flight
     }
 
     /// GET requests received: a client that followed a redirect sent them.
@@ -282,6 +297,8 @@ struct Parsed {
     path: String,
     headers: HashMap<String, String>,
     body: Vec<u8>,
+    /// The body's size as it came over the wire (compressed, or not).
+    wire_bytes: usize,
 }
 
 async fn read_request(socket: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Parsed> {
@@ -359,11 +376,27 @@ async fn read_request(socket: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Pa
         }
         buffer.drain(..length).collect()
     };
+    // A gzip-compressed body (Content-Encoding: gzip) is decoded; its wire size kept.
+    let wire_bytes = body.len();
+    let body = if headers
+        .get("content-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"))
+    {
+        use std::io::Read;
+        let mut decoded = Vec::new();
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_end(&mut decoded)
+            .ok()?;
+        decoded
+    } else {
+        body
+    };
     Some(Parsed {
         method,
         path,
         headers,
         body,
+        wire_bytes,
     })
 }
 
@@ -420,9 +453,15 @@ async fn connection(
         };
         let Some(request) = request else { return };
         let (plan, delay) = decide(&state, &request);
+        {
+            let mut state = state.lock().unwrap();
+            state.in_flight += 1;
+            state.peak_in_flight = state.peak_in_flight.max(state.in_flight);
+        }
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        state.lock().unwrap().in_flight -= 1;
         match plan {
             Plan::Answer(status, body, extra) => {
                 if !respond(&mut socket, status, &body, &extra).await {
@@ -483,6 +522,9 @@ fn decide(state: &Mutex<State>, request: &Parsed) -> (Plan, Duration) {
         // A list endpoint, as a redirect target often is: 200 and nothing stored.
         state.gets += 1;
         return (Plan::Answer(200, "[]".into(), String::new()), delay);
+    }
+    if request.path.ends_with("/batch") {
+        return decide_batch(&mut state, request, delay);
     }
     let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
     let key = match state.faults.key_fields.iter().find_map(|f| body.get(f)) {
@@ -613,4 +655,118 @@ fn next_random(state: &mut u64) -> f64 {
     *state ^= *state << 25;
     *state ^= *state >> 27;
     (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A batch (`docs/PROTOCOL.md` §3): the whole request may meet a fault drawn as for a
+/// single one (a lost answer: every member stored, then the connection dropped); each
+/// member is taken as a single request would be (its own Idempotency-Key, its own
+/// `per_key` fault), and answered in `results`.
+fn decide_batch(state: &mut State, request: &Parsed, delay: Duration) -> (Plan, Duration) {
+    let batch: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+    let members = batch["records"].as_array().cloned().unwrap_or_default();
+    state
+        .batches
+        .push((members.len(), request.body.len(), request.wire_bytes));
+    if let Some(max) = state.faults.max_body {
+        if request.body.len() > max {
+            return (
+                Plan::Answer(
+                    413,
+                    "{\"error\": \"batch too large\"}".into(),
+                    String::new(),
+                ),
+                delay,
+            );
+        }
+    }
+    let fault = if state.faults.rate > 0.0 && !state.faults.kinds.is_empty() {
+        let roll = next_random(&mut state.rng);
+        let index = (next_random(&mut state.rng) * state.faults.kinds.len() as f64) as usize;
+        (roll < state.faults.rate)
+            .then(|| state.faults.kinds[index.min(state.faults.kinds.len() - 1)].clone())
+    } else {
+        None
+    };
+    if let Some(fault) = &fault {
+        *state.injected.entry(format!("{fault:?}")).or_default() += 1;
+        match fault {
+            Fault::Status(status) => {
+                let answer = format!("{{\"error\": \"injected {status}\"}}");
+                return (Plan::Answer(*status, answer, String::new()), delay);
+            }
+            Fault::Hang => return (Plan::Hang(state.faults.hang_for), delay),
+            Fault::Close => return (Plan::Close, delay),
+            _ => {}
+        }
+    }
+    let base = request.path.trim_end_matches("/batch").to_string();
+    let mut results = Vec::new();
+    for member in &members {
+        let key = match &member["key"] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let idempotency_key = member["idempotency_key"].as_str().map(str::to_string);
+        if let Some(Fault::Status(status)) = state.faults.per_key.get(&key) {
+            results.push(json!({"idempotency_key": idempotency_key, "status": status,
+                                "error": format!("injected {status} for record {key}")}));
+            continue;
+        }
+        let record_bytes = member["record"].to_string().into_bytes();
+        if state.faults.honour_idempotency {
+            if let Some((status, answer, first)) = idempotency_key
+                .as_ref()
+                .and_then(|k| state.answers.get(k))
+                .cloned()
+            {
+                let mut result: Value = serde_json::from_str(&answer).unwrap_or(json!({}));
+                if state.faults.strict_idempotency && first != record_bytes {
+                    result = json!({"status": 422, "error": "Idempotency-Key reused with another body",
+                                    "id": result.get("id").cloned().unwrap_or(Value::Null)});
+                } else {
+                    result["status"] = json!(status);
+                }
+                result["idempotency_key"] = json!(idempotency_key);
+                results.push(result);
+                continue;
+            }
+        }
+        let update = member["op"] == "update";
+        let (status, id, method, path) = if update {
+            let id = match &member["remote_id"] {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (200, id.clone(), "PUT", format!("{base}/{id}"))
+        } else {
+            let id = state.next_id;
+            state.next_id += 1;
+            (201, id.to_string(), "POST", base.clone())
+        };
+        let id_value = id
+            .parse::<u64>()
+            .map_or(Value::String(id.clone()), Value::from);
+        state.stored.push(Stored {
+            method: method.into(),
+            path,
+            key: key.clone(),
+            idempotency_key: idempotency_key.clone(),
+            authorization: request.headers.get("authorization").cloned(),
+            body: member["record"].clone(),
+            at: std::time::Instant::now(),
+            id: id.clone(),
+        });
+        let answer = json!({"id": id_value}).to_string();
+        if let Some(k) = &idempotency_key {
+            state
+                .answers
+                .insert(k.clone(), (status, answer, record_bytes));
+        }
+        results.push(json!({"idempotency_key": idempotency_key, "status": status, "id": id_value}));
+    }
+    if matches!(fault, Some(Fault::LostAck)) {
+        return (Plan::LostAck, delay);
+    }
+    let answer = json!({"results": results}).to_string();
+    (Plan::Answer(200, answer, String::new()), delay)
 }

@@ -620,6 +620,15 @@ fn a_token_file_others_can_read_is_refused_with_the_fix() {
     std::fs::write(&token, "s3cret-token\n").unwrap();
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
     put_events(&fx, 0..3);
+    // `ferry config check` says it first, with the key that names the file.
+    let check = fx.ferry(&["config", "check"], None);
+    assert_eq!(check.status.code(), Some(78));
+    let said = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        said.contains("remote.token_file:") && said.contains("can be read by other users"),
+        "{said}"
+    );
+    assert!(!said.contains("s3cret"), "{said}");
     let out = fx.ferry(&["sync", "--once"], None);
     assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8_lossy(&out.stderr);

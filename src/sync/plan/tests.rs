@@ -27,8 +27,8 @@ fn due(key: i64, version: &str, tracking: Option<Tracking>) -> Due {
     }
 }
 
-fn headers() -> AnswerHeaders {
-    AnswerHeaders::default()
+fn headers() -> crate::sync::transport::AnswerHeaders {
+    crate::sync::transport::AnswerHeaders::default()
 }
 
 #[test]
@@ -75,7 +75,7 @@ fn answers_are_classified_as_the_spec_says() {
             "{status}"
         );
     }
-    let moved = AnswerHeaders {
+    let moved = crate::sync::transport::AnswerHeaders {
         location: Some("http://server/api/evenements/".into()),
         ..headers()
     };
@@ -378,6 +378,7 @@ fn no_answer() -> Outcome {
         retry_after: None,
         transport: true,
         maybe_processed: true,
+        failure: None,
     }
 }
 
@@ -401,6 +402,7 @@ fn tracking_follows_outcomes() {
         retry_after: None,
         transport: false,
         maybe_processed: false,
+        failure: None,
     };
     let row = after(&first, &c, &attempt(&first, &c, 1), &busy, now, POLICY, 0.5);
     assert_eq!(
@@ -417,6 +419,7 @@ fn tracking_follows_outcomes() {
         retry_after: Some(Duration::from_secs(30)),
         transport: false,
         maybe_processed: false,
+        failure: None,
     };
     let row = after(
         &second,
@@ -539,6 +542,7 @@ fn a_claimed_create_keeps_its_key_until_a_definite_answer() {
             retry_after: None,
             transport: false,
             maybe_processed: true,
+            failure: None,
         },
         Outcome::Retry {
             status: Some(429),
@@ -546,6 +550,7 @@ fn a_claimed_create_keeps_its_key_until_a_definite_answer() {
             retry_after: None,
             transport: false,
             maybe_processed: false,
+            failure: None,
         },
         Outcome::Failed {
             status: Some(400),
@@ -558,6 +563,7 @@ fn a_claimed_create_keeps_its_key_until_a_definite_answer() {
             retry_after: None,
             transport: false,
             maybe_processed: true,
+            failure: None,
         },
     ] {
         let next = due(1, "v3", Some(row));
@@ -655,6 +661,7 @@ fn a_definite_refusal_of_a_first_attempt_leaves_nothing_claimed() {
             retry_after: None,
             transport: true,
             maybe_processed: false,
+            failure: None,
         },
     ] {
         let row = after(
