@@ -202,17 +202,20 @@ pub fn migrate(config: &Config, to: Backend, dry_run: bool) -> Result<Vec<Report
         // The keys the target holds once merged: tracking moves only for those (a
         // record gone on both sides frees its key, as a delivery loop does).
         let mut held: BTreeSet<Key> = ours.iter().map(|(k, _)| k.clone()).collect();
+        let mut taken = BTreeSet::new();
         for record in &merge.upserts {
             if let Ok(key) = record::key_of(record, collection.key.as_str()) {
-                held.insert(key);
+                held.insert(key.clone());
+                taken.insert(key);
             }
         }
         for key in &merge.deletes {
             held.remove(key);
         }
-        let (tracking, moved) = tracking_to_take(source.as_mut(), target.as_mut(), name, &held)?;
-        merge.tracking = tracking;
-        report.tracking = moved;
+        let tracking = tracking_to_take(source.as_mut(), target.as_mut(), name, &held, &taken)?;
+        report.tracking = tracking.rows.len() + tracking.untrack.len();
+        merge.tracking = tracking.rows;
+        merge.untrack = tracking.untrack;
         merge.baseline = ids.as_ref().map(|(source_id, target_id)| Baseline {
             generation,
             source_id: source_id.clone(),
@@ -318,33 +321,48 @@ fn all_tracking(
     }
 }
 
+/// What the target's tracking becomes.
+struct TrackingTaken {
+    rows: Vec<Tracking>,
+    /// Rows the target forgets: of records it takes from the source, which knows of no
+    /// delivery of them (the source's record is not the one the target's row was about).
+    untrack: Vec<Key>,
+}
+
 /// The tracking rows the target takes, for the records it holds once merged (and any
-/// row with an open claim: a create that may be on the server): a row it lacks, or
-/// the two rows merged when the source's knows more (see [`merge_tracking`]).
-/// Returns them and how many.
+/// row with an open claim: a create that may be on the server). A record taken from the
+/// source (`taken`) brings its tracking — or its lack of any: the target's row, about
+/// the record it replaces, is forgotten. For the others: a row the target lacks, or the
+/// two rows merged when the source's knows more (see [`merge_tracking`]).
 fn tracking_to_take(
     source: &mut dyn Store,
     target: &mut dyn Store,
     name: &str,
     held: &BTreeSet<Key>,
-) -> Result<(Vec<Tracking>, usize), StoreError> {
+    taken: &BTreeSet<Key>,
+) -> Result<TrackingTaken, StoreError> {
     let ours = all_tracking(target, name)?;
-    let mut take = Vec::new();
-    for (key, theirs) in all_tracking(source, name)? {
-        if !held.contains(&key) && theirs.claim.is_none() {
+    let theirs = all_tracking(source, name)?;
+    let mut rows = Vec::new();
+    for (key, their_row) in &theirs {
+        if !held.contains(key) && their_row.claim.is_none() {
             continue;
         }
-        let row = match ours.get(&key) {
-            None => theirs,
-            Some(current) => merge_tracking(current, &theirs),
+        let row = match ours.get(key) {
+            Some(current) if !taken.contains(key) => merge_tracking(current, their_row),
+            _ => their_row.clone(),
         };
-        if ours.get(&key) != Some(&row) {
-            take.push(row);
+        if ours.get(key) != Some(&row) {
+            rows.push(row);
         }
     }
-    take.sort_by(|a, b| a.key.cmp(&b.key));
-    let moved = take.len();
-    Ok((take, moved))
+    rows.sort_by(|a, b| a.key.cmp(&b.key));
+    let untrack = taken
+        .iter()
+        .filter(|key| ours.contains_key(*key) && !theirs.contains_key(*key))
+        .cloned()
+        .collect();
+    Ok(TrackingTaken { rows, untrack })
 }
 
 /// One row from two sides' rows for one record: the one written last (its

@@ -214,6 +214,8 @@ pub struct Merge {
     pub deletes: Vec<Key>,
     /// Tracking rows to write.
     pub tracking: Vec<Tracking>,
+    /// Tracking rows to forget (of records replaced by ones never delivered).
+    pub untrack: Vec<Key>,
     /// The baseline to keep for the next migration, written with the rest (SQLite: in
     /// the same transaction; JSON: after the collection file).
     pub baseline: Option<Baseline>,
@@ -222,7 +224,10 @@ pub struct Merge {
 impl Merge {
     /// Whether the merge changes records or tracking (and not only the baseline).
     pub fn writes_data(&self) -> bool {
-        !self.upserts.is_empty() || !self.deletes.is_empty() || !self.tracking.is_empty()
+        !self.upserts.is_empty()
+            || !self.deletes.is_empty()
+            || !self.tracking.is_empty()
+            || !self.untrack.is_empty()
     }
 }
 

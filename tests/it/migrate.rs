@@ -391,6 +391,70 @@ fn deliveries_made_on_one_backend_are_not_repeated_on_the_other() {
     assert_eq!(server.duplicates(), 0);
 }
 
+/// A key deleted and written again on one backend (ferry saw the gap) names a new
+/// record: switching back, the other backend's tracking of the first record must not
+/// pass for the second's — the second goes out as a create of its own. (Model check
+/// seed 741333262831: the old row survived the merge and the new record was lost.)
+#[test]
+fn a_key_written_again_on_one_side_is_a_new_record_on_the_other() {
+    let server = TestServer::start(Faults::default());
+    let tables = format!("[remote]\nurl = \"{}\"\n", server.url);
+    let fx = Fixture::with_config(Backend::Json, &tables, JOBS);
+    fx.open()
+        .put("jobs", download("j1", "2026-01-01T10:00:00Z"))
+        .unwrap();
+    let sync = || {
+        let out = crate::support::ferry_command(&fx.config_path, &["sync", "--once"], None);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sync();
+    let json_text = std::fs::read_to_string(&fx.config_path).unwrap();
+    let sqlite_text = json_text.replace("backend = \"json\"", "backend = \"sqlite\"");
+    std::fs::write(&fx.config_path, &sqlite_text).unwrap();
+    sync();
+    assert_eq!(server.requests(), 1, "nothing sent again on switching");
+
+    // On SQLite: deleted, ferry sees it gone, then written again with other content.
+    let sqlite = with_backend(&fx.config, Backend::Sqlite);
+    store::open(&sqlite)
+        .unwrap()
+        .delete("jobs", &Key::Text("j1".into()))
+        .unwrap();
+    sync();
+    let mut again = download("j1", "2026-01-02T10:00:00Z");
+    again.insert("name".into(), json!("the second j1"));
+    store::open(&sqlite).unwrap().put("jobs", again).unwrap();
+
+    // Back to JSON before it is sent: the JSON side still knows the first j1's delivery.
+    std::fs::write(&fx.config_path, &json_text).unwrap();
+    sync();
+    let sent: Vec<_> = server
+        .stored()
+        .into_iter()
+        .filter(|s| s.key == "j1")
+        .collect();
+    assert_eq!(
+        sent.iter().map(|s| s.method.as_str()).collect::<Vec<_>>(),
+        ["POST", "POST"],
+        "the second j1 is a create of its own"
+    );
+    assert_eq!(sent[1].body["name"], json!("the second j1"));
+    let row = fx
+        .open()
+        .tracking("jobs", &Key::Text("j1".into()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (row.status, row.remote_id.map(|id| id.to_string())),
+        (Status::Success, Some(sent[1].id.clone())),
+    );
+}
+
 #[test]
 fn the_seed_000_service_switching_to_sqlite_keeps_its_json_downloads() {
     let dir = tempfile::tempdir().unwrap();

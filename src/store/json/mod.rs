@@ -492,6 +492,9 @@ impl Store for JsonStore {
             super::check_bytes(&collection, record)?;
             upserts.push((key_for_write(&collection, record)?.to_string(), record));
         }
+        if !merge.untrack.is_empty() {
+            self.delete_tracking(&name, &merge.untrack)?;
+        }
         if !merge.tracking.is_empty() {
             self.write_tracking(&merge.tracking)?;
         }

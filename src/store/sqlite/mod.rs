@@ -361,6 +361,13 @@ impl Store for SqliteStore {
         let writes = self.record_writes(collection, &merge.upserts)?;
         let delete_sql = self.table(collection)?.delete_sql();
         self.transaction(format_args!("migrating {collection}"), |db| {
+            for key in &merge.untrack {
+                db.execute(
+                    format_args!("forgetting tracking of {collection} record {key}"),
+                    "DELETE FROM sync_tracking WHERE table_name = ?1 AND local_id = ?2",
+                    params![collection, key_to_sql(key)],
+                )?;
+            }
             exec_tracking(db, &merge.tracking)?;
             exec_record_writes(db, collection, &writes)?;
             for key in &merge.deletes {
