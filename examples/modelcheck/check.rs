@@ -216,8 +216,9 @@ pub struct Input<'a> {
     pub rows: &'a [Row],
     pub log: &'a [Request],
     pub tracking: &'a HashMap<(String, String), Track>,
-    /// `reset-tracking` runs: collection index, and the last request seq before it.
-    pub resets: &'a [(usize, u64)],
+    /// `reset-tracking` runs: collection index, and the last request seq before it
+    /// started and when it had ended.
+    pub resets: &'a [(usize, u64, u64)],
 }
 
 /// The server against the model; ferry's tracking for what is missing.
@@ -261,17 +262,20 @@ pub fn check_server(input: &Input, findings: &mut Vec<Finding>, tally: &mut Tall
             }
         }
         // Stored once per epoch: rows created by POST, per record incarnation (per
-        // version with updates = "post"), between two reset-tracking runs.
-        let epoch = |seq: u64| {
-            input
-                .resets
-                .iter()
-                .filter(|(c, at)| *c == index && *at < seq)
-                .count()
+        // version with updates = "post"), between two reset-tracking runs. A request
+        // that arrived while a reset-tracking ran may be of the epoch before or after
+        // it: the epochs a row may be of.
+        let epochs = |seq: u64| {
+            let surely = |(c, _, end): &&(usize, u64, u64)| *c == index && *end < seq;
+            let maybe = |(c, start, _): &&(usize, u64, u64)| *c == index && *start < seq;
+            (
+                input.resets.iter().filter(surely).count(),
+                input.resets.iter().filter(maybe).count(),
+            )
         };
         // With updates = "post" a version is updated_at's text plus the content: the
         // same content under a re-spelt updated_at is another version, posted again.
-        let mut groups: BTreeMap<(String, u32, u32, String, usize), Vec<&Row>> = BTreeMap::new();
+        let mut groups: BTreeMap<(String, u32, u32, String), Vec<&Row>> = BTreeMap::new();
         for row in &rows {
             if let Some((key, inc, ver)) = sig_of(&row.created, field, name) {
                 let (ver, spelt) = if spec.updates == Some(Updates::Post) {
@@ -283,17 +287,31 @@ pub fn check_server(input: &Input, findings: &mut Vec<Finding>, tally: &mut Tall
                 } else {
                     (0, String::new())
                 };
-                groups
-                    .entry((key, inc, ver, spelt, epoch(row.created_seq)))
-                    .or_default()
-                    .push(row);
+                groups.entry((key, inc, ver, spelt)).or_default().push(row);
             }
         }
-        for ((key, inc, ver, _, ep), group) in groups {
+        for ((key, inc, ver, _), group) in groups {
             if group.len() < 2 {
                 continue;
             }
-            tally.duplicated += group.len() as u64 - 1;
+            // One row per epoch at most: rows given the earliest epoch each may be of,
+            // those whose epochs end first first; a row with none left is one too many.
+            let mut ranged: Vec<(usize, usize)> =
+                group.iter().map(|r| epochs(r.created_seq)).collect();
+            ranged.sort_by_key(|&(lo, hi)| (hi, lo));
+            let mut used = std::collections::BTreeSet::new();
+            let extra = ranged
+                .iter()
+                .filter(|&&(lo, hi)| match (lo..=hi).find(|e| !used.contains(e)) {
+                    Some(e) => !used.insert(e),
+                    None => true,
+                })
+                .count();
+            if extra == 0 {
+                continue;
+            }
+            let ep = ranged.iter().map(|&(_, hi)| hi).max().unwrap_or(0);
+            tally.duplicated += extra as u64;
             let how: Vec<String> = group
                 .iter()
                 .map(|row| {

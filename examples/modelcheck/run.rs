@@ -119,7 +119,9 @@ struct Driver<'a> {
     reported: HashSet<String>,
     counts: Counts,
     started: Instant,
-    resets: Vec<(usize, u64)>,
+    /// `reset-tracking` runs: collection, and the last request seq before it started
+    /// and when it had ended.
+    resets: Vec<(usize, u64, u64)>,
     /// A start failed for good: the rest of the plan is skipped.
     broken: bool,
     notes: Vec<(String, String)>,
@@ -803,10 +805,11 @@ impl Driver<'_> {
             }
             Event::Reset { coll } => {
                 self.counts.resets += 1;
-                let seq = self.server.seq();
+                let before = self.server.seq();
                 let name = self.sc.specs[coll].name();
-                self.resets.push((coll, seq));
                 self.must(&["reset-tracking", "--collection", name, "--yes"])?;
+                // A request that arrived while it ran may belong to either epoch.
+                self.resets.push((coll, before, self.server.seq()));
             }
         }
         Ok(())
