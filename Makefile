@@ -40,7 +40,7 @@ help:
 	@echo "make lint         cargo fmt --check and clippy -D warnings"
 	@echo "make run-example  run ferry on the bundled example config (SQLite, state in $(EXAMPLE))"
 	@echo "make bench        benchmarks that print their figures against the targets"
-	@echo "make torture      kill -9, faults, crash copies, a full disk, bad input: lost/duplicated table"
+	@echo "make torture      kill -9, faults, crash copies, a full disk, bad input, then the model check (20 min)"
 	@echo "make modelcheck   seeded scenarios of writes, faults and crashes, checked against a model (10 min)"
 	@echo "make install      install into DESTDIR (default /): binary, config, unit, sysusers, man page"
 	@echo "make deb          build target/deb/ferry_<version>_<arch>.deb (TARGET=<triple> for another board)"
@@ -105,11 +105,19 @@ bench:
 	target/release/examples/bench
 
 # The soak test: 200 kills per backend and the other cases (examples/torture/), then
-# one table; it exits non-zero if anything was lost, duplicated or mishandled. The
-# full-disk case mounts a small tmpfs, so it needs root.
+# one table; then the model check (examples/modelcheck/) for longer than CI runs it:
+# the fixed seeds and fresh ones for TORTURE_MODELCHECK_SECS, with its own table
+# (the seed range covered included). It exits non-zero if anything was lost,
+# duplicated or mishandled in either. The full-disk case mounts a small tmpfs, so it
+# needs root.
+TORTURE_MODELCHECK_SECS ?= 1200
 torture:
 	$(CARGO) build --release --locked --bins --examples
-	target/release/examples/torture
+	@status=0; \
+	target/release/examples/torture || status=1; \
+	echo "== the model check: the fixed seeds, then fresh ones for $(TORTURE_MODELCHECK_SECS) s"; \
+	target/release/examples/modelcheck --fixed examples/modelcheck/seeds.txt --time $(TORTURE_MODELCHECK_SECS) || status=1; \
+	exit $$status
 
 # The layout of the .deb too: packaging/deb/build.sh stages the package with this.
 install: release man
@@ -128,6 +136,8 @@ install: release man
 # The model check (examples/modelcheck/): the fixed seeds of seeds.txt, then fresh
 # random seeds for ten minutes, against the release binary; one table at the end, and
 # a non-zero exit on any failure. MODELCHECK_ARGS="--seed N" replays one scenario.
+# CI runs `target/debug/examples/modelcheck --ci` (the fixed seeds, then fresh ones,
+# about three minutes in all).
 MODELCHECK_ARGS ?= --fixed examples/modelcheck/seeds.txt --time 600
 modelcheck:
 	$(CARGO) build --release --locked --bins --examples

@@ -90,6 +90,9 @@ pub struct Tally {
     pub extra: u64,
     /// Undelivered, with a reason in ferry's tracking.
     pub excused: u64,
+    /// Retries of a claimed create whose record changed since, under the claimed
+    /// key (answered 422: the server holds the claimed attempt; README "Delivery").
+    pub changed_claim_retries: u64,
     pub pending: u64,
 }
 
@@ -172,16 +175,20 @@ pub fn missing(colls: &[CollModel], rows: &[Row]) -> Vec<Missing> {
             })
             .collect();
         for (key, rec) in coll.records.iter().filter(|(_, r)| r.live) {
-            let this_inc = |s: &Option<(String, u32, u32)>| {
+            // This incarnation, or one it may be taken for: its key was written
+            // again with no look by ferry since the delete (Rec::first_inc).
+            let taken_for = |s: &Option<(String, u32, u32)>| {
                 s.as_ref()
-                    .is_some_and(|(k, i, _)| k == key && *i == rec.inc)
+                    .is_some_and(|(k, i, _)| k == key && (rec.first_inc..=rec.inc).contains(i))
             };
             let latest = |s: &Option<(String, u32, u32)>| {
                 s.as_ref()
                     .is_some_and(|(k, i, v)| k == key && *i == rec.inc && *v == rec.ver)
             };
             let held = match spec.updates {
-                None | Some(Updates::Ignore) => infos.iter().any(|r| this_inc(&r.created)),
+                // Changes are not sent: a row created from this incarnation, or
+                // from the one it was taken for changed (the server keeps that).
+                None | Some(Updates::Ignore) => infos.iter().any(|r| taken_for(&r.created)),
                 Some(Updates::Post) => infos
                     .iter()
                     .any(|r| latest(&r.created) || latest(&r.current)),
@@ -192,7 +199,7 @@ pub fn missing(colls: &[CollModel], rows: &[Row]) -> Vec<Missing> {
             if !held {
                 let older = infos
                     .iter()
-                    .any(|r| this_inc(&r.created) || this_inc(&r.current));
+                    .any(|r| taken_for(&r.created) || taken_for(&r.current));
                 out.push(Missing {
                     collection: spec.name().to_string(),
                     key: key.clone(),
@@ -209,8 +216,9 @@ pub struct Input<'a> {
     pub rows: &'a [Row],
     pub log: &'a [Request],
     pub tracking: &'a HashMap<(String, String), Track>,
-    /// `reset-tracking` runs: collection index, and the last request seq before it.
-    pub resets: &'a [(usize, u64)],
+    /// `reset-tracking` runs: collection index, and the last request seq before it
+    /// started and when it had ended.
+    pub resets: &'a [(usize, u64, u64)],
 }
 
 /// The server against the model; ferry's tracking for what is missing.
@@ -254,33 +262,56 @@ pub fn check_server(input: &Input, findings: &mut Vec<Finding>, tally: &mut Tall
             }
         }
         // Stored once per epoch: rows created by POST, per record incarnation (per
-        // version with updates = "post"), between two reset-tracking runs.
-        let epoch = |seq: u64| {
-            input
-                .resets
-                .iter()
-                .filter(|(c, at)| *c == index && *at < seq)
-                .count()
+        // version with updates = "post"), between two reset-tracking runs. A request
+        // that arrived while a reset-tracking ran may be of the epoch before or after
+        // it: the epochs a row may be of.
+        let epochs = |seq: u64| {
+            let surely = |(c, _, end): &&(usize, u64, u64)| *c == index && *end < seq;
+            let maybe = |(c, start, _): &&(usize, u64, u64)| *c == index && *start < seq;
+            (
+                input.resets.iter().filter(surely).count(),
+                input.resets.iter().filter(maybe).count(),
+            )
         };
-        let mut groups: BTreeMap<(String, u32, u32, usize), Vec<&Row>> = BTreeMap::new();
+        // With updates = "post" a version is updated_at's text plus the content: the
+        // same content under a re-spelt updated_at is another version, posted again.
+        let mut groups: BTreeMap<(String, u32, u32, String), Vec<&Row>> = BTreeMap::new();
         for row in &rows {
             if let Some((key, inc, ver)) = sig_of(&row.created, field, name) {
-                let ver = if spec.updates == Some(Updates::Post) {
-                    ver
+                let (ver, spelt) = if spec.updates == Some(Updates::Post) {
+                    let spelt = row
+                        .created
+                        .get("updated_at")
+                        .map_or(String::new(), Value::to_string);
+                    (ver, spelt)
                 } else {
-                    0
+                    (0, String::new())
                 };
-                groups
-                    .entry((key, inc, ver, epoch(row.created_seq)))
-                    .or_default()
-                    .push(row);
+                groups.entry((key, inc, ver, spelt)).or_default().push(row);
             }
         }
-        for ((key, inc, ver, ep), group) in groups {
+        for ((key, inc, ver, _), group) in groups {
             if group.len() < 2 {
                 continue;
             }
-            tally.duplicated += group.len() as u64 - 1;
+            // One row per epoch at most: rows given the earliest epoch each may be of,
+            // those whose epochs end first first; a row with none left is one too many.
+            let mut ranged: Vec<(usize, usize)> =
+                group.iter().map(|r| epochs(r.created_seq)).collect();
+            ranged.sort_by_key(|&(lo, hi)| (hi, lo));
+            let mut used = std::collections::BTreeSet::new();
+            let extra = ranged
+                .iter()
+                .filter(|&&(lo, hi)| match (lo..=hi).find(|e| !used.contains(e)) {
+                    Some(e) => !used.insert(e),
+                    None => true,
+                })
+                .count();
+            if extra == 0 {
+                continue;
+            }
+            let ep = ranged.iter().map(|&(_, hi)| hi).max().unwrap_or(0);
+            tally.duplicated += extra as u64;
             let how: Vec<String> = group
                 .iter()
                 .map(|row| {
@@ -335,7 +366,16 @@ pub fn check_server(input: &Input, findings: &mut Vec<Finding>, tally: &mut Tall
         let label = format!("{} {}", m.collection, m.key);
         let coll = input.colls.iter().find(|c| c.spec.name() == m.collection);
         let rec = coll.and_then(|c| c.records.get(&m.key));
-        let latest = rec.map_or(String::new(), |r| format!("i{} v{}", r.inc, r.ver));
+        let latest = rec.map_or(String::new(), |r| {
+            let how = if r.first_inc < r.inc {
+                format!(", may be taken for i{} changed", r.first_inc)
+            } else if r.inc > 1 {
+                format!(", written again after ferry saw i{} gone", r.inc - 1)
+            } else {
+                String::new()
+            };
+            format!("i{} v{}{how}", r.inc, r.ver)
+        });
         match track {
             Some(t)
                 if t.status == "failed" && t.error.as_deref().is_some_and(|e| !e.is_empty()) =>
@@ -381,7 +421,43 @@ pub fn check_server(input: &Input, findings: &mut Vec<Finding>, tally: &mut Tall
             Vec::new(),
         ));
     }
-    let reused: Vec<&Request> = input.log.iter().filter(|r| r.key_reused).collect();
+    // A create retried under its claimed key after its record changed (a kill -9
+    // before the claimed attempt's answer was recorded, a claimed body too large to
+    // keep) is answered 422 by a server that keeps keys: ferry reads that as "the
+    // server holds the claimed attempt" (README "Delivery"). Its key was first sent
+    // by a POST of the same record. Any other key sent with another request is a
+    // finding.
+    let record_of = |r: &Request| {
+        r.sig
+            .as_deref()
+            .and_then(parse_sig)
+            .map(|(c, k, _, _)| (c, k))
+    };
+    let changed_claim_retry = |r: &Request| {
+        let earlier: Vec<&Request> = input
+            .log
+            .iter()
+            .filter(|e| e.seq < r.seq && e.key.is_some() && e.key == r.key)
+            .collect();
+        r.method == "POST"
+            && record_of(r).is_some()
+            && !earlier.is_empty()
+            && earlier
+                .iter()
+                .all(|e| e.method == "POST" && record_of(e) == record_of(r))
+    };
+    let reused: Vec<&Request> = input
+        .log
+        .iter()
+        .filter(|r| r.key_reused)
+        .filter(|r| {
+            let accepted = changed_claim_retry(r);
+            if accepted {
+                tally.changed_claim_retries += 1;
+            }
+            !accepted
+        })
+        .collect();
     if !reused.is_empty() {
         let shown: Vec<String> = reused
             .iter()

@@ -1,8 +1,12 @@
 //! `make modelcheck`: a randomized, seeded model check of the real `ferry` binary.
 //!
-//! modelcheck [--seed N [--events LIST] | --seeds A..B | --scenarios N | --time SECS]
+//! modelcheck [--ci] [--seed N [--events LIST] | --seeds A..B | --scenarios N | --time SECS]
 //!            [--fixed FILE] [--jobs J] [--quick] [--ferry PATH] [--no-shrink]
-//!            [--shrink-secs S] [--verbose] [--out DIR]
+//!            [--shrink-secs S] [--verbose] [--out DIR] [--plan]
+//!
+//! `--ci` is `--fixed examples/modelcheck/seeds.txt --time 170 --shrink-secs 30`, with
+//! a minute of shrinking at most: the seeds that found bugs, then fresh ones, about
+//! three minutes in all on two cores with the debug build. `--plan` prints the scenarios' plans without running them.
 //!
 //! Each seed names one scenario: 1–3 collections (append-only, seed 003's foreign
 //! tables with and without AUTOINCREMENT and a BLOB, seed 000's `downloads`, mutable
@@ -38,8 +42,18 @@ use scenario::Scenario;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-const USAGE: &str = "modelcheck [--seed N [--events LIST] | --seeds A..B | --scenarios N | --time SECS] \
-[--fixed FILE] [--jobs J] [--quick] [--ferry PATH] [--no-shrink] [--shrink-secs S] [--verbose] [--out DIR]";
+const USAGE: &str = "modelcheck [--ci] [--seed N [--events LIST] | --seeds A..B | --scenarios N | --time SECS] \
+[--fixed FILE] [--jobs J] [--quick] [--ferry PATH] [--no-shrink] [--shrink-secs S] [--verbose] [--out DIR] [--plan]";
+
+/// The seeds that found bugs, which CI runs first (`--ci`).
+const SEEDS_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/modelcheck/seeds.txt");
+/// `--ci`: fresh seeds for this long after the fixed ones (the deadline counts from
+/// the start: about three minutes in all on two cores with the debug build).
+const CI_SECS: u64 = 170;
+/// `--ci`: the first failure of each kind is shrunk for at most this long, and all of
+/// them for at most `CI_SHRINK_TOTAL_SECS`.
+const CI_SHRINK_SECS: u64 = 30;
+const CI_SHRINK_TOTAL_SECS: u64 = 60;
 
 struct Args {
     seeds: Vec<u64>,
@@ -52,8 +66,24 @@ struct Args {
     ferry: Option<PathBuf>,
     shrink: bool,
     shrink_secs: u64,
+    /// All the shrinking together, at most (`--ci`).
+    shrink_total: Option<Duration>,
     verbose: bool,
     out: Option<PathBuf>,
+    /// Print the scenarios' plans and exit (nothing runs).
+    plan: bool,
+}
+
+/// `--ci`: the fixed seeds, then fresh ones until the time is up, shrinking briefly.
+fn ci_defaults(args: &mut Args) {
+    if args.fixed.is_none() {
+        args.fixed = Some(PathBuf::from(SEEDS_FILE));
+    }
+    if args.time.is_none() && args.fresh.is_none() {
+        args.time = Some(Duration::from_secs(CI_SECS));
+    }
+    args.shrink_secs = args.shrink_secs.min(CI_SHRINK_SECS);
+    args.shrink_total = Some(Duration::from_secs(CI_SHRINK_TOTAL_SECS));
 }
 
 fn parse_args() -> Result<Args, BoxError> {
@@ -68,9 +98,12 @@ fn parse_args() -> Result<Args, BoxError> {
         ferry: None,
         shrink: true,
         shrink_secs: 90,
+        shrink_total: None,
         verbose: false,
         out: None,
+        plan: false,
     };
+    let mut ci = false;
     let mut it = std::env::args().skip(1);
     let value = |it: &mut dyn Iterator<Item = String>, name: &str| -> Result<String, BoxError> {
         it.next()
@@ -103,6 +136,8 @@ fn parse_args() -> Result<Args, BoxError> {
             "--no-shrink" => args.shrink = false,
             "--shrink-secs" => args.shrink_secs = value(&mut it, "--shrink-secs")?.parse()?,
             "--verbose" => args.verbose = true,
+            "--plan" => args.plan = true,
+            "--ci" => ci = true,
             "--out" => args.out = Some(PathBuf::from(value(&mut it, "--out")?)),
             "--server" => {
                 return Err(
@@ -117,6 +152,9 @@ fn parse_args() -> Result<Args, BoxError> {
             }
             other => return Err(format!("unknown argument {other:?}; usage: {USAGE}").into()),
         }
+    }
+    if ci {
+        ci_defaults(&mut args);
     }
     if args.events.is_some() && args.seeds.len() != 1 {
         return Err("--events goes with one --seed".into());
@@ -234,6 +272,20 @@ fn real_main() -> Result<bool, BoxError> {
             seeds.push(seed);
         }
     }
+    if args.plan {
+        for seed in &seeds {
+            let scenario = Scenario::generate(*seed);
+            println!("seed {seed}: {}", scenario.describe());
+            for (i, timed) in scenario.events.iter().enumerate() {
+                println!(
+                    "  {i:>3}: {:>5} ms  {}",
+                    timed.at_ms,
+                    scenario.event_text(&timed.event)
+                );
+            }
+        }
+        return Ok(true);
+    }
     let fresh_count = match (args.fresh, args.time, seeds.is_empty()) {
         (Some(n), _, _) => Some(n),
         (None, Some(_), _) => Some(u64::MAX),
@@ -344,8 +396,17 @@ fn real_main() -> Result<bool, BoxError> {
         } else {
             args.shrink_secs
         });
+        let shrinking = Instant::now();
         for kind in KINDS {
+            let budget = match args.shrink_total {
+                Some(total) => budget.min(total.saturating_sub(shrinking.elapsed())),
+                None => budget,
+            };
             if let Some(outcome) = sorted.iter().find(|o| o.kinds().contains(&kind)) {
+                if budget < Duration::from_secs(5) {
+                    println!("no time left to shrink seed {} for {kind}", outcome.seed);
+                    continue;
+                }
                 if let Some(result) = shrink(outcome, kind, &opts, budget, &out)? {
                     shrunk.push(result);
                 }
@@ -379,6 +440,12 @@ fn report_one(
             outcome.took.as_secs_f64(),
             fixed.map_or(String::new(), |c| format!("  [fixed: {c}]"))
         );
+        if full {
+            println!("  history:");
+            for (t, line) in &outcome.history {
+                println!("  {t:>6} ms  {line}");
+            }
+        }
         return Ok(());
     }
     let path = out.join(format!("seed-{}.txt", outcome.seed));
@@ -493,6 +560,14 @@ fn shrink(
     let scenario = Scenario::generate(original.seed);
     let count = scenario.events.len();
     let started = Instant::now();
+    // The shrinking runs keep their folder apart, so the original run's stays.
+    let opts = &Options {
+        ferry: opts.ferry.clone(),
+        keep: opts
+            .keep
+            .as_ref()
+            .map(|k| k.join(format!("shrunk-{wanted}"))),
+    };
     let mut keep = vec![true; count];
     let mut best: Option<Outcome> = None;
     let mut runs = 0;
@@ -667,9 +742,15 @@ fn print_table(
     for (kind, n) in &faults {
         println!("| faults: {kind} | {n} |");
     }
+    println!("| quiet gaps of seconds | {} |", sum(&|o| o.counts.quiet));
     println!(
         "| record incarnations written | {} |",
         sum(&|o| o.counts.incarnations)
+    );
+    println!(
+        "| keys written again: after ferry ran through a gap (a row of their own required) / without (either outcome) | {} / {} |",
+        sum(&|o| o.counts.reused_seen),
+        sum(&|o| o.counts.reused_unseen)
     );
     println!("| records lost | **{}** |", sum(&|o| o.counts.tally.lost));
     println!(
@@ -688,6 +769,10 @@ fn print_table(
     println!(
         "| records undelivered with a reason (failed) | {} |",
         sum(&|o| o.counts.tally.excused)
+    );
+    println!(
+        "| changed retries of a claimed create, answered 422 (accepted) | {} |",
+        sum(&|o| o.counts.tally.changed_claim_retries)
     );
     for kind in KINDS {
         let seeds: Vec<u64> = outcomes

@@ -77,6 +77,15 @@ pub struct Rec {
     pub live: bool,
     pub content: Content,
     pub stamp: Option<Stamp>,
+    /// The first incarnation this one may be taken for. A key written again is a new
+    /// record only once ferry has seen the first one gone; written again with no
+    /// look by ferry in between (in one go, within a moment, while ferry was down),
+    /// ferry may treat it as the same record changed (README "Delivery"). Then
+    /// `first_inc` is the earlier incarnation's (and so on back); after a gap that
+    /// ferry ran through it is `inc`: this incarnation must get a row of its own.
+    pub first_inc: u32,
+    /// When the other program deleted it (ms since the scenario's start), while dead.
+    pub deleted_ms: Option<u64>,
 }
 
 pub struct CollModel {
@@ -89,6 +98,8 @@ pub struct CollModel {
     pub next_key: i64,
     /// The largest integer key ever used.
     pub max_key_ever: i64,
+    /// The key deleted last.
+    pub last_deleted: Option<String>,
 }
 
 impl CollModel {
@@ -99,6 +110,7 @@ impl CollModel {
             versions: HashMap::new(),
             next_key: 1,
             max_key_ever: 0,
+            last_deleted: None,
         }
     }
 
@@ -285,5 +297,6 @@ pub fn next_stamp(previous: Option<Stamp>, clock: Clock, now: i64, rng: &mut Rng
             offset: p.offset,
             rfc3339: !p.rfc3339,
         },
+        (Some(p), Clock::SameTick) => p,
     }
 }

@@ -33,6 +33,10 @@ const COMMAND_LIMIT: Duration = Duration::from_secs(20);
 /// everything: a second for the update throttle, retries capped at
 /// `max_retry_delay`, a probe of a paused collection, and slack for a loaded machine.
 const DRAIN_BUDGET: Duration = Duration::from_secs(10);
+/// A key deleted and written again is a new record when ferry ran, ready, for at
+/// least this long in between: it looks within about a second of another process's
+/// write (README "Delivery"), so this leaves it twice that.
+pub const SEEN_GONE_MS: u64 = 3000;
 
 pub struct Options {
     pub ferry: PathBuf,
@@ -56,6 +60,12 @@ pub struct Counts {
     pub requests: u64,
     pub faults: BTreeMap<&'static str, u64>,
     pub incarnations: u64,
+    /// Quiet gaps in the plan.
+    pub quiet: u64,
+    /// Keys written again after ferry ran through a gap since the delete (a row of
+    /// their own required), and without (either outcome accepted).
+    pub reused_seen: u64,
+    pub reused_unseen: u64,
     pub tally: Tally,
 }
 
@@ -109,10 +119,16 @@ struct Driver<'a> {
     reported: HashSet<String>,
     counts: Counts,
     started: Instant,
-    resets: Vec<(usize, u64)>,
+    /// `reset-tracking` runs: collection, and the last request seq before it started
+    /// and when it had ended.
+    resets: Vec<(usize, u64, u64)>,
     /// A start failed for good: the rest of the plan is skipped.
     broken: bool,
     notes: Vec<(String, String)>,
+    /// Since when `ferry run` has been up and ready (ms), if it is.
+    ready_since: Option<u64>,
+    /// Stretches in which it was up and ready, `(from, to)` ms.
+    ready_spans: Vec<(u64, u64)>,
 }
 
 /// Runs `sc` with the events `keep` selects (all when `None`).
@@ -156,6 +172,8 @@ pub fn run(sc: &Scenario, keep: Option<&[bool]>, opts: &Options) -> Result<Outco
         resets: Vec::new(),
         broken: false,
         notes: Vec::new(),
+        ready_since: None,
+        ready_spans: Vec::new(),
     };
     let result = driver.go(keep);
     if let Err(err) = &result {
@@ -251,6 +269,60 @@ impl Driver<'_> {
         let detail = detail.into();
         self.say(format!("FINDING {kind}: {detail}"));
         self.findings.push(Finding::new(kind, detail, records));
+    }
+
+    /// `ferry run` said READY=1 (after a start or a reload).
+    fn ready_on(&mut self) {
+        if self.ready_since.is_none() {
+            self.ready_since = Some(self.ms());
+        }
+    }
+
+    /// `ferry run` stops being ready at `at` (a signal sent, an exit seen).
+    fn ready_off(&mut self, at: u64) {
+        if let Some(since) = self.ready_since.take() {
+            self.ready_spans.push((since, at.max(since)));
+        }
+    }
+
+    /// The longest stretch within `from..to` in which `ferry run` was up and ready.
+    fn ready_within(&self, from: u64, to: u64) -> u64 {
+        let open = self.ready_since.map(|since| (since, to));
+        self.ready_spans
+            .iter()
+            .copied()
+            .chain(open)
+            .map(|(a, b)| b.min(to).saturating_sub(a.max(from)))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The first incarnation a record written now under `key_text` may be taken for
+    /// (see [`Rec::first_inc`]), and a note for the history.
+    fn first_inc(&mut self, c: usize, key_text: &str, inc: u32) -> (u32, String) {
+        let Some(old) = self.colls[c].records.get(key_text).filter(|r| !r.live) else {
+            return (inc, String::new());
+        };
+        let (old_first, deleted) = (old.first_inc, old.deleted_ms.unwrap_or(0));
+        let now = self.ms();
+        let ran = self.ready_within(deleted, now);
+        if ran >= SEEN_GONE_MS {
+            self.counts.reused_seen += 1;
+            (
+                inc,
+                format!(" (ferry ran {:.1} s since the delete: a new record, a row of its own required)", ran as f64 / 1000.0),
+            )
+        } else {
+            self.counts.reused_unseen += 1;
+            (
+                old_first,
+                format!(
+                    " ({} ms after the delete, ferry ready for {ran} ms of it: may be taken for i{} changed)",
+                    now.saturating_sub(deleted),
+                    inc - 1
+                ),
+            )
+        }
     }
 
     fn go(&mut self, keep: Option<&[bool]>) -> Result<(), BoxError> {
@@ -421,6 +493,7 @@ impl Driver<'_> {
             self.broken = true;
             return Ok(false);
         }
+        self.ready_on();
         self.say(format!("ferry ready (start {}: {why})", self.counts.starts));
         self.look_at_store(&format!("after start {} ({why})", self.counts.starts))?;
         Ok(true)
@@ -460,6 +533,12 @@ impl Driver<'_> {
         arm.pid = None;
         self.ferry = None;
         let code = describe_status(status);
+        let fired_ms = arm.fired_ms.take();
+        let now = self.started.elapsed().as_millis() as u64;
+        if let Some(since) = self.ready_since.take() {
+            let at = fired_ms.unwrap_or(now).min(now);
+            self.ready_spans.push((since, at.max(since)));
+        }
         if arm.fired && code == "signal 9" {
             arm.fired = false;
             drop(arm);
@@ -513,9 +592,14 @@ impl Driver<'_> {
 
     fn kill9_quiet(&mut self) {
         self.disarm();
+        self.ready_off(self.ms());
         self.signal(libc::SIGKILL);
         if let Some(mut child) = self.ferry.take() {
             let _ = child.wait();
+            // Reaped here: a kill the model fired at it is spent.
+            let mut arm = self.kill.lock().unwrap_or_else(|p| p.into_inner());
+            arm.fired = false;
+            arm.fired_ms = None;
         }
     }
 
@@ -525,6 +609,7 @@ impl Driver<'_> {
         if self.ferry.is_none() {
             return Ok(());
         }
+        self.ready_off(self.ms());
         self.signal(libc::SIGTERM);
         let deadline = Instant::now() + STOP_LIMIT;
         loop {
@@ -630,11 +715,27 @@ impl Driver<'_> {
                 self.start("after kill -9")?;
             }
             Event::KillOnRequest { store_first } => {
+                // A kill the model fired a moment ago is reaped (and ferry started
+                // again) before the next is armed: arming over it would take the
+                // dead child's pid and lose the mark that the kill was the model's.
+                let deadline = Instant::now() + STOP_LIMIT;
+                loop {
+                    self.watch()?;
+                    let fired = self.kill.lock().unwrap_or_else(|p| p.into_inner()).fired;
+                    if !fired || self.broken || Instant::now() > deadline {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
                 let pid = self.pid();
                 let mut arm = self.kill.lock().unwrap_or_else(|p| p.into_inner());
+                if arm.fired {
+                    // It fired between the look and the lock: the next event arms.
+                    return Ok(());
+                }
                 arm.pid = pid;
                 arm.store_first = store_first;
-                arm.fired = false;
+                arm.fired_ms = None;
             }
             Event::Term => {
                 self.counts.term += 1;
@@ -697,16 +798,18 @@ impl Driver<'_> {
                     self.start("up again")?;
                 }
             }
+            Event::Quiet { .. } => self.counts.quiet += 1,
             Event::Retry => {
                 self.counts.retries += 1;
                 self.must(&["retry"])?;
             }
             Event::Reset { coll } => {
                 self.counts.resets += 1;
-                let seq = self.server.seq();
+                let before = self.server.seq();
                 let name = self.sc.specs[coll].name();
-                self.resets.push((coll, seq));
                 self.must(&["reset-tracking", "--collection", name, "--yes"])?;
+                // A request that arrived while it ran may belong to either epoch.
+                self.resets.push((coll, before, self.server.seq()));
             }
         }
         Ok(())
@@ -720,11 +823,13 @@ impl Driver<'_> {
             return Ok(());
         }
         self.flush_notify();
+        self.ready_off(self.ms());
         self.signal(libc::SIGHUP);
         if !self.wait_ready(why)? {
             self.broken = true;
             return Ok(());
         }
+        self.ready_on();
         let log = self.log_tail(400);
         // Since this SIGHUP: ferry says "reload failed, going back to the previous
         // config", then "reloaded" with the old one.
@@ -842,6 +947,9 @@ impl Driver<'_> {
                     );
                     let how = match (old.stamp, clock) {
                         (None, _) => format!("first updated_at {}", stamp.text()),
+                        (_, Clock::SameTick) => {
+                            format!("content changed, updated_at kept as {}", stamp.text())
+                        }
                         (_, Clock::Backwards) => {
                             format!("updated_at BACKWARDS to {}", stamp.text())
                         }
@@ -908,47 +1016,103 @@ impl Driver<'_> {
                     return Ok(());
                 }
                 let key_text = dead[(pick % dead.len() as u64) as usize].clone();
-                let Some(old) = self.colls[c].records.get(&key_text).cloned() else {
-                    return Ok(());
-                };
-                let inc = old.inc + 1;
-                let stamp = spec
-                    .mutable()
-                    .then(|| next_stamp(None, Clock::Forward, self.now, &mut self.rng));
-                let mut builder = Builder {
-                    rng: &mut self.rng,
-                    now: self.now,
-                };
-                let content = builder.content(&self.colls[c], &old.key, inc, 1, stamp, None);
-                let existed = if sqlite {
-                    match self.writer.sqlite_put(&spec, &old.key, &content, true) {
-                        Ok(_) => false,
-                        // The row is still there: ferry brought it back.
-                        Err(_) => {
-                            self.writer.sqlite_put(&spec, &old.key, &content, false)?;
-                            true
-                        }
+                self.recreate(index, c, &key_text)?;
+            }
+            WriteOp::DeleteBeforeGap { pick } => {
+                let live = self.colls[c].live_keys();
+                let newest = self.colls[c]
+                    .records
+                    .values()
+                    .filter(|r| r.live)
+                    .filter_map(|r| match r.key {
+                        Key::Int(i) => Some(i),
+                        Key::Text(_) => None,
+                    })
+                    .max();
+                let key_text = match newest {
+                    Some(newest) if spec.assigned_keys() => newest.to_string(),
+                    _ if live.is_empty() => {
+                        self.say(format!(
+                            "write {index}: {name}: delete before the gap, but nothing is live"
+                        ));
+                        return Ok(());
                     }
-                } else {
-                    self.writer.json_put(&spec, &old.key, &content)?
+                    _ => live[(pick % live.len() as u64) as usize].clone(),
                 };
-                self.say(format!(
-                    "write {index}: {name}: re-create {} as i{inc} v1",
-                    old.key.text()
-                ));
-                if existed {
-                    self.revived_at_write(&spec, &old.key);
+                self.delete(index, c, &key_text)?;
+            }
+            WriteOp::RecreateAfterGap => {
+                if spec.assigned_keys() {
+                    // The store gives the key back where the table has no
+                    // AUTOINCREMENT (the deleted row was the newest).
+                    self.insert(index, c, false, false)?;
+                    return Ok(());
                 }
-                self.colls[c].commit(Rec {
-                    key: old.key,
-                    inc,
-                    ver: 1,
-                    live: true,
-                    content,
-                    stamp,
-                });
+                match self.colls[c].last_deleted.clone() {
+                    Some(key_text)
+                        if self.colls[c]
+                            .records
+                            .get(&key_text)
+                            .is_some_and(|r| !r.live) =>
+                    {
+                        self.recreate(index, c, &key_text)?;
+                    }
+                    _ => self.say(format!(
+                        "write {index}: {name}: write the key deleted before the gap again, but it is live"
+                    )),
+                }
             }
         }
+        Ok(())
+    }
+
+    /// A deleted key written again, with new content: its next incarnation.
+    fn recreate(&mut self, index: usize, c: usize, key_text: &str) -> Result<(), BoxError> {
+        let spec = self.colls[c].spec.clone();
+        let name = spec.name();
+        let sqlite = self.backend == Backend::Sqlite;
+        let Some(old) = self.colls[c].records.get(key_text).cloned() else {
+            return Ok(());
+        };
+        let inc = old.inc + 1;
+        let stamp = spec
+            .mutable()
+            .then(|| next_stamp(None, Clock::Forward, self.now, &mut self.rng));
+        let mut builder = Builder {
+            rng: &mut self.rng,
+            now: self.now,
+        };
+        let content = builder.content(&self.colls[c], &old.key, inc, 1, stamp, None);
+        let existed = if sqlite {
+            match self.writer.sqlite_put(&spec, &old.key, &content, true) {
+                Ok(_) => false,
+                // The row is still there: ferry brought it back.
+                Err(_) => {
+                    self.writer.sqlite_put(&spec, &old.key, &content, false)?;
+                    true
+                }
+            }
+        } else {
+            self.writer.json_put(&spec, &old.key, &content)?
+        };
+        let (first_inc, note) = self.first_inc(c, key_text, inc);
+        self.say(format!(
+            "write {index}: {name}: re-create {} as i{inc} v1{note}",
+            old.key.text()
+        ));
+        if existed {
+            self.revived_at_write(&spec, &old.key);
+        }
+        self.colls[c].commit(Rec {
+            key: old.key,
+            inc,
+            ver: 1,
+            live: true,
+            content,
+            stamp,
+            first_inc,
+            deleted_ms: None,
+        });
         Ok(())
     }
 
@@ -1008,8 +1172,9 @@ impl Driver<'_> {
         {
             self.store_lost(&spec, &key, "the store gave its key to a new row");
         }
+        let (first_inc, note) = self.first_inc(c, &key.text(), inc);
         self.say(format!(
-            "write {index}: {}: insert {} as i{inc} v1{}{}",
+            "write {index}: {}: insert {} as i{inc} v1{}{}{note}",
             spec.name(),
             key.text(),
             if stamp.is_none() && spec.mutable() {
@@ -1030,6 +1195,8 @@ impl Driver<'_> {
             live: true,
             content,
             stamp,
+            first_inc,
+            deleted_ms: None,
         });
         Ok(())
     }
@@ -1055,7 +1222,9 @@ impl Driver<'_> {
             self.store_lost(&spec, &rec.key, "deleting it");
         }
         rec.live = false;
+        rec.deleted_ms = Some(self.ms());
         self.colls[c].records.insert(key_text.to_string(), rec);
+        self.colls[c].last_deleted = Some(key_text.to_string());
         Ok(())
     }
 

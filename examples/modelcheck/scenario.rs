@@ -287,6 +287,9 @@ pub enum Clock {
     Backwards,
     /// The same instant in the other spelling, nothing else changed.
     Respell,
+    /// The content changes, `updated_at` keeps its text (two writes within one tick
+    /// of its clock): still a new version, which must go out.
+    SameTick,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -309,6 +312,16 @@ pub enum WriteOp {
     Recreate {
         pick: u64,
     },
+    /// Just before a quiet gap: a live record is deleted (with store-assigned keys
+    /// the newest, so that the insert after the gap gets its key again where the
+    /// table has no AUTOINCREMENT).
+    DeleteBeforeGap {
+        pick: u64,
+    },
+    /// Just after a quiet gap: the key deleted last is written again (with
+    /// store-assigned keys, an insert). ferry had seconds to see the first record
+    /// gone, so this one is a new record and must get a row of its own.
+    RecreateAfterGap,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -357,6 +370,11 @@ pub enum Event {
     Down,
     /// Start ferry again if it is down.
     Up,
+    /// Nothing happens for this long (the events after it come later by as much): a
+    /// gap in which ferry, if it runs, looks at the store and sees what was deleted.
+    Quiet {
+        ms: u64,
+    },
 }
 
 impl Event {
@@ -490,6 +508,51 @@ impl Scenario {
             events.push(Timed { at_ms, event });
         }
         events.sort_by_key(|t| t.at_ms);
+        // A quiet gap of seconds, in a fifth of the scenarios (drawn from a stream of
+        // its own, so the rest of the plan is the same with or without it): a record
+        // deleted just before it, its key written again just after it. Reused keys
+        // written in one go, or within a moment, may be taken for the same record
+        // changed; after a gap that ferry ran through, the key is a new record's.
+        let mut gap = rng.fork(4);
+        if gap.chance(0.2) {
+            let coll = gap.below(specs.len() as u64) as usize;
+            let at_ms = gap.range(workload_ms / 2, workload_ms);
+            let ms = gap.range(4000, 4500);
+            for timed in events.iter_mut().filter(|t| t.at_ms > at_ms) {
+                timed.at_ms += ms;
+            }
+            events.push(Timed {
+                at_ms: at_ms.saturating_sub(gap.range(200, 400)),
+                event: Event::Write {
+                    coll,
+                    op: WriteOp::Insert {
+                        no_updated_at: false,
+                        extra_field: false,
+                    },
+                },
+            });
+            events.push(Timed {
+                at_ms,
+                event: Event::Write {
+                    coll,
+                    op: WriteOp::DeleteBeforeGap {
+                        pick: gap.next_u64(),
+                    },
+                },
+            });
+            events.push(Timed {
+                at_ms,
+                event: Event::Quiet { ms },
+            });
+            events.push(Timed {
+                at_ms: at_ms + ms,
+                event: Event::Write {
+                    coll,
+                    op: WriteOp::RecreateAfterGap,
+                },
+            });
+            events.sort_by_key(|t| t.at_ms);
+        }
         Scenario {
             seed,
             backend,
@@ -528,6 +591,12 @@ impl Scenario {
                     WriteOp::Delete { pick } => format!("delete (pick {})", pick % 1000),
                     WriteOp::Recreate { pick } => {
                         format!("re-create a deleted key (pick {})", pick % 1000)
+                    }
+                    WriteOp::DeleteBeforeGap { pick } => {
+                        format!("delete before the gap (pick {})", pick % 1000)
+                    }
+                    WriteOp::RecreateAfterGap => {
+                        "write the key deleted before the gap again".to_string()
                     }
                 };
                 format!("write {}: {what}", name(*coll))
@@ -579,7 +648,8 @@ fn write_op(rng: &mut Rng, spec: &Spec) -> WriteOp {
                 clock: match rng.below(100) {
                     0..=84 => Clock::Forward,
                     85..=92 => Clock::Backwards,
-                    _ => Clock::Respell,
+                    93..=96 => Clock::Respell,
+                    _ => Clock::SameTick,
                 },
                 extra_field: rng.chance(0.1),
             },
@@ -620,6 +690,9 @@ impl fmt::Display for Event {
             Event::Reset { coll } => write!(f, "ferry reset-tracking of #{coll}"),
             Event::Down => f.write_str("SIGTERM, ferry stays down"),
             Event::Up => f.write_str("start ferry if it is down"),
+            Event::Quiet { ms } => {
+                write!(f, "quiet for {ms} ms (nothing written, ferry left alone)")
+            }
         }
     }
 }

@@ -72,6 +72,8 @@ pub struct KillArm {
     pub store_first: bool,
     /// Set when the model fired it.
     pub fired: bool,
+    /// When it fired (ms since the scenario's start).
+    pub fired_ms: Option<u64>,
 }
 
 enum KeyState {
@@ -488,6 +490,7 @@ fn decide(shared: &Shared, request: Parsed) -> Plan {
         match arm.pid.take() {
             Some(pid) => {
                 arm.fired = true;
+                arm.fired_ms = Some(at_ms);
                 (Some(pid), arm.store_first)
             }
             None => (None, false),
