@@ -3,7 +3,8 @@
 # `make <target>`:  sh packaging/bootstrap.sh run-example   |   sh packaging/bootstrap.sh test
 #
 # Installs only what is missing: a C compiler and make (Debian packages: bundled SQLite
-# and ring are C), and a Rust toolchain new enough for ferry (rustup, into ~/.cargo).
+# and ring are C), PostgreSQL for `test` (ferry-receiver's tests), and a Rust toolchain
+# new enough for ferry (rustup, into ~/.cargo).
 set -eu
 
 MIN_RUST_MINOR=89   # rust-version in Cargo.toml: 1.89
@@ -20,6 +21,10 @@ as_root() {
 missing=""
 command -v cc >/dev/null 2>&1 || missing="$missing gcc libc6-dev"
 command -v make >/dev/null 2>&1 || missing="$missing make"
+# ferry-receiver's tests run on a throwaway PostgreSQL cluster (pg_virtualenv).
+if [ "${1:-}" = test ] && ! command -v pg_virtualenv >/dev/null 2>&1; then
+    missing="$missing postgresql"
+fi
 [ -d "$HOME/.cargo/bin" ] && PATH="$HOME/.cargo/bin:$PATH" && export PATH
 
 rust_ok() {
