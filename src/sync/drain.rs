@@ -266,6 +266,11 @@ impl Engine {
             due.truncate(1);
         }
         if due.is_empty() {
+            if probe {
+                // Nothing to probe with: the next request, whenever it comes, judges
+                // the server again. Staying down would wake the lane at once, forever.
+                lane.health = Health::Up;
+            }
             flow.exhausted = true;
             return Ok(());
         }
@@ -304,6 +309,9 @@ impl Engine {
         }
         if sends.is_empty() && !wrote {
             // Everything due was held back (changed too recently) or skipped.
+            if probe {
+                lane.health = Health::Up;
+            }
             flow.exhausted = true;
             return Ok(());
         }

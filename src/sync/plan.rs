@@ -290,7 +290,9 @@ pub fn health_after(
 
 /// When a collection's loop next looks for work, at the earliest of: the next full
 /// scan, a retry falling due (or the store's own next step), a change held back, the
-/// next periodic pass — but not before a server that is down may be probed.
+/// next periodic pass. A server that is down is probed when its pause ends, and not
+/// before: records may be waiting that no row or notice would wake the loop for
+/// (written during the pause, or their rows forgotten by `reset-tracking`).
 pub fn next_wake(
     next_full_scan: Millis,
     retry_at: Option<Millis>,
@@ -303,7 +305,7 @@ pub fn next_wake(
         wake = wake.min(candidate);
     }
     if let Health::Down { until, .. } = health {
-        wake = wake.max(until);
+        wake = until;
     }
     wake
 }

@@ -577,6 +577,62 @@ fn records_written_while_the_server_was_down_go_out_once_the_probe_is_answered()
 }
 
 #[test]
+fn records_whose_tracking_was_reset_during_a_pause_go_out_once_the_server_is_back() {
+    // Model check seed 1869673050880: a 409 paused the collection, then
+    // `reset-tracking` forgot the one row that was to be retried. With no row left to
+    // fall due, the lane slept until the next full pass (an hour) instead of probing
+    // when the pause ended.
+    let server = TestServer::start(Faults {
+        down: true,
+        key_fields: vec!["id_evenement".into()],
+        ..Faults::default()
+    });
+    let collections = "[[collections]]\nname = \"evenement\"\nkey = \"id_evenement\"\norder_by = \"date\"\nendpoint = \"/api/evenements\"\n";
+    let fx = fixture(
+        Backend::Sqlite,
+        &server,
+        "timeout = \"1s\"",
+        "mode = \"continuous\"\nmax_retry_delay = \"2s\"\nretry_failed_every = \"1h\"",
+        collections,
+    );
+    std::fs::create_dir_all(fx.path("state")).unwrap();
+    let conn = rusqlite::Connection::open(fx.path("state/ferry.db")).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; CREATE TABLE evenement (id_evenement INTEGER PRIMARY KEY AUTOINCREMENT, date TEXT NOT NULL, capteur_id INTEGER);",
+    )
+    .unwrap();
+    for i in 1..=5 {
+        conn.execute(
+            "INSERT INTO evenement (date, capteur_id) VALUES (?1, 1)",
+            [format!("2026-01-01T00:00:{i:02}")],
+        )
+        .unwrap();
+    }
+    let mut child = spawn_run(&fx);
+    assert!(
+        server.wait_for(Duration::from_secs(10), |s| s.refused_while_down() >= 1),
+        "ferry tried the server"
+    );
+    let reset = fx.ferry(
+        &["reset-tracking", "--collection", "evenement", "--yes"],
+        None,
+    );
+    assert!(reset.status.success(), "{reset:?}");
+    server.set(|f| f.down = false);
+    let arrived = server.wait_for(Duration::from_secs(15), |s| {
+        s.keys("/api/evenements").len() == 5
+    });
+    let (code, _) = terminate(&mut child);
+    assert!(
+        arrived,
+        "{} of 5 arrived within 15 s of the server's return",
+        server.keys("/api/evenements").len()
+    );
+    assert_eq!(code, Some(0));
+    assert_eq!(server.duplicates(), 0);
+}
+
+#[test]
 fn continuous_mode_sees_json_files_another_process_replaces() {
     let server = TestServer::start(Faults::default());
     let fx = fixture(Backend::Json, &server, "", "mode = \"continuous\"", EVENTS);

@@ -783,6 +783,9 @@ fn a_loop_wakes_at_its_earliest_reason_but_not_before_a_probe_is_due() {
         until: 4_000,
     };
     assert_eq!(next_wake(10_000, Some(300), None, None, down), 4_000);
+    // Nothing due before the next full pass: the probe still goes when the pause ends
+    // (model check seed 1869673050880).
+    assert_eq!(next_wake(10_000, None, None, None, down), 4_000);
 }
 
 #[test]
