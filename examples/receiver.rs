@@ -91,7 +91,7 @@ async fn serve(options: Options) -> std::io::Result<()> {
             );
         }) as receiver::OnRequest
     });
-    let answered = receiver::serve(listener, options.idle_exit, print).await?;
+    let answered = receiver::serve(listener, options.idle_exit, print, Duration::ZERO).await?;
     if !options.quiet {
         eprintln!(
             "receiver: idle for {:?}, exiting after {answered} records",

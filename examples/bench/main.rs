@@ -8,6 +8,7 @@
 //! `--quick` runs every figure on small sizes (CI's smoke run: it checks that the
 //! benchmark still works, its figures mean nothing).
 
+mod batches;
 #[path = "../common/receiver.rs"]
 mod receiver;
 mod support;
@@ -34,6 +35,10 @@ struct Sizes {
     migrate_records: usize,
     latency_samples: usize,
     ceiling_for: Duration,
+    wan_single_records: u64,
+    wan_batch_records: u64,
+    batch_loopback_records: u64,
+    gzip_records: u64,
 }
 
 const FULL: Sizes = Sizes {
@@ -47,6 +52,10 @@ const FULL: Sizes = Sizes {
     migrate_records: 100_000,
     latency_samples: 300,
     ceiling_for: Duration::from_secs(3),
+    wan_single_records: 2_000,
+    wan_batch_records: 20_000,
+    batch_loopback_records: 100_000,
+    gzip_records: 20_000,
 };
 
 const QUICK: Sizes = Sizes {
@@ -60,6 +69,10 @@ const QUICK: Sizes = Sizes {
     migrate_records: 2_000,
     latency_samples: 20,
     ceiling_for: Duration::from_millis(500),
+    wan_single_records: 100,
+    wan_batch_records: 1_000,
+    batch_loopback_records: 5_000,
+    gzip_records: 1_000,
 };
 
 const BLOB_BYTES: u64 = 512 * 1024;
@@ -179,6 +192,15 @@ fn run() -> Result<(), BoxError> {
     }
     if wanted(9) {
         bench.binary()?;
+    }
+    if wanted(10) || wanted(11) {
+        bench.wan()?;
+    }
+    if wanted(12) {
+        bench.batched_loopback()?;
+    }
+    if wanted(13) {
+        bench.gzip()?;
     }
     bench.rows.sort_by_key(|r| r.figure);
     print_table(&bench.rows);

@@ -23,6 +23,15 @@ pub fn start_receiver(
     idle: Duration,
     on_request: Option<receiver::OnRequest>,
 ) -> Result<String, BoxError> {
+    start_delayed_receiver(idle, on_request, Duration::ZERO)
+}
+
+/// [`start_receiver`], whose answers each take `delay` (a WAN link).
+pub fn start_delayed_receiver(
+    idle: Duration,
+    on_request: Option<receiver::OnRequest>,
+    delay: Duration,
+) -> Result<String, BoxError> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     listener.set_nonblocking(true)?;
     let url = format!("http://{}", listener.local_addr()?);
@@ -35,7 +44,7 @@ pub fn start_receiver(
             let Ok(runtime) = runtime else { return };
             runtime.block_on(async move {
                 if let Ok(listener) = tokio::net::TcpListener::from_std(listener) {
-                    let _ = receiver::serve(listener, idle, on_request).await;
+                    let _ = receiver::serve(listener, idle, on_request, delay).await;
                 }
             });
         })?;
@@ -351,6 +360,19 @@ impl Site {
         sync: &str,
         collections: &str,
     ) -> Result<Site, BoxError> {
+        let remote = format!("max_concurrent = {max_concurrent}");
+        Site::with_remote(root, name, url, &remote, sync, collections)
+    }
+
+    /// A site whose `[remote]` section has `remote` after its `url` (TOML lines).
+    pub fn with_remote(
+        root: &Path,
+        name: &str,
+        url: &str,
+        remote: &str,
+        sync: &str,
+        collections: &str,
+    ) -> Result<Site, BoxError> {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir)?;
         let config = dir.join("ferry.toml");
@@ -359,7 +381,7 @@ impl Site {
             format!(
                 "device_id = \"bench\"\nlog_level = \"warn\"\n\
                  [storage]\nsqlite_path = \"ferry.db\"\njson_dir = \"json\"\nbackups_dir = \"backups\"\n\
-                 [remote]\nurl = \"{url}\"\nmax_concurrent = {max_concurrent}\n\
+                 [remote]\nurl = \"{url}\"\n{remote}\n\
                  [sync]\n{sync}\n{collections}"
             ),
         )?;

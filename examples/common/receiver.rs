@@ -1,5 +1,6 @@
 //! The loopback receiver shared by `examples/receiver.rs` and the benchmark: every
-//! request is answered `201 {"id": n}` on a kept-alive HTTP/1.1 connection. Small on
+//! request is answered `201 {"id": n}` on a kept-alive HTTP/1.1 connection (a batch
+//! too: an answer without `results` accepts every member, docs/PROTOCOL.md §3). Small on
 //! purpose, so it is not what a benchmark measures (the benchmark measures its
 //! ceiling first).
 
@@ -15,11 +16,14 @@ use tokio::net::{TcpListener, TcpStream};
 pub type OnRequest = Arc<dyn Fn(u64, &str, &[u8]) + Send + Sync>;
 
 /// Serves `listener` until no request arrives for `idle` (a connection idle that
-/// long closes too). Returns how many requests were answered.
+/// long closes too), each answer written `delay` after its request was read (a
+/// server across a WAN link, as a Pi on home broadband sees a cloud server). Returns
+/// how many requests were answered.
 pub async fn serve(
     listener: TcpListener,
     idle: Duration,
     on_request: Option<OnRequest>,
+    delay: Duration,
 ) -> std::io::Result<u64> {
     let counter = Arc::new(AtomicU64::new(0));
     let mut seen = 0;
@@ -39,6 +43,7 @@ pub async fn serve(
             Arc::clone(&counter),
             on_request.clone(),
             idle,
+            delay,
         ));
     }
 }
@@ -48,6 +53,7 @@ async fn connection(
     counter: Arc<AtomicU64>,
     on_request: Option<OnRequest>,
     idle: Duration,
+    delay: Duration,
 ) {
     let _ = socket.set_nodelay(true);
     let mut buffer: Vec<u8> = Vec::with_capacity(16 * 1024);
@@ -81,6 +87,9 @@ async fn connection(
             hook(id, head.lines().next().unwrap_or(""), &buffer[..length]);
         }
         buffer.drain(..length);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let answer = format!("{{\"id\":{id}}}");
         let response = format!(
             "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",

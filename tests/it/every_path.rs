@@ -446,6 +446,45 @@ fn an_updated_at_that_goes_backwards_goes_out_within_seconds() {
 }
 
 #[test]
+fn a_sweep_cut_short_by_a_lock_goes_over_the_same_rows_again() {
+    // Model check seed 2622202277458: the other program held the database's write
+    // lock while a sweep marked a chunk; the chunk's marks were rolled back but its
+    // cursor had moved on, so a change only the sweep sees (here an `updated_at`
+    // that went backwards) waited for the next full pass.
+    let server = TestServer::start(Faults::default());
+    let fx = fixture(Backend::Sqlite, &server, "", "", JOBS);
+    put(&fx, "jobs", job("j1", 0, Some("2026-06-01T00:00:00Z")));
+    assert_eq!(sync_once(&fx).status.code(), Some(0));
+    let mut store = fx.open();
+    let query = |full_scan| ferry::store::DueQuery {
+        now: ferry::store::now_ms(),
+        limit: 100,
+        include_changed: true,
+        full_scan,
+        pace: false,
+        peek: false,
+    };
+    assert!(store.due("jobs", &query(false)).unwrap().is_empty());
+    let other = rusqlite::Connection::open(fx.path("state/ferry.db")).unwrap();
+    other
+        .execute(
+            "UPDATE jobs SET record = json_set(record, '$.progress', 50, '$.updated_at', '2026-05-01T00:00:00Z') WHERE key = 'j1'",
+            [],
+        )
+        .unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let locked = store.due("jobs", &query(false));
+    assert!(locked.is_err(), "the sweep could not write: {locked:?}");
+    other.execute_batch("ROLLBACK").unwrap();
+    let due = store.due("jobs", &query(false)).unwrap();
+    assert_eq!(
+        due.iter().map(|d| d.key.to_string()).collect::<Vec<_>>(),
+        ["j1"],
+        "the change is due once the lock is gone, before any full pass"
+    );
+}
+
+#[test]
 fn an_update_without_a_remote_id_is_refused_clearly_not_posted_again() {
     for backend in BACKENDS {
         let server = TestServer::start(Faults {

@@ -33,7 +33,7 @@ const SWEEP_REST: Millis = 30_000;
 /// went backwards or was never set, a key used again for another record. It runs
 /// after ferry opens the store and after another process writes, paced so that a
 /// large, busy table costs a few percent of a core; an idle store is never swept.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(super) struct Sweep {
     active: bool,
     /// Another process wrote since this round began: go round once more.
@@ -149,6 +149,10 @@ impl SqliteStore {
         let op = format!("sweeping {collection} for records to deliver");
         let (watermark, _, changed_watermark) = self.watermarks(collection)?;
         loop {
+            // The chunk moves a copy of the cursors, kept only once its marks are
+            // committed: a chunk cut short (the other program holding the lock) is
+            // read again next time, not skipped.
+            let mut next = sweep.clone();
             let table = self.table(collection)?;
             let tx = self
                 .conn
@@ -162,9 +166,9 @@ impl SqliteStore {
                 table,
                 query,
                 (watermark, &changed_watermark),
-                sweep,
+                &mut next,
             )?;
-            marks.extend(Self::sweep_gone(db, &op, table, sweep)?);
+            marks.extend(Self::sweep_gone(db, &op, table, &mut next)?);
             for (sql, values) in &marks {
                 db.once()
                     .execute(&op, sql, rusqlite::params_from_iter(values.iter()))?;
@@ -172,6 +176,7 @@ impl SqliteStore {
             db.batch(&op, "RELEASE ferry_sweep")?;
             tx.commit()
                 .map_err(|e| StoreError::sqlite(&self.path, &op)(e))?;
+            *sweep = next;
             sweep.chunks += 1;
             if sweep.cursor.is_none() && sweep.gone_cursor.is_none() {
                 // Round: over. A large table rests before the next round, however
