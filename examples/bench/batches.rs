@@ -140,7 +140,9 @@ impl Bench {
         let rate = batched.rate();
         self.add(
             11,
-            format!("WAN ({rtt_ms} ms per answer), {n} small records, batches with the default limits"),
+            format!(
+                "WAN ({rtt_ms} ms per answer), {n} small records, batches with the default limits"
+            ),
             format!(
                 "**{rate:.0} records/s**, {} requests, {:.2} s",
                 batched.requests,
@@ -179,9 +181,21 @@ impl Bench {
         let n = self.sizes.gzip_records;
         println!("figure 13: {n} small records in batches, with and without gzip");
         let plain_remote = format!("max_concurrent = {DEFAULT_MAX_CONCURRENT}");
-        let plain = self.deliver("fig13-plain", Duration::ZERO, &plain_remote, BATCHED_EVENTS, n)?;
+        let plain = self.deliver(
+            "fig13-plain",
+            Duration::ZERO,
+            &plain_remote,
+            BATCHED_EVENTS,
+            n,
+        )?;
         let gzip_remote = format!("{plain_remote}\ncompression = \"gzip\"");
-        let gzip = self.deliver("fig13-gzip", Duration::ZERO, &gzip_remote, BATCHED_EVENTS, n)?;
+        let gzip = self.deliver(
+            "fig13-gzip",
+            Duration::ZERO,
+            &gzip_remote,
+            BATCHED_EVENTS,
+            n,
+        )?;
         if gzip.json_bytes != plain.json_bytes {
             println!(
                 "  (the JSON differs: {} bytes plain, {} gunzipped; batches may split differently)",
@@ -205,4 +219,3 @@ impl Bench {
         Ok(())
     }
 }
-

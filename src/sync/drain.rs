@@ -142,6 +142,17 @@ impl Engine {
                 }
             }
             self.start(lane, flow, shutdown).await;
+            if flow.queue.is_empty()
+                && flow.tasks.len() < low_water
+                && !flow.exhausted
+                && !flow.stop_starting
+                && !*shutdown.borrow()
+            {
+                // A connection would idle: read the next batch now, while these are
+                // in flight (their keys are busy, so none is read twice), rather than
+                // when one of them is answered.
+                continue;
+            }
             if flow.tasks.is_empty() {
                 if flow.exhausted || flow.stop_starting {
                     // The last answers may reopen it (a probe answered).
