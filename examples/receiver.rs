@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-#[path = "common/receiver.rs"]
-mod receiver;
+use ferry_devkit::receiver;
 
 struct Options {
     addr_file: Option<String>,

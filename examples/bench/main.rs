@@ -9,9 +9,8 @@
 //! benchmark still works, its figures mean nothing).
 
 mod batches;
-#[path = "../common/receiver.rs"]
-mod receiver;
-mod support;
+
+use ferry_devkit::{harness as support, receiver};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -141,21 +140,7 @@ fn run() -> Result<(), BoxError> {
         }
     }
     // target/<profile>/examples/bench → target/<profile>/ferry
-    let ferry = match ferry {
-        Some(path) => path,
-        None => std::env::current_exe()?
-            .parent()
-            .and_then(Path::parent)
-            .map(|dir| dir.join("ferry"))
-            .ok_or("cannot find the ferry binary: pass --ferry PATH")?,
-    };
-    if !ferry.is_file() {
-        return Err(format!(
-            "{} is not built: run `cargo build --release --bins --examples` (make bench does)",
-            ferry.display()
-        )
-        .into());
-    }
+    let ferry = ferry_devkit::bin::beside_examples("ferry", ferry)?;
     let mut bench = Bench {
         ferry,
         root: tempfile::tempdir()?,
@@ -686,10 +671,10 @@ impl Bench {
             notify.wait_ready(Duration::from_secs(30))?;
             let conn = rusqlite::Connection::open(site.db())?;
             conn.busy_timeout(Duration::from_secs(5))?;
-            let mut jitter = Jitter::new(0x5eed);
+            let mut jitter = ferry_devkit::rng::Rng::new(0x5eed);
             let mut inserted = Vec::new();
             for i in 0..samples as u64 {
-                std::thread::sleep(Duration::from_millis(jitter.between(20, 200)));
+                std::thread::sleep(Duration::from_millis(jitter.range(20, 200)));
                 conn.execute(
                     "INSERT INTO events (key, record) VALUES (?1, ?2)",
                     rusqlite::params![i as i64, small_record(i)],

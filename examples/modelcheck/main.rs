@@ -24,7 +24,6 @@
 
 mod check;
 mod model;
-mod rng;
 mod run;
 mod scenario;
 mod server;
@@ -37,6 +36,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use check::{Kind, KINDS};
+use ferry_devkit::rng;
 use run::{Options, Outcome};
 use scenario::Scenario;
 
@@ -238,21 +238,7 @@ fn main() -> std::process::ExitCode {
 fn real_main() -> Result<bool, BoxError> {
     let args = parse_args()?;
     let exe = std::env::current_exe()?;
-    let ferry = match &args.ferry {
-        Some(path) => path.clone(),
-        None => exe
-            .parent()
-            .and_then(Path::parent)
-            .map(|dir| dir.join("ferry"))
-            .ok_or("cannot find the ferry binary: pass --ferry PATH")?,
-    };
-    if !ferry.is_file() {
-        return Err(format!(
-            "{} is not built: run `cargo build --bins --examples` (make modelcheck builds the release one)",
-            ferry.display()
-        )
-        .into());
-    }
+    let ferry = ferry_devkit::bin::beside_examples("ferry", args.ferry.clone())?;
     let out = match &args.out {
         Some(dir) => dir.clone(),
         None => exe

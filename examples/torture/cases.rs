@@ -12,8 +12,9 @@ use ferry::store::{self, Key, Record, Status, Tracking};
 use serde_json::json;
 
 use crate::server::{every_fault, Fault, Faults, TestServer};
-use crate::support::{spawn_ferry, BoxError, Ferry, Jitter};
+use crate::support::{spawn_ferry, BoxError, Ferry};
 use crate::{Run, Tally};
+use ferry_devkit::rng::Rng;
 
 const EVENTS: &str =
     "[[collections]]\nname = \"events\"\nkey = \"id\"\nendpoint = \"/api/events\"\n\
@@ -178,7 +179,7 @@ impl Writer {
         let sqlite = backend == "sqlite";
         let (stop2, next2, gate2) = (Arc::clone(&stop), Arc::clone(&next), Arc::clone(&gate));
         let thread = std::thread::spawn(move || -> Result<(), String> {
-            let mut jitter = Jitter::new(first + 7);
+            let mut jitter = Rng::new(first + 7);
             let mut step = 0u64;
             let conn = if sqlite {
                 let conn = rusqlite::Connection::open(&config.storage.sqlite_path)
@@ -195,16 +196,16 @@ impl Writer {
                 Some(store::open(&config).map_err(|e| e.to_string())?)
             };
             while !stop2.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(jitter.between(5, 30)));
+                std::thread::sleep(Duration::from_millis(jitter.range(5, 30)));
                 let _paused = gate2.lock().map_err(|_| "gate poisoned")?;
                 let from = next2.load(Ordering::Relaxed);
-                let count = jitter.between(1, 6);
+                let count = jitter.range(1, 6);
                 // Now and then, download jobs move on instead: mutable records,
                 // their progress changing while ferry is killed around them.
                 step += 1;
                 let moved: Vec<Record> = if jobs && step.is_multiple_of(2) {
-                    (0..jitter.between(1, 4))
-                        .map(|_| job(jitter.between(0, JOBS), step))
+                    (0..jitter.range(1, 4))
+                        .map(|_| job(jitter.range(0, JOBS), step))
                         .collect::<Result<_, _>>()
                         .map_err(|e| e.to_string())?
                 } else {
@@ -286,14 +287,14 @@ pub fn kill_loop(run: &Run, backend: &str, tally: &mut Tally) -> Result<(), BoxE
     let config = config(&dir, backend, &server.url, "", "mode = \"continuous\"")?;
     drop(store::open(&load(&config)?)?);
     let writer = Writer::start(&config, backend, 0, true)?;
-    let mut jitter = Jitter::new(backend.len() as u64 * 31);
+    let mut jitter = Rng::new(backend.len() as u64 * 31);
     for k in 0..run.kills {
         if k % 10 == 0 {
-            let rate = jitter.between(10, 31) as f64 / 100.0;
+            let rate = jitter.range(10, 31) as f64 / 100.0;
             server.set(|f| f.rate = rate);
         }
         let child = spawn_ferry(&run.ferry, &config, &["run"], &[], &dir.join("ferry.log"))?;
-        std::thread::sleep(Duration::from_millis(jitter.between(30, 500)));
+        std::thread::sleep(Duration::from_millis(jitter.range(30, 500)));
         child.signal(libc::SIGKILL);
         child.wait()?;
         tally.kill(&format!(
@@ -344,7 +345,7 @@ pub fn kill_migration(run: &Run, tally: &mut Tally) -> Result<(), BoxError> {
         json_store.write_tracking(&tracking)?;
     }
     let sqlite_config = config(&dir, "sqlite", "http://127.0.0.1:9", "", "")?;
-    let mut jitter = Jitter::new(99);
+    let mut jitter = Rng::new(99);
     let upper = if run.quick { 300 } else { 1500 };
     for _ in 0..kills {
         let child = spawn_ferry(
@@ -354,7 +355,7 @@ pub fn kill_migration(run: &Run, tally: &mut Tally) -> Result<(), BoxError> {
             &[],
             &dir.join("ferry.log"),
         )?;
-        std::thread::sleep(Duration::from_millis(jitter.between(5, upper)));
+        std::thread::sleep(Duration::from_millis(jitter.range(5, upper)));
         child.signal(libc::SIGKILL);
         child.wait()?;
         tally.kill("start-up migration JSON → SQLite");
@@ -425,7 +426,7 @@ pub fn kill_backup(run: &Run, tally: &mut Tally) -> Result<(), BoxError> {
     )?;
     tally.check(out.status.success(), "an uninterrupted backup");
     let whole = started.elapsed().as_millis() as u64;
-    let mut jitter = Jitter::new(5);
+    let mut jitter = Rng::new(5);
     for k in 0..kills {
         let dest = backups.join(format!("b{k}.db"));
         let child = spawn_ferry(
@@ -435,7 +436,7 @@ pub fn kill_backup(run: &Run, tally: &mut Tally) -> Result<(), BoxError> {
             &[],
             &dir.join("ferry.log"),
         )?;
-        std::thread::sleep(Duration::from_millis(jitter.between(1, whole.max(2))));
+        std::thread::sleep(Duration::from_millis(jitter.range(1, whole.max(2))));
         child.signal(libc::SIGKILL);
         child.wait()?;
         tally.kill("`ferry backup`");
@@ -508,10 +509,10 @@ pub fn crash_snapshots(run: &Run, backend: &str, tally: &mut Tally) -> Result<()
     drop(store::open(&load(&config)?)?);
     let writer = Writer::start(&config, backend, 0, false)?;
     let child = spawn_ferry(&run.ferry, &config, &["run"], &[], &dir.join("ferry.log"))?;
-    let mut jitter = Jitter::new(77);
+    let mut jitter = Rng::new(77);
     let mut copies = Vec::new();
     for s in 0..snapshots {
-        std::thread::sleep(Duration::from_millis(jitter.between(100, 700)));
+        std::thread::sleep(Duration::from_millis(jitter.range(100, 700)));
         let gate = Arc::clone(&writer.gate);
         let paused = gate.lock().map_err(|_| "gate poisoned")?;
         child.signal(libc::SIGSTOP);

@@ -11,22 +11,15 @@
 //! (both backends); `kill -9` during a start-up migration and during `ferry backup`;
 //! crash snapshots (ferry and the writer frozen at a random instant, the store files
 //! copied, ferry started on the copy); a full disk (a small tmpfs); and bad input of
-//! every kind. The server is `tests/it/server.rs`, which honours Idempotency-Key:
+//! every kind. The server is `devkit/src/server.rs`, which honours Idempotency-Key:
 //! "duplicated" counts records it stored twice (different keys for one record).
 
-#[path = "../common/receiver.rs"]
-#[allow(dead_code)]
-mod receiver;
-#[path = "../../tests/it/server.rs"]
-mod server;
-#[path = "../bench/support.rs"]
-#[allow(dead_code)]
-mod support;
+use ferry_devkit::{harness as support, server};
 
 mod cases;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use support::BoxError;
 
@@ -116,21 +109,7 @@ fn run() -> Result<bool, BoxError> {
             other => return Err(format!("unknown argument {other:?} (try --quick)").into()),
         }
     }
-    let ferry = match ferry {
-        Some(path) => path,
-        None => std::env::current_exe()?
-            .parent()
-            .and_then(Path::parent)
-            .map(|dir| dir.join("ferry"))
-            .ok_or("cannot find the ferry binary: pass --ferry PATH")?,
-    };
-    if !ferry.is_file() {
-        return Err(format!(
-            "{} is not built: run `cargo build --release --bins --examples` (make torture does)",
-            ferry.display()
-        )
-        .into());
-    }
+    let ferry = ferry_devkit::bin::beside_examples("ferry", ferry)?;
     let run = Run {
         ferry,
         root: tempfile::tempdir()?,

@@ -26,6 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ferry_devkit::rng::Rng;
+
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -43,8 +45,7 @@ struct Args {
 }
 
 fn args() -> Result<Args, BoxError> {
-    let exe = std::env::current_exe()?;
-    let default_receiver = exe
+    let default_receiver = std::env::current_exe()?
         .parent()
         .and_then(|p| p.parent())
         .map(|p| p.join("ferry-receiver"))
@@ -200,20 +201,6 @@ impl Drop for Receiver {
     }
 }
 
-/// A tiny xorshift, seeded per box: the runs are reproducible.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() % 1_000_000) as f64 / 1_000_000.0 < p
-    }
-}
-
 #[derive(Default)]
 struct Tally {
     latencies_us: Mutex<Vec<u64>>,
@@ -266,7 +253,7 @@ async fn one_box(
     tally: Arc<Tally>,
 ) {
     let device = format!("box-{n:04}");
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (n as u64 + 1));
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15 ^ (n as u64 + 1));
     let mut known: Vec<(String, i64)> = Vec::new();
     let mut seq: u64 = 0;
     let mut next_key: u64 = 0;
@@ -291,7 +278,7 @@ async fn one_box(
             seq += 1;
             let update = !known.is_empty() && rng.chance(0.1);
             let (key, remote) = if update {
-                let (k, id) = known[(rng.next() as usize) % known.len()].clone();
+                let (k, id) = known[rng.below(known.len() as u64) as usize].clone();
                 (k, Some(id))
             } else {
                 next_key += 1;

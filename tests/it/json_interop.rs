@@ -396,16 +396,14 @@ fn kill_9_of_a_put_loop_leaves_the_old_or_the_new_content() {
     assert!(spawn_put(999).wait().unwrap().success());
     let whole = started.elapsed().as_micros() as u64;
     let mut count = read_object(&path).len();
-    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut rng = ferry_devkit::rng::Rng::new(0x2545_f491_4f6c_dd1d);
     let (mut mid_write, mut killed) = (0, 0);
     for i in 0..30 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
+        let draw = rng.next_u64();
         let mut child = spawn_put(i);
         if i % 2 == 0 {
             // Anywhere in the command's life.
-            std::thread::sleep(Duration::from_micros(seed % whole.max(1)));
+            std::thread::sleep(Duration::from_micros(draw % whole.max(1)));
         } else {
             // Inside the write: once its journal is there, up to 3 ms later.
             let deadline = Instant::now() + Duration::from_micros(whole * 3);
@@ -415,7 +413,7 @@ fn kill_9_of_a_put_loop_leaves_the_old_or_the_new_content() {
             {
                 std::thread::sleep(Duration::from_micros(50));
             }
-            std::thread::sleep(Duration::from_micros(seed % 3000));
+            std::thread::sleep(Duration::from_micros(draw % 3000));
         }
         if child.try_wait().unwrap().is_none() {
             killed += 1;

@@ -2,6 +2,9 @@
 
 mod support;
 
+// The test server (devkit/src/server.rs), shared with `examples/torture`.
+use ferry_devkit::server;
+
 mod backup_leftovers;
 mod batches;
 mod cli;
@@ -10,7 +13,6 @@ mod json_interop;
 mod migrate;
 mod operator;
 mod run_lock;
-mod server;
 mod sqlite_tables;
 mod store_conformance;
 mod sync;

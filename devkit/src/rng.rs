@@ -1,5 +1,5 @@
-//! The one source of randomness: SplitMix64, seeded from the scenario's seed, so a
-//! seed names one scenario on every machine and every run.
+//! The one source of randomness of ferry's tests, benchmark, torture run and model
+//! check: SplitMix64, seeded, so a seed names one run on every machine.
 
 #[derive(Clone, Debug)]
 pub struct Rng(u64);

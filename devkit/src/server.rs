@@ -5,8 +5,7 @@
 //! acknowledgement), and in the hostile ways `make torture` adds (garbage, a redirect
 //! loop, a 10 GB answer, one byte a second). It honours Idempotency-Key as a careful
 //! server would, unless told not to. It runs on its own thread and stops when dropped.
-//! `examples/torture` uses it too, so each user leaves some of it unused.
-#![allow(dead_code)]
+//! The integration tests and `examples/torture` use it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

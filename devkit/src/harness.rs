@@ -1,7 +1,8 @@
-//! The benchmark's tools: the receiver on its own thread, a plain load generator to
-//! measure the receiver's ceiling, the ferry child process (spawned, signalled,
-//! reaped with its peak RSS, READY=1 read from a real NOTIFY_SOCKET, sampled through
-//! /proc), and stores built with SQL as another program would build them.
+//! Driving whole `ferry` processes (the benchmark's and the torture run's tools): the
+//! receiver on its own thread, a plain load generator to measure the receiver's
+//! ceiling, the ferry child process (spawned, signalled, reaped with its peak RSS,
+//! READY=1 read from a real NOTIFY_SOCKET, sampled through /proc), and stores built
+//! with SQL as another program would build them.
 
 use std::io::{self, Read as _};
 use std::os::unix::net::UnixDatagram;
@@ -14,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::receiver;
 
-pub type BoxError = Box<dyn std::error::Error>;
+pub use crate::BoxError;
 
 /// Starts the loopback receiver on a thread of its own (its own single-threaded
 /// runtime, like `examples/receiver.rs`). It stops by itself after `idle` without a
@@ -425,23 +426,6 @@ pub fn fill_events(site: &Site, first: u64, count: u64, delivered: bool) -> Resu
     }
     conn.execute_batch("COMMIT; PRAGMA wal_checkpoint(TRUNCATE);")?;
     Ok(())
-}
-
-/// A small deterministic generator (xorshift), for the latency figure's pauses.
-pub struct Jitter(u64);
-
-impl Jitter {
-    pub fn new(seed: u64) -> Jitter {
-        Jitter(seed.max(1))
-    }
-
-    /// A value in `low..high`.
-    pub fn between(&mut self, low: u64, high: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        low + self.0 % (high - low).max(1)
-    }
 }
 
 /// Arrival times of records at the receiver, by their `id` field.
