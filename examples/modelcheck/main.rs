@@ -283,7 +283,8 @@ fn real_main() -> Result<bool, BoxError> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        rng::Rng::new(nanos ^ u64::from(std::process::id())).next_u64() >> 20
+        scenario::BATCH_SEEDS
+            | rng::Rng::new(nanos ^ u64::from(std::process::id())).next_u64() >> 21
     });
     let opts = Options {
         ferry: ferry.clone(),

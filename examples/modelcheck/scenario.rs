@@ -55,7 +55,15 @@ pub struct Spec {
     pub updates: Option<Updates>,
     /// The foreign tables' `INTEGER PRIMARY KEY` has AUTOINCREMENT (keys never reused).
     pub autoincrement: bool,
+    /// Sent in batches of at most this many records (`batch_endpoint`), or one a
+    /// request.
+    pub batch: Option<u32>,
 }
+
+/// Seeds from here on may send collections in batches. Lower seeds name the
+/// scenarios they named before batches were modelled, so the fixed seeds found then
+/// keep their meaning; fresh seeds are drawn from here on.
+pub const BATCH_SEEDS: u64 = 1 << 44;
 
 impl Spec {
     pub fn name(&self) -> &'static str {
@@ -139,6 +147,12 @@ impl Spec {
                 updates.as_str()
             ));
         }
+        if let Some(max) = self.batch {
+            out.push_str(&format!(
+                "batch_endpoint = \"{}/batch\"\nbatch_max_records = {max}\n",
+                self.endpoint()
+            ));
+        }
         out
     }
 
@@ -152,6 +166,9 @@ impl Spec {
             }),
             (_, Some(updates)) => text.push_str(&format!(" (updates = {})", updates.as_str())),
             (_, None) => text.push_str(" (append-only)"),
+        }
+        if let Some(max) = self.batch {
+            text.push_str(&format!(" in batches of ≤ {max}"));
         }
         text
     }
@@ -420,7 +437,17 @@ impl Scenario {
                 template,
                 updates,
                 autoincrement: shape.chance(0.5),
+                batch: None,
             });
+        }
+        if seed >= BATCH_SEEDS {
+            // Its own stream: the other draws stay as they were.
+            let mut batches = Rng::new(seed ^ 0xBA7C_4E5D_0C0F_FEE5);
+            for spec in &mut specs {
+                if batches.chance(0.5) {
+                    spec.batch = Some(batches.pick(&[2, 3, 5, 50, 500]));
+                }
+            }
         }
         let backend = if shape.chance(0.5) {
             Backend::Sqlite

@@ -457,9 +457,16 @@ fn decide(shared: &Shared, request: Parsed) -> Plan {
         log.followed_redirect = true;
         path.pop();
     }
+    // A batch (docs/PROTOCOL.md §3) at `<endpoint>/batch`.
+    let batch = request.method == "POST"
+        && path
+            .strip_suffix("/batch")
+            .is_some_and(|endpoint| shared.sig_fields.iter().any(|(e, _)| e == endpoint));
     // Which collection, and for PUT which row.
     let found = shared.sig_fields.iter().find_map(|(endpoint, field)| {
-        if request.method == "POST" && path == *endpoint {
+        if request.method == "POST"
+            && (path == *endpoint || (batch && path == format!("{endpoint}/batch")))
+        {
             Some((endpoint.clone(), *field, None))
         } else {
             path.strip_prefix(endpoint.as_str())
@@ -577,6 +584,16 @@ fn decide(shared: &Shared, request: Parsed) -> Plan {
         }
     }
 
+    if batch {
+        // Each member is a request of its own under its own key; the batch's key is
+        // not kept (ferry may send a member again in another batch).
+        let (status, answer_body, stored) =
+            store_batch(&mut state, &endpoint, sig_field, &body, at_ms, fault);
+        let plan = send_back(&mut log, kill_pid, fault, status, answer_body, stored);
+        state.log.push(log);
+        return plan;
+    }
+
     // Processing: the idempotency key first.
     if let Some(k) = &key {
         if let Some(entry) = state.keys.get(k) {
@@ -680,29 +697,156 @@ fn decide(shared: &Shared, request: Parsed) -> Plan {
         );
     }
     let stored = row.map_or("nothing stored".to_string(), |id| format!("row {id}"));
-    let plan = if let Some(pid) = kill_pid {
+    let plan = send_back(&mut log, kill_pid, fault, status, answer_body, stored);
+    state.log.push(log);
+    plan
+}
+
+/// The answer to a request that was processed, unless the fault drawn for it (or
+/// the driver's kill) takes it away.
+fn send_back(
+    log: &mut Request,
+    kill_pid: Option<i32>,
+    fault: Option<FaultKind>,
+    status: u16,
+    answer_body: String,
+    stored: String,
+) -> Plan {
+    if let Some(pid) = kill_pid {
         // SAFETY: the driver's unreaped child (see KillArm).
         unsafe { libc::kill(pid, libc::SIGKILL) };
         log.outcome = format!("{status} ({stored}), then ferry killed (-9) before the answer");
-        Plan::Drop
-    } else {
-        match fault {
-            Some(FaultKind::LostAnswer) => {
-                log.outcome = format!("{status} ({stored}), answer lost (connection dropped)");
-                Plan::Drop
-            }
-            Some(FaultKind::StoreThen500) => {
-                log.outcome = format!("{stored}, then 500");
-                answer(500, "{\"error\": \"internal error after commit\"}")
-            }
-            _ => {
-                log.outcome = format!("{status} {answer_body} ({stored})");
-                answer(status, answer_body)
-            }
+        return Plan::Drop;
+    }
+    match fault {
+        Some(FaultKind::LostAnswer) => {
+            log.outcome = format!("{status} ({stored}), answer lost (connection dropped)");
+            Plan::Drop
         }
-    };
-    state.log.push(log);
-    plan
+        Some(FaultKind::StoreThen500) => {
+            log.outcome = format!("{stored}, then 500");
+            answer(500, "{\"error\": \"internal error after commit\"}")
+        }
+        _ => {
+            log.outcome = format!("{status} {answer_body} ({stored})");
+            answer(status, answer_body)
+        }
+    }
+}
+
+/// A batch's members, each as the single-record API would take it (its own key,
+/// replayed, refused with 422 when used with another request, or stored). Each is
+/// logged as a request of its own. The answer lists per-member results, or — the
+/// no-id fault — is a bare 2xx, which accepts every member without ids.
+fn store_batch(
+    state: &mut State,
+    endpoint: &str,
+    sig_field: &str,
+    body: &Value,
+    at_ms: u64,
+    fault: Option<FaultKind>,
+) -> (u16, String, String) {
+    let members = body
+        .get("records")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let no_ids = fault == Some(FaultKind::NoId);
+    let mut results = Vec::new();
+    let mut rows = Vec::new();
+    for member in &members {
+        state.seq += 1;
+        let seq = state.seq;
+        let key = member
+            .get("idempotency_key")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let record = member.get("record").cloned().unwrap_or(Value::Null);
+        let target = (member.get("op").and_then(Value::as_str) == Some("update")).then(|| {
+            member
+                .get("remote_id")
+                .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
+                .unwrap_or(0)
+        });
+        let (method, path) = match target {
+            Some(id) => ("PUT", format!("{endpoint}/{id}")),
+            None => ("POST", endpoint.to_string()),
+        };
+        let mut log = Request {
+            seq,
+            at_ms,
+            method: method.to_string(),
+            path: path.clone(),
+            key: key.clone(),
+            sig: record
+                .get(sig_field)
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            outcome: String::new(),
+            followed_redirect: false,
+            key_reused: false,
+        };
+        let seen = key.as_ref().and_then(|k| state.keys.get(k)).map(|entry| {
+            let same = entry.method == method && entry.path == path && entry.body == record;
+            match (&entry.state, same) {
+                (_, false) => (422, None, entry.row),
+                (KeyState::InProgress, true) => (409, None, None),
+                (KeyState::Done { status, body }, true) => (*status, Some(body.clone()), None),
+            }
+        });
+        let (status, answer_body) = match seen {
+            Some((422, _, row)) => {
+                log.key_reused = true;
+                let named = row.filter(|_| state.rng.chance(state.faults.id_in_422));
+                let mut error = json!({"error": "idempotency key reused"});
+                if let Some(id) = named {
+                    error["id"] = json!(id);
+                }
+                (422, error.to_string())
+            }
+            Some((status, Some(body), _)) => (status, body),
+            Some((status, None, _)) => (
+                status,
+                "{\"error\": \"a request with this idempotency key is still being processed\"}"
+                    .to_string(),
+            ),
+            None => {
+                let (status, answer_body, row) =
+                    store(state, seq, method, endpoint, target, record.clone(), no_ids);
+                rows.extend(row);
+                if let Some(k) = &key {
+                    state.keys.insert(
+                        k.clone(),
+                        KeyEntry {
+                            method: method.to_string(),
+                            path,
+                            body: record,
+                            state: KeyState::Done {
+                                status,
+                                body: answer_body.clone(),
+                            },
+                            row,
+                        },
+                    );
+                }
+                (status, answer_body)
+            }
+        };
+        log.outcome = format!("{status} {answer_body} (a batch member)");
+        state.log.push(log);
+        let mut result = serde_json::from_str::<Value>(&answer_body)
+            .ok()
+            .filter(Value::is_object)
+            .unwrap_or_else(|| json!({}));
+        result["idempotency_key"] = json!(key);
+        result["status"] = json!(status);
+        results.push(result);
+    }
+    let stored = format!("batch of {}, rows {rows:?}", members.len());
+    if no_ids {
+        return (200, "{}".to_string(), stored);
+    }
+    (200, json!({ "results": results }).to_string(), stored)
 }
 
 fn finish_slow(shared: &Shared, job: Job) -> Plan {
