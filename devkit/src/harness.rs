@@ -5,7 +5,6 @@
 //! with SQL as another program would build them.
 
 use std::io::{self, Read as _};
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -242,48 +241,7 @@ pub fn run_ferry(
     Ok((took, ended))
 }
 
-/// A real NOTIFY_SOCKET for a child to send READY=1 to.
-pub struct NotifySocket {
-    socket: UnixDatagram,
-    pub path: PathBuf,
-}
-
-impl NotifySocket {
-    pub fn bind(path: PathBuf) -> Result<NotifySocket, BoxError> {
-        let _ = std::fs::remove_file(&path);
-        let socket = UnixDatagram::bind(&path)?;
-        Ok(NotifySocket { socket, path })
-    }
-
-    /// Waits until a datagram holds `READY=1`; returns when it arrived.
-    pub fn wait_ready(&self, timeout: Duration) -> Result<Instant, BoxError> {
-        let deadline = Instant::now() + timeout;
-        let mut buffer = [0u8; 4096];
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!("no READY=1 within {timeout:?}").into());
-            }
-            self.socket.set_read_timeout(Some(left))?;
-            match self.socket.recv(&mut buffer) {
-                Ok(n) => {
-                    if String::from_utf8_lossy(&buffer[..n])
-                        .lines()
-                        .any(|l| l == "READY=1")
-                    {
-                        return Ok(Instant::now());
-                    }
-                }
-                Err(err)
-                    if matches!(
-                        err.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) => {}
-                Err(err) => return Err(err.into()),
-            }
-        }
-    }
-}
+pub use crate::notify::NotifySocket;
 
 /// What /proc says about a process at one instant.
 #[derive(Clone, Copy, Debug)]

@@ -390,7 +390,7 @@ impl Bench {
             EVENTS,
         )?;
         fill_events(&site, 0, n, true)?;
-        let notify = NotifySocket::bind(site.dir.join("notify.sock"))?;
+        let mut notify = NotifySocket::bind(site.dir.join("notify.sock"))?;
         let ferry = spawn_ferry(
             &self.ferry,
             &site.config,
@@ -545,7 +545,7 @@ impl Bench {
     /// Spawns `ferry run` and times it to READY=1; then stops it with SIGTERM, or with
     /// SIGKILL when `kill` (so the next start finds an unclean stop).
     fn start_to_ready(&self, site: &Site, kill: bool) -> Result<(Duration, ()), BoxError> {
-        let notify = NotifySocket::bind(site.dir.join("notify.sock"))?;
+        let mut notify = NotifySocket::bind(site.dir.join("notify.sock"))?;
         let started = Instant::now();
         let ferry = spawn_ferry(
             &self.ferry,
@@ -659,7 +659,7 @@ impl Bench {
             EVENTS,
         )?;
         fill_events(&site, 0, 0, false)?;
-        let notify = NotifySocket::bind(site.dir.join("notify.sock"))?;
+        let mut notify = NotifySocket::bind(site.dir.join("notify.sock"))?;
         let ferry = spawn_ferry(
             &self.ferry,
             &site.config,

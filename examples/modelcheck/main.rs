@@ -237,14 +237,12 @@ fn main() -> std::process::ExitCode {
 
 fn real_main() -> Result<bool, BoxError> {
     let args = parse_args()?;
-    let exe = std::env::current_exe()?;
     let ferry = ferry_devkit::bin::beside_examples("ferry", args.ferry.clone())?;
     let out = match &args.out {
         Some(dir) => dir.clone(),
-        None => exe
+        // target/<profile>/ → target/modelcheck/
+        None => ferry_devkit::bin::binaries_dir()?
             .parent()
-            .and_then(Path::parent)
-            .and_then(Path::parent)
             .map(|target| target.join("modelcheck"))
             .ok_or("cannot tell where to write reports: pass --out DIR")?,
     };

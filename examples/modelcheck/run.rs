@@ -2,9 +2,9 @@
 //! process and what happens to it, the drain, and the check. Everything that
 //! happened goes into the history, for the report.
 
+use ferry_devkit::notify::NotifySocket;
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read as _;
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -103,7 +103,7 @@ struct Driver<'a> {
     config: PathBuf,
     db: PathBuf,
     json_dir: PathBuf,
-    notify: UnixDatagram,
+    notify: NotifySocket,
     server: ServerModel,
     kill: Arc<Mutex<KillArm>>,
     ferry: Option<Child>,
@@ -138,8 +138,7 @@ pub fn run(sc: &Scenario, keep: Option<&[bool]>, opts: &Options) -> Result<Outco
     let dir = root.path().to_path_buf();
     let state = dir.join("state");
     std::fs::create_dir_all(state.join("json"))?;
-    let notify = UnixDatagram::bind(dir.join("notify.sock"))?;
-    notify.set_nonblocking(true)?;
+    let notify = NotifySocket::bind(dir.join("notify.sock"))?;
     let kill = Arc::new(Mutex::new(KillArm::default()));
     let sig_fields = sc
         .specs
@@ -433,28 +432,16 @@ impl Driver<'_> {
     }
 
     /// Discards notifications already received.
-    fn flush_notify(&self) {
-        let mut buffer = [0u8; 4096];
-        while self.notify.recv(&mut buffer).is_ok() {}
+    fn flush_notify(&mut self) {
+        let _ = self.notify.forget();
     }
 
     /// Waits for READY=1, watching the child; false (with a finding) if it never came.
     fn wait_ready(&mut self, what: &str) -> Result<bool, BoxError> {
         let deadline = Instant::now() + READY_LIMIT;
-        let mut buffer = [0u8; 4096];
         while Instant::now() < deadline {
-            match self.notify.recv(&mut buffer) {
-                Ok(n) => {
-                    if String::from_utf8_lossy(&buffer[..n])
-                        .lines()
-                        .any(|l| l == "READY=1")
-                    {
-                        return Ok(true);
-                    }
-                    continue;
-                }
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(err) => return Err(err.into()),
+            if self.notify.poll_ready()? {
+                return Ok(true);
             }
             if let Some(code) = self.reap_if_exited()? {
                 self.finding(

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -32,12 +32,7 @@ struct Args {
 }
 
 fn args() -> Result<Args, BoxError> {
-    let exe = std::env::current_exe()?;
-    let bin_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .ok_or("cannot find the binaries' folder; pass --bin-dir")?;
+    let bin_dir = ferry_devkit::bin::binaries_dir()?;
     let mut a = Args {
         records: 300,
         kills: 6,

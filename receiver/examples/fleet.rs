@@ -45,11 +45,7 @@ struct Args {
 }
 
 fn args() -> Result<Args, BoxError> {
-    let default_receiver = std::env::current_exe()?
-        .parent()
-        .and_then(|p| p.parent())
-        .map(|p| p.join("ferry-receiver"))
-        .ok_or("cannot find the receiver next to this program; pass --receiver PATH")?;
+    let default_receiver = ferry_devkit::bin::binaries_dir()?.join("ferry-receiver");
     let mut a = Args {
         seconds: 10,
         boxes: 200,

@@ -1,7 +1,6 @@
 //! `ferry run` as systemd sees it: the real binary, with a `NOTIFY_SOCKET` the test
 //! owns (a datagram socket, as systemd's), and real signals.
 
-use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,74 +13,8 @@ use crate::support::{ferry_bin, record, Fixture};
 pub(crate) const EVENTS: &str =
     "[[collections]]\nname = \"events\"\nkey = \"id\"\nendpoint = \"/api/events\"\n";
 
-/// systemd's end of `NOTIFY_SOCKET`: every datagram ferry sends, with its arrival time.
-pub(crate) struct Systemd {
-    socket: UnixDatagram,
-    pub(crate) path: std::path::PathBuf,
-    pub(crate) received: Vec<(Instant, String)>,
-}
-
-impl Systemd {
-    pub(crate) fn listen(dir: &std::path::Path) -> Systemd {
-        let path = dir.join("notify.sock");
-        // A socket file left by an earlier listener in the same folder.
-        let _ = std::fs::remove_file(&path);
-        let socket = UnixDatagram::bind(&path).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        Systemd {
-            socket,
-            path,
-            received: Vec::new(),
-        }
-    }
-
-    /// Reads what arrives for `time`.
-    pub(crate) fn collect(&mut self, time: Duration) {
-        let end = Instant::now() + time;
-        let mut buf = [0u8; 4096];
-        while Instant::now() < end {
-            if let Ok(n) = self.socket.recv(&mut buf) {
-                self.received.push((
-                    Instant::now(),
-                    String::from_utf8_lossy(&buf[..n]).into_owned(),
-                ));
-            }
-        }
-    }
-
-    /// Waits (bounded) for a message containing `line`; returns when it came.
-    pub(crate) fn wait_for(&mut self, line: &str, limit: Duration) -> Option<Instant> {
-        let end = Instant::now() + limit;
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Some((at, _)) = self
-                .received
-                .iter()
-                .find(|(_, m)| m.lines().any(|l| l == line || l.starts_with(line)))
-            {
-                return Some(*at);
-            }
-            if Instant::now() >= end {
-                return None;
-            }
-            if let Ok(n) = self.socket.recv(&mut buf) {
-                self.received.push((
-                    Instant::now(),
-                    String::from_utf8_lossy(&buf[..n]).into_owned(),
-                ));
-            }
-        }
-    }
-
-    fn count_since(&self, since: Instant, line: &str) -> usize {
-        self.received
-            .iter()
-            .filter(|(at, m)| *at >= since && m.lines().any(|l| l == line))
-            .count()
-    }
-}
+/// systemd's end of `NOTIFY_SOCKET` (devkit/src/notify.rs).
+pub(crate) use ferry_devkit::notify::NotifySocket as Systemd;
 
 pub(crate) fn spawn(
     fx: &Fixture,
