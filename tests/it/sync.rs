@@ -519,11 +519,11 @@ fn continuous_mode_delivers_another_processs_insert_within_about_a_second() {
     assert!(*worst < Duration::from_secs(3), "worst latency {worst:?}");
 }
 
-#[test]
-fn records_written_while_the_server_was_down_go_out_once_the_probe_is_answered() {
-    // Model check seed 17039800358983: the probe's 2xx ended the drain, and rows written
-    // during the pause (no tracking row, their change notices spent while paused) waited
-    // for the next full pass — an hour by default.
+/// The seed sync service's `evenement` table (another program's, AUTOINCREMENT), a
+/// server that refuses every request until told otherwise, and a store whose
+/// collection pauses after one refusal and does not look again for an hour unless
+/// something wakes it.
+fn seed_events_with_the_server_down() -> (TestServer, Fixture, rusqlite::Connection) {
     let server = TestServer::start(Faults {
         down: true,
         key_fields: vec!["id_evenement".into()],
@@ -543,6 +543,15 @@ fn records_written_while_the_server_was_down_go_out_once_the_probe_is_answered()
         "PRAGMA journal_mode = WAL; CREATE TABLE evenement (id_evenement INTEGER PRIMARY KEY AUTOINCREMENT, date TEXT NOT NULL, capteur_id INTEGER);",
     )
     .unwrap();
+    (server, fx, conn)
+}
+
+#[test]
+fn records_written_while_the_server_was_down_go_out_once_the_probe_is_answered() {
+    // Model check seed 17039800358983: the probe's 2xx ended the drain, and rows written
+    // during the pause (no tracking row, their change notices spent while paused) waited
+    // for the next full pass — an hour by default.
+    let (server, fx, conn) = seed_events_with_the_server_down();
     let insert = |i: u32| {
         conn.execute(
             "INSERT INTO evenement (date, capteur_id) VALUES (?1, 1)",
@@ -582,25 +591,7 @@ fn records_whose_tracking_was_reset_during_a_pause_go_out_once_the_server_is_bac
     // `reset-tracking` forgot the one row that was to be retried. With no row left to
     // fall due, the lane slept until the next full pass (an hour) instead of probing
     // when the pause ended.
-    let server = TestServer::start(Faults {
-        down: true,
-        key_fields: vec!["id_evenement".into()],
-        ..Faults::default()
-    });
-    let collections = "[[collections]]\nname = \"evenement\"\nkey = \"id_evenement\"\norder_by = \"date\"\nendpoint = \"/api/evenements\"\n";
-    let fx = fixture(
-        Backend::Sqlite,
-        &server,
-        "timeout = \"1s\"",
-        "mode = \"continuous\"\nmax_retry_delay = \"2s\"\nretry_failed_every = \"1h\"",
-        collections,
-    );
-    std::fs::create_dir_all(fx.path("state")).unwrap();
-    let conn = rusqlite::Connection::open(fx.path("state/ferry.db")).unwrap();
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL; CREATE TABLE evenement (id_evenement INTEGER PRIMARY KEY AUTOINCREMENT, date TEXT NOT NULL, capteur_id INTEGER);",
-    )
-    .unwrap();
+    let (server, fx, conn) = seed_events_with_the_server_down();
     for i in 1..=5 {
         conn.execute(
             "INSERT INTO evenement (date, capteur_id) VALUES (?1, 1)",
