@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{verdict, Bench};
-use crate::support::*;
+use ferry_devkit::harness::*;
 
 /// The time every answer of the WAN figures' receiver takes.
 const WAN_RTT: Duration = Duration::from_millis(50);
@@ -47,7 +47,7 @@ impl Delivery {
 
 /// Counts the records a request carries: one for a single-record `POST`, the
 /// members of a batch (its body gunzipped when it came compressed).
-fn count_on(wire: &Arc<Wire>) -> crate::receiver::OnRequest {
+fn count_on(wire: &Arc<Wire>) -> ferry_devkit::receiver::OnRequest {
     let wire = Arc::clone(wire);
     Arc::new(move |_, line: &str, body: &[u8]| {
         wire.requests.fetch_add(1, Ordering::Relaxed);

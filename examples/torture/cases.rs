@@ -12,8 +12,8 @@ use ferry::store::{self, Key, Record, Status, Tracking};
 use serde_json::json;
 
 use crate::server::{every_fault, Fault, Faults, TestServer};
-use crate::support::{spawn_ferry, BoxError, Ferry};
 use crate::{Run, Tally};
+use ferry_devkit::harness::{spawn_ferry, BoxError, Ferry};
 use ferry_devkit::rng::Rng;
 
 const EVENTS: &str =

@@ -14,14 +14,14 @@
 //! every kind. The server is `devkit/src/server.rs`, which honours Idempotency-Key:
 //! "duplicated" counts records it stored twice (different keys for one record).
 
-use ferry_devkit::{harness as support, server};
+use ferry_devkit::server;
 
 mod cases;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use support::BoxError;
+use ferry_devkit::BoxError;
 
 /// What the run saw, printed as the table.
 #[derive(Default)]
