@@ -595,54 +595,42 @@ fn decide(shared: &Shared, request: Parsed) -> Plan {
     }
 
     // Processing: the idempotency key first.
-    if let Some(k) = &key {
-        if let Some(entry) = state.keys.get(k) {
-            let same = entry.method == request.method && entry.path == path && entry.body == body;
-            let plan = match (&entry.state, same) {
-                (_, false) => {
-                    let id_in_422 = state.faults.id_in_422;
-                    let named = entry.row.filter(|_| state.rng.chance(id_in_422));
-                    log.key_reused = true;
-                    log.outcome = format!(
-                        "422 (key reused with another request{})",
-                        named.map_or(String::new(), |id| format!("; answer names id {id}"))
-                    );
-                    let mut error = json!({
-                        "error": "idempotency key reused",
-                        "detail": "this Idempotency-Key was used for a different request",
-                    });
-                    if let Some(id) = named {
-                        error["id"] = json!(id);
-                    }
-                    answer(422, error.to_string())
+    if let Some(known) = known_key(&mut state, key.as_ref(), &request.method, &path, &body) {
+        let plan = match known {
+            KnownKey::Reused {
+                named,
+                answer: text,
+            } => {
+                log.key_reused = true;
+                log.outcome = format!(
+                    "422 (key reused with another request{})",
+                    named.map_or(String::new(), |id| format!("; answer names id {id}"))
+                );
+                answer(422, text)
+            }
+            KnownKey::InProgress => {
+                log.outcome = "409 (a request with this key is still being processed)".into();
+                answer(409, IN_PROGRESS)
+            }
+            KnownKey::Replay { status, body } => {
+                log.outcome = format!("{status} replayed ({body})");
+                Plan::Answer {
+                    status,
+                    body,
+                    extra: "idempotent-replayed: true\r\n".into(),
                 }
-                (KeyState::InProgress, true) => {
-                    log.outcome = "409 (a request with this key is still being processed)".into();
-                    answer(
-                        409,
-                        "{\"error\": \"a request with this idempotency key is still being processed\"}",
-                    )
-                }
-                (KeyState::Done { status, body }, true) => {
-                    log.outcome = format!("{status} replayed ({body})");
-                    Plan::Answer {
-                        status: *status,
-                        body: body.clone(),
-                        extra: "idempotent-replayed: true\r\n".into(),
-                    }
-                }
-            };
-            // A fault on the way back still applies to a replay.
-            let plan = match (plan, fault) {
-                (Plan::Answer { status, .. }, Some(FaultKind::LostAnswer)) if status < 300 => {
-                    log.outcome.push_str(", answer lost");
-                    Plan::Drop
-                }
-                (plan, _) => plan,
-            };
-            state.log.push(log);
-            return plan;
-        }
+            }
+        };
+        // A fault on the way back still applies to a replay.
+        let plan = match (plan, fault) {
+            (Plan::Answer { status, .. }, Some(FaultKind::LostAnswer)) if status < 300 => {
+                log.outcome.push_str(", answer lost");
+                Plan::Drop
+            }
+            (plan, _) => plan,
+        };
+        state.log.push(log);
+        return plan;
     }
     if fault == Some(FaultKind::Slow) {
         let delay = Duration::from_millis(state.rng.range(100, 900));
@@ -786,30 +774,13 @@ fn store_batch(
             followed_redirect: false,
             key_reused: false,
         };
-        let seen = key.as_ref().and_then(|k| state.keys.get(k)).map(|entry| {
-            let same = entry.method == method && entry.path == path && entry.body == record;
-            match (&entry.state, same) {
-                (_, false) => (422, None, entry.row),
-                (KeyState::InProgress, true) => (409, None, None),
-                (KeyState::Done { status, body }, true) => (*status, Some(body.clone()), None),
-            }
-        });
-        let (status, answer_body) = match seen {
-            Some((422, _, row)) => {
+        let (status, answer_body) = match known_key(state, key.as_ref(), method, &path, &record) {
+            Some(KnownKey::Reused { answer, .. }) => {
                 log.key_reused = true;
-                let named = row.filter(|_| state.rng.chance(state.faults.id_in_422));
-                let mut error = json!({"error": "idempotency key reused"});
-                if let Some(id) = named {
-                    error["id"] = json!(id);
-                }
-                (422, error.to_string())
+                (422, answer)
             }
-            Some((status, Some(body), _)) => (status, body),
-            Some((status, None, _)) => (
-                status,
-                "{\"error\": \"a request with this idempotency key is still being processed\"}"
-                    .to_string(),
-            ),
+            Some(KnownKey::InProgress) => (409, IN_PROGRESS.to_string()),
+            Some(KnownKey::Replay { status, body }) => (status, body),
             None => {
                 let (status, answer_body, row) =
                     store(state, seq, method, endpoint, target, record.clone(), no_ids);
@@ -847,6 +818,58 @@ fn store_batch(
         return (200, "{}".to_string(), stored);
     }
     (200, json!({ "results": results }).to_string(), stored)
+}
+
+/// The answer to a request under a key in use.
+const IN_PROGRESS: &str =
+    "{\"error\": \"a request with this idempotency key is still being processed\"}";
+
+/// What an Idempotency-Key already used says of a request with it (the IETF draft).
+enum KnownKey {
+    /// The same request again: its first answer.
+    Replay { status: u16, body: String },
+    /// The same request while the first is still being processed: 409.
+    InProgress,
+    /// Another request under the key: 422, naming the row the key made when the
+    /// scenario draws so (`named`).
+    Reused { named: Option<u64>, answer: String },
+}
+
+/// How a request under `key` is answered when the key was seen before (`None`: a
+/// new key, or none).
+fn known_key(
+    state: &mut State,
+    key: Option<&String>,
+    method: &str,
+    path: &str,
+    body: &Value,
+) -> Option<KnownKey> {
+    let entry = state.keys.get(key?)?;
+    let same = entry.method == method && entry.path == path && entry.body == *body;
+    let known = match (&entry.state, same) {
+        (_, false) => {
+            let row = entry.row;
+            let id_in_422 = state.faults.id_in_422;
+            let named = row.filter(|_| state.rng.chance(id_in_422));
+            let mut error = json!({
+                "error": "idempotency key reused",
+                "detail": "this Idempotency-Key was used for a different request",
+            });
+            if let Some(id) = named {
+                error["id"] = json!(id);
+            }
+            KnownKey::Reused {
+                named,
+                answer: error.to_string(),
+            }
+        }
+        (KeyState::InProgress, true) => KnownKey::InProgress,
+        (KeyState::Done { status, body }, true) => KnownKey::Replay {
+            status: *status,
+            body: body.clone(),
+        },
+    };
+    Some(known)
 }
 
 fn finish_slow(shared: &Shared, job: Job) -> Plan {
