@@ -7,12 +7,14 @@
 //! - [`receiver`]: the minimal loopback receiver the benchmark measures against;
 //! - [`harness`]: whole `ferry` processes (spawn, signal, reap with peak RSS,
 //!   NOTIFY_SOCKET, /proc samples) and stores seeded with SQL;
+//! - [`http`]: reading one request off a connection, for both servers;
 //! - [`notify`]: systemd's end of NOTIFY_SOCKET, every datagram kept;
 //! - [`rng`]: the one seeded PRNG;
 //! - [`bin`]: finding the binaries built beside an example.
 
 pub mod bin;
 pub mod harness;
+pub mod http;
 pub mod notify;
 pub mod receiver;
 pub mod rng;

@@ -12,9 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+
+use crate::http::{read_request, Limits, Request};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Fault {
@@ -291,113 +293,12 @@ async fn serve(
     }
 }
 
-struct Parsed {
-    method: String,
-    path: String,
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
-    /// The body's size as it came over the wire (compressed, or not).
-    wire_bytes: usize,
-}
-
-async fn read_request(socket: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Parsed> {
-    let head_end = loop {
-        if let Some(i) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        if buffer.len() > 64 * 1024 {
-            return None;
-        }
-        let mut chunk = [0u8; 16 * 1024];
-        let n = socket.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buffer.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next()?.split(' ');
-    let method = first.next()?.to_string();
-    let path = first.next()?.to_string();
-    let headers: HashMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    buffer.drain(..head_end + 4);
-    let body = if headers
-        .get("transfer-encoding")
-        .is_some_and(|v| v.contains("chunked"))
-    {
-        let mut body = Vec::new();
-        loop {
-            let line_end = loop {
-                if let Some(i) = buffer.windows(2).position(|w| w == b"\r\n") {
-                    break i;
-                }
-                let mut chunk = [0u8; 16 * 1024];
-                let n = socket.read(&mut chunk).await.ok()?;
-                if n == 0 {
-                    return None;
-                }
-                buffer.extend_from_slice(&chunk[..n]);
-            };
-            let size =
-                usize::from_str_radix(String::from_utf8_lossy(&buffer[..line_end]).trim(), 16)
-                    .ok()?;
-            buffer.drain(..line_end + 2);
-            while buffer.len() < size + 2 {
-                let mut chunk = [0u8; 64 * 1024];
-                let n = socket.read(&mut chunk).await.ok()?;
-                if n == 0 {
-                    return None;
-                }
-                buffer.extend_from_slice(&chunk[..n]);
-            }
-            body.extend_from_slice(&buffer[..size]);
-            buffer.drain(..size + 2);
-            if size == 0 {
-                break body;
-            }
-        }
-    } else {
-        let length: usize = headers
-            .get("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        while buffer.len() < length {
-            let mut chunk = [0u8; 64 * 1024];
-            let n = socket.read(&mut chunk).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            buffer.extend_from_slice(&chunk[..n]);
-        }
-        buffer.drain(..length).collect()
-    };
-    // A gzip-compressed body (Content-Encoding: gzip) is decoded; its wire size kept.
-    let wire_bytes = body.len();
-    let body = if headers
-        .get("content-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"))
-    {
-        use std::io::Read;
-        let mut decoded = Vec::new();
-        flate2::read::GzDecoder::new(&body[..])
-            .read_to_end(&mut decoded)
-            .ok()?;
-        decoded
-    } else {
-        body
-    };
-    Some(Parsed {
-        method,
-        path,
-        headers,
-        body,
-        wire_bytes,
-    })
-}
+/// What the test server takes of a request: a head of 64 KiB, any body.
+const LIMITS: Limits = Limits {
+    head: 64 * 1024,
+    body: usize::MAX,
+    wait: None,
+};
 
 async fn respond(socket: &mut TcpStream, status: u16, body: &str, extra: &str) -> bool {
     let reason = match status {
@@ -448,7 +349,7 @@ async fn connection(
     loop {
         let request = tokio::select! {
             _ = stop.changed() => return,
-            r = read_request(&mut socket, &mut buffer) => r,
+            r = read_request(&mut socket, &mut buffer, LIMITS) => r,
         };
         let Some(request) = request else { return };
         let (plan, delay) = decide(&state, &request);
@@ -513,7 +414,7 @@ async fn connection(
 }
 
 /// What to do with a request; stores the record when the plan says the server took it.
-fn decide(state: &Mutex<State>, request: &Parsed) -> (Plan, Duration) {
+fn decide(state: &Mutex<State>, request: &Request) -> (Plan, Duration) {
     let mut state = state.lock().unwrap();
     state.requests += 1;
     let delay = state.faults.delay;
@@ -660,7 +561,7 @@ fn next_random(state: &mut u64) -> f64 {
 /// single one (a lost answer: every member stored, then the connection dropped); each
 /// member is taken as a single request would be (its own Idempotency-Key, its own
 /// `per_key` fault), and answered in `results`.
-fn decide_batch(state: &mut State, request: &Parsed, delay: Duration) -> (Plan, Duration) {
+fn decide_batch(state: &mut State, request: &Request, delay: Duration) -> (Plan, Duration) {
     let batch: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
     let members = batch["records"].as_array().cloned().unwrap_or_default();
     state

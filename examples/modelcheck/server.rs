@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use ferry_devkit::http::{self, read_request, Limits};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -226,91 +227,12 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Rece
     }
 }
 
-struct Parsed {
-    method: String,
-    path: String,
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
-}
-
-async fn fill(socket: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<()> {
-    if buffer.len() > MAX_REQUEST {
-        return None;
-    }
-    let mut chunk = [0u8; 64 * 1024];
-    match tokio::time::timeout(HOLD_LIMIT, socket.read(&mut chunk)).await {
-        Ok(Ok(n)) if n > 0 => {
-            buffer.extend_from_slice(&chunk[..n]);
-            Some(())
-        }
-        _ => None,
-    }
-}
-
-async fn read_request(socket: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Parsed> {
-    let head_end = loop {
-        if let Some(i) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        fill(socket, buffer).await?;
-    };
-    let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
-    buffer.drain(..head_end + 4);
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next()?.split(' ');
-    let method = first.next()?.to_string();
-    let path = first.next()?.to_string();
-    let headers: HashMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let chunked = headers
-        .get("transfer-encoding")
-        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-    let body = if chunked {
-        let mut body = Vec::new();
-        loop {
-            let line_end = loop {
-                if let Some(i) = buffer.windows(2).position(|w| w == b"\r\n") {
-                    break i;
-                }
-                fill(socket, buffer).await?;
-            };
-            let size_text = String::from_utf8_lossy(&buffer[..line_end]).into_owned();
-            let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-            buffer.drain(..line_end + 2);
-            while buffer.len() < size + 2 {
-                fill(socket, buffer).await?;
-            }
-            body.extend_from_slice(&buffer[..size]);
-            buffer.drain(..size + 2);
-            if size == 0 {
-                break body;
-            }
-            if body.len() > MAX_REQUEST {
-                return None;
-            }
-        }
-    } else {
-        let length: usize = headers
-            .get("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        if length > MAX_REQUEST {
-            return None;
-        }
-        while buffer.len() < length {
-            fill(socket, buffer).await?;
-        }
-        buffer.drain(..length).collect()
-    };
-    Some(Parsed {
-        method,
-        path,
-        headers,
-        body,
-    })
-}
+/// What the model takes of a request.
+const LIMITS: Limits = Limits {
+    head: MAX_REQUEST,
+    body: MAX_REQUEST,
+    wait: Some(HOLD_LIMIT),
+};
 
 fn reason(status: u16) -> &'static str {
     match status {
@@ -373,7 +295,7 @@ async fn connection(mut socket: TcpStream, shared: Arc<Shared>, mut stop: watch:
     loop {
         let request = tokio::select! {
             _ = stop.changed() => return,
-            r = read_request(&mut socket, &mut buffer) => r,
+            r = read_request(&mut socket, &mut buffer, LIMITS) => r,
         };
         let Some(request) = request else { return };
         let plan = decide(&shared, request);
@@ -427,7 +349,7 @@ fn answer(status: u16, body: impl Into<String>) -> Plan {
 
 /// Decides what happens to one request, and does it (stores, logs) when it is done at
 /// once.
-fn decide(shared: &Shared, request: Parsed) -> Plan {
+fn decide(shared: &Shared, request: http::Request) -> Plan {
     let mut state = shared.state();
     state.seq += 1;
     let seq = state.seq;
