@@ -305,6 +305,22 @@ async fn update(
     single(state, collection, Op::Update(id), headers, body).await
 }
 
+/// What every write goes through first, single or batch: a known collection, the
+/// caller's token (the device it names, if tokens are on), the body as text
+/// (decompressed, within the size limit).
+#[allow(clippy::result_large_err)]
+fn admit(
+    state: &AppState,
+    collection: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<(Option<String>, String), Response> {
+    check_collection(collection)?;
+    let token_device = authenticate(state, headers, collection)?;
+    let text = read_body(state, headers, body)?;
+    Ok((token_device, text))
+}
+
 async fn single(
     state: AppState,
     collection: String,
@@ -312,15 +328,8 @@ async fn single(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(response) = check_collection(&collection) {
-        return response;
-    }
-    let token_device = match authenticate(&state, &headers, &collection) {
-        Ok(device) => device,
-        Err(response) => return response,
-    };
-    let text = match read_body(&state, &headers, body) {
-        Ok(text) => text,
+    let (token_device, text) = match admit(&state, &collection, &headers, body) {
+        Ok(admitted) => admitted,
         Err(response) => return response,
     };
     let record: Value = match serde_json::from_str(&text) {
@@ -353,15 +362,8 @@ async fn batch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(response) = check_collection(&collection) {
-        return response;
-    }
-    let token_device = match authenticate(&state, &headers, &collection) {
-        Ok(device) => device,
-        Err(response) => return response,
-    };
-    let text = match read_body(&state, &headers, body) {
-        Ok(text) => text,
+    let (token_device, text) = match admit(&state, &collection, &headers, body) {
+        Ok(admitted) => admitted,
         Err(response) => return response,
     };
     let members = match batch_members(&state, &collection, token_device.as_deref(), &text) {
