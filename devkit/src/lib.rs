@@ -9,6 +9,7 @@
 //!   NOTIFY_SOCKET, /proc samples) and stores seeded with SQL;
 //! - [`http`]: reading one request off a connection, for both servers;
 //! - [`notify`]: systemd's end of NOTIFY_SOCKET, every datagram kept;
+//! - [`postgres`]: the PostgreSQL server the environment names;
 //! - [`rng`]: the one seeded PRNG;
 //! - [`bin`]: finding the binaries built beside an example.
 
@@ -16,6 +17,7 @@ pub mod bin;
 pub mod harness;
 pub mod http;
 pub mod notify;
+pub mod postgres;
 pub mod receiver;
 pub mod rng;
 pub mod server;

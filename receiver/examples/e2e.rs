@@ -54,20 +54,9 @@ fn args() -> Result<Args, BoxError> {
 }
 
 fn postgres_url() -> Result<String, BoxError> {
-    if let Ok(url) = std::env::var("FERRY_TEST_POSTGRES") {
-        if !url.is_empty() {
-            return Ok(url);
-        }
-    }
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let host = var("PGHOST").ok_or("no PostgreSQL: set PGHOST or FERRY_TEST_POSTGRES, or run in pg_virtualenv (make receiver-e2e does)")?;
-    let port = var("PGPORT").unwrap_or_else(|| "5432".into());
-    let user = var("PGUSER").unwrap_or_else(|| "postgres".into());
-    let password = var("PGPASSWORD")
-        .map(|p| format!(":{p}"))
-        .unwrap_or_default();
-    let db = var("PGDATABASE").unwrap_or_else(|| "postgres".into());
-    Ok(format!("postgres://{user}{password}@{host}:{port}/{db}"))
+    Ok(ferry_devkit::postgres::url_from_env().ok_or(
+        "no PostgreSQL: set PGHOST or FERRY_TEST_POSTGRES, or run in pg_virtualenv (make receiver-e2e does)",
+    )?)
 }
 
 /// A child process, killed when dropped.

@@ -77,26 +77,9 @@ fn args() -> Result<Args, BoxError> {
 }
 
 fn admin_url() -> Result<String, BoxError> {
-    if let Ok(url) = std::env::var("FERRY_TEST_POSTGRES") {
-        if !url.is_empty() {
-            return Ok(url);
-        }
-    }
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let host = var("PGHOST").ok_or(
+    Ok(ferry_devkit::postgres::url_from_env().ok_or(
         "no PostgreSQL: set FERRY_TEST_POSTGRES or PGHOST, or run inside pg_virtualenv (make fleet does)",
-    )?;
-    let port = var("PGPORT").unwrap_or_else(|| "5432".into());
-    let user = var("PGUSER").unwrap_or_else(|| "postgres".into());
-    let password = var("PGPASSWORD")
-        .map(|p| format!(":{p}"))
-        .unwrap_or_default();
-    let db = var("PGDATABASE").unwrap_or_else(|| "postgres".into());
-    Ok(if host.starts_with('/') {
-        format!("postgres://{user}{password}@localhost:{port}/{db}?host={host}")
-    } else {
-        format!("postgres://{user}{password}@{host}:{port}/{db}")
-    })
+    )?)
 }
 
 fn with_database(url: &str, name: &str) -> String {

@@ -38,13 +38,7 @@ pub struct Db {
 
 /// The admin URL of the test PostgreSQL server.
 pub fn postgres_admin_url() -> String {
-    if let Ok(url) = std::env::var("FERRY_TEST_POSTGRES") {
-        if !url.is_empty() {
-            return url;
-        }
-    }
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let Some(host) = var("PGHOST") else {
+    ferry_devkit::postgres::url_from_env().unwrap_or_else(|| {
         panic!(
             "\n\n*** NO POSTGRESQL FOR THE TESTS ***\n\
              The PostgreSQL half of the storage suite cannot run: neither FERRY_TEST_POSTGRES \
@@ -52,18 +46,7 @@ pub fn postgres_admin_url() -> String {
              Run the tests inside a throwaway cluster: `pg_virtualenv cargo nextest run -p ferry-receiver` \
              (Debian: apt-get install postgresql), or set FERRY_TEST_POSTGRES.\n"
         )
-    };
-    let port = var("PGPORT").unwrap_or_else(|| "5432".into());
-    let user = var("PGUSER").unwrap_or_else(|| "postgres".into());
-    let password = var("PGPASSWORD")
-        .map(|p| format!(":{p}"))
-        .unwrap_or_default();
-    let db = var("PGDATABASE").unwrap_or_else(|| "postgres".into());
-    if host.starts_with('/') {
-        format!("postgres://{user}{password}@localhost:{port}/{db}?host={host}")
-    } else {
-        format!("postgres://{user}{password}@{host}:{port}/{db}")
-    }
+    })
 }
 
 static NEXT_DB: AtomicU64 = AtomicU64::new(0);
